@@ -1,0 +1,204 @@
+//! Wire types shared by the Porthole app, the CLI and the guest agent.
+//!
+//! Everything that crosses the wire between them (HTTP bodies, events, data-channel messages)
+//! is defined here once, with serde, so both sides agree by construction. This crate does no
+//! I/O and has no opinion about transports; `../shared/contracts.md` is the spec these types
+//! follow, and extending a type means adding optional fields, never renaming existing ones.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Who caused something to happen on the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Actor {
+    Agent,
+    Human,
+    System,
+}
+
+/// One entry of a session's timeline. `seq` starts at 1 and `t_ms` is the session clock; both
+/// are non-decreasing in the order events are emitted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub t_ms: u64,
+    pub actor: Actor,
+    pub kind: String,
+    #[serde(default)]
+    pub data: Value,
+}
+
+/// `GET /v1/events` response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventPage {
+    pub events: Vec<Event>,
+    pub next: u64,
+}
+
+/// Body of every non-2xx HTTP response: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+/// `GET /v1/health`: always 200; `status` is `degraded` when `problems` is non-empty.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    pub status: HealthStatus,
+    pub version: String,
+    pub problems: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<DisplayInfo>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Ok,
+    Degraded,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DisplayInfo {
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Who may act on the machine. The agent holds control unless paused or a human took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Holder {
+    Agent,
+    Human,
+    Nobody,
+}
+
+/// `GET /v1/control` and the answer to `POST /v1/control`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControlState {
+    pub holder: Holder,
+    pub agent_paused: bool,
+    pub since_t_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlAction {
+    PauseAgent,
+    ResumeAgent,
+    Take,
+    Release,
+}
+
+impl ControlAction {
+    pub const NAMES: &'static [&'static str] = &["pause_agent", "resume_agent", "take", "release"];
+}
+
+/// `POST /v1/control` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlRequest {
+    pub action: ControlAction,
+}
+
+/// Messages a viewer sends on the `porthole` data channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ViewerMessage {
+    /// Pointer position in stream pixels; `buttons` is the DOM `buttons` bitmask
+    /// (1 left, 2 right, 4 middle).
+    Pointer {
+        x: i32,
+        y: i32,
+        #[serde(default)]
+        buttons: u32,
+    },
+    /// Wheel deltas in DOM pixels (about 100 per notch).
+    Wheel {
+        #[serde(default)]
+        dx: f64,
+        #[serde(default)]
+        dy: f64,
+    },
+    /// A key going down or up: DOM `KeyboardEvent.code` and `.key`.
+    Key { code: String, key: String, down: bool },
+    /// Text to type as is (paste).
+    Text { text: String },
+    Control { action: ControlAction },
+}
+
+/// Messages the agent sends on the `porthole` data channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentMessage {
+    Event(Event),
+    /// Pairs the session clock with the RTP timestamp of a sent frame.
+    Clock { t_ms: u64, rtp_timestamp: u32 },
+    Stats(StreamStats),
+}
+
+/// Sender-side stream figures, sent about once a second.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamStats {
+    pub codec: String,
+    pub width: u32,
+    pub height: u32,
+    pub fps: f64,
+    pub bitrate_kbps: f64,
+    /// Median capture+convert+encode CPU time per frame over the last second.
+    pub encode_ms_p50: f64,
+    pub frames: u64,
+    pub keyframes: u64,
+    pub viewers: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn viewer_messages_parse_as_the_contract_writes_them() {
+        let m: ViewerMessage =
+            serde_json::from_str(r#"{"type":"pointer","x":10,"y":20,"buttons":1}"#).unwrap();
+        assert_eq!(m, ViewerMessage::Pointer { x: 10, y: 20, buttons: 1 });
+        let m: ViewerMessage =
+            serde_json::from_str(r#"{"type":"key","code":"KeyA","key":"a","down":true}"#).unwrap();
+        assert_eq!(
+            m,
+            ViewerMessage::Key { code: "KeyA".into(), key: "a".into(), down: true }
+        );
+        let m: ViewerMessage =
+            serde_json::from_str(r#"{"type":"control","action":"take"}"#).unwrap();
+        assert_eq!(m, ViewerMessage::Control { action: ControlAction::Take });
+        assert!(serde_json::from_str::<ViewerMessage>(r#"{"type":"warp"}"#).is_err());
+    }
+
+    #[test]
+    fn agent_messages_are_tagged_by_type() {
+        let m = AgentMessage::Clock { t_ms: 5, rtp_timestamp: 9 };
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["type"], "clock");
+        assert_eq!(v["rtp_timestamp"], 9);
+        let e = AgentMessage::Event(Event {
+            seq: 1,
+            t_ms: 2,
+            actor: Actor::Human,
+            kind: "input".into(),
+            data: Value::Null,
+        });
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["type"], "event");
+        assert_eq!(v["actor"], "human");
+        assert_eq!(v["seq"], 1);
+    }
+}

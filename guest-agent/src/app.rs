@@ -1,0 +1,274 @@
+//! The running agent: configuration, the session timeline, control, input and the stream hub,
+//! and the glue between a viewer's data channel and them.
+
+use crate::control::{Control, Human};
+use crate::events::Timeline;
+use crate::input::{Input, InputAction, MouseButton};
+use crate::keys;
+use crate::stream::{StreamHub, Viewer};
+use porthole_proto::{Actor, AgentMessage, ControlAction, StreamStats, ViewerMessage};
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use webrtc::data_channel::data_channel_message::DataChannelMessage;
+use webrtc::data_channel::RTCDataChannel;
+use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub display: String,
+    pub token: String,
+    pub data_dir: PathBuf,
+    /// The computer-use coordinate space, mapped to the real screen by the agent.
+    pub display_size: (u32, u32),
+    pub workspace: Option<PathBuf>,
+    pub record: bool,
+    pub max_fps: u32,
+}
+
+pub struct App {
+    pub cfg: Config,
+    pub timeline: Timeline,
+    pub control: Mutex<Control>,
+    pub input: Input,
+    pub hub: StreamHub,
+    pub screenshots: crate::computer::Screenshotter,
+    /// Secret values by name: exported to commands, redacted from everything that leaves.
+    pub secrets: Mutex<std::collections::HashMap<String, String>>,
+    pub started: Instant,
+}
+
+impl App {
+    /// Applies a control action and records it; returns the new state.
+    pub fn apply_control(&self, action: ControlAction, who: Human, actor: Actor) -> porthole_proto::ControlState {
+        let t = self.timeline.now_ms();
+        let mut c = self.control.lock().unwrap();
+        if c.apply(action, who.clone(), t) {
+            let st = c.state();
+            drop(c);
+            let by = match who {
+                Human::Api => json!("api"),
+                Human::Viewer(v) => json!(v),
+            };
+            self.timeline.emit(actor, "control", json!({"action": action, "by": by, "state": st}));
+            return st;
+        }
+        c.state()
+    }
+
+    /// Forgets a viewer: stream, and control it may have held.
+    pub async fn drop_viewer(&self, id: &str) -> bool {
+        let existed = self.hub.remove_viewer(id).await.is_ok();
+        let t = self.timeline.now_ms();
+        let released = self.control.lock().unwrap().viewer_gone(id, t);
+        if released {
+            let st = self.control.lock().unwrap().state();
+            self.timeline.emit(Actor::System, "control", json!({"action": "release", "by": id, "reason": "viewer left", "state": st}));
+        }
+        if existed {
+            self.timeline.emit(Actor::System, "stream", json!({"viewer": id, "state": "closed", "viewers": self.hub.viewer_count()}));
+        }
+        existed
+    }
+}
+
+/// Per-viewer input state: pressed buttons, wheel remainder, and coalescing of noisy events.
+#[derive(Default)]
+struct InputState {
+    buttons: u32,
+    wheel: (f64, f64),
+    last_move_event: Option<Instant>,
+    last_refusal: Option<Instant>,
+}
+
+/// Wires a new viewer's peer connection: state changes, the `porthole` data channel.
+pub fn attach_viewer(app: Arc<App>, viewer: Arc<Viewer>) {
+    let id = viewer.id.clone();
+    let a = app.clone();
+    viewer.pc.on_peer_connection_state_change(Box::new(move |s| {
+        let (a, id) = (a.clone(), id.clone());
+        Box::pin(async move {
+            tracing::debug!(viewer = %id, state = %s, "peer connection");
+            match s {
+                RTCPeerConnectionState::Connected => {
+                    a.timeline.emit(Actor::System, "stream", json!({"viewer": id, "state": "connected", "viewers": a.hub.viewer_count()}));
+                }
+                RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                    // Spawned: closing the connection from inside its own callback would deadlock.
+                    tokio::spawn(async move { a.drop_viewer(&id).await });
+                }
+                _ => {}
+            }
+        })
+    }));
+    let id = viewer.id.clone();
+    let codec = viewer.codec;
+    viewer.pc.on_data_channel(Box::new(move |dc: Arc<RTCDataChannel>| {
+        let (app, id) = (app.clone(), id.clone());
+        Box::pin(async move {
+            if dc.label() != "porthole" {
+                tracing::warn!(viewer = %id, label = dc.label(), "ignoring data channel with unknown label");
+                return;
+            }
+            let state = Arc::new(Mutex::new(InputState::default()));
+            let (a2, id2, dc2) = (app.clone(), id.clone(), dc.clone());
+            dc.on_open(Box::new(move || {
+                tokio::spawn(feed_viewer(a2, id2, dc2, codec));
+                Box::pin(async {})
+            }));
+            dc.on_message(Box::new(move |msg: DataChannelMessage| {
+                let (app, id, state) = (app.clone(), id.clone(), state.clone());
+                Box::pin(async move {
+                    let text = String::from_utf8_lossy(&msg.data);
+                    match serde_json::from_str::<ViewerMessage>(&text) {
+                        Ok(m) => handle_message(&app, &id, &state, m).await,
+                        Err(e) => tracing::warn!(viewer = %id, "unknown data-channel message ({e}): {:.200}", text),
+                    }
+                })
+            }));
+        })
+    }));
+}
+
+/// Sends events as they happen, plus `clock` and `stats` once a second, until the channel closes.
+async fn feed_viewer(app: Arc<App>, viewer: String, dc: Arc<RTCDataChannel>, codec: crate::encode::Codec) {
+    let mut events = app.timeline.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let msg = tokio::select! {
+            ev = events.recv() => match ev {
+                Ok(e) => AgentMessage::Event(e),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            },
+            _ = tick.tick() => {
+                if let Some(c) = app.hub.clock(codec) {
+                    let m = AgentMessage::Clock { t_ms: app.timeline.t_ms_of(c.captured_at), rtp_timestamp: c.rtp_timestamp };
+                    if send(&dc, &m).await.is_err() { return; }
+                }
+                let p = match app.hub.pipeline(codec) { Ok(p) => p.stats(), Err(_) => continue };
+                AgentMessage::Stats(StreamStats {
+                    codec: codec.name().into(), width: p.width, height: p.height, fps: p.fps,
+                    bitrate_kbps: p.bitrate_kbps, encode_ms_p50: p.cpu_ms_p50, frames: p.frames,
+                    keyframes: p.keyframes, viewers: app.hub.viewer_count(),
+                })
+            }
+        };
+        if send(&dc, &msg).await.is_err() {
+            tracing::debug!(viewer = %viewer, "data channel closed");
+            return;
+        }
+    }
+}
+
+async fn send(dc: &RTCDataChannel, m: &AgentMessage) -> Result<(), ()> {
+    let s = serde_json::to_string(m).map_err(|_| ())?;
+    dc.send_text(s).await.map(|_| ()).map_err(|_| ())
+}
+
+fn button_of(bit: u32) -> MouseButton {
+    match bit {
+        2 => MouseButton::Right,
+        4 => MouseButton::Middle,
+        _ => MouseButton::Left,
+    }
+}
+
+fn button_name(b: MouseButton) -> &'static str {
+    match b {
+        MouseButton::Left => "left",
+        MouseButton::Middle => "middle",
+        MouseButton::Right => "right",
+    }
+}
+
+async fn handle_message(app: &Arc<App>, viewer: &str, state: &Mutex<InputState>, m: ViewerMessage) {
+    if let ViewerMessage::Control { action } = m {
+        app.apply_control(action, Human::Viewer(viewer.to_string()), Actor::Human);
+        return;
+    }
+    let allowed = app.control.lock().unwrap().viewer_may_act(viewer);
+    if let Err(refusal) = allowed {
+        let mut st = state.lock().unwrap();
+        // A refused pointer stream would flood the timeline: one refusal a second is enough.
+        if st.last_refusal.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            st.last_refusal = Some(Instant::now());
+            drop(st);
+            app.timeline.emit(Actor::Human, "refused", json!({"viewer": viewer, "input": input_kind(&m), "reason": refusal.0}));
+        }
+        return;
+    }
+    let mut actions = Vec::new();
+    let mut events = Vec::new();
+    {
+        let mut st = state.lock().unwrap();
+        match &m {
+            ViewerMessage::Pointer { x, y, buttons } => {
+                actions.push(InputAction::MoveTo { x: *x, y: *y });
+                let changed = st.buttons ^ buttons;
+                for bit in [1u32, 2, 4] {
+                    if changed & bit != 0 {
+                        let down = buttons & bit != 0;
+                        actions.push(InputAction::Button { button: button_of(bit), down });
+                        events.push(json!({"device": "pointer", "x": x, "y": y, "button": button_name(button_of(bit)), "down": down}));
+                    }
+                }
+                st.buttons = *buttons;
+                if changed == 0 && st.last_move_event.is_none_or(|t| t.elapsed() >= Duration::from_millis(100)) {
+                    st.last_move_event = Some(Instant::now());
+                    events.push(json!({"device": "pointer", "x": x, "y": y, "move": true}));
+                }
+            }
+            ViewerMessage::Wheel { dx, dy } => {
+                // Browsers report ~100 px per notch; keep the remainder so trackpads scroll too.
+                st.wheel.0 += dx;
+                st.wheel.1 += dy;
+                let (nx, ny) = ((st.wheel.0 / 100.0).trunc() as i32, (st.wheel.1 / 100.0).trunc() as i32);
+                st.wheel.0 -= nx as f64 * 100.0;
+                st.wheel.1 -= ny as f64 * 100.0;
+                if nx != 0 || ny != 0 {
+                    actions.push(InputAction::Scroll { dx: nx, dy: ny });
+                    events.push(json!({"device": "wheel", "dx": nx, "dy": ny}));
+                }
+            }
+            ViewerMessage::Key { code, key, down } => match keys::dom_keysym(code, key) {
+                Some(k) => {
+                    actions.push(InputAction::Key { keysym: k, down: *down });
+                    events.push(json!({"device": "key", "code": code, "key": key, "down": down}));
+                }
+                None => tracing::warn!(viewer, code, key, "no keysym for key"),
+            },
+            ViewerMessage::Text { text } => {
+                actions.push(InputAction::Text(text.clone()));
+                events.push(json!({"device": "text", "text": text}));
+            }
+            ViewerMessage::Control { .. } => unreachable!("handled above"),
+        }
+    }
+    if actions.is_empty() {
+        return;
+    }
+    match app.input.run(actions).await {
+        Ok(_) => {
+            app.hub.nudge();
+            for mut e in events {
+                e["viewer"] = json!(viewer);
+                app.timeline.emit(Actor::Human, "input", e);
+            }
+        }
+        Err(e) => {
+            app.timeline.emit(Actor::System, "error", json!({"viewer": viewer, "message": e.to_string()}));
+        }
+    }
+}
+
+fn input_kind(m: &ViewerMessage) -> &'static str {
+    match m {
+        ViewerMessage::Pointer { .. } => "pointer",
+        ViewerMessage::Wheel { .. } => "wheel",
+        ViewerMessage::Key { .. } => "key",
+        ViewerMessage::Text { .. } => "text",
+        ViewerMessage::Control { .. } => "control",
+    }
+}

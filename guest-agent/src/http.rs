@@ -1,0 +1,301 @@
+//! The HTTP API (spec: `guest-agent/openapi.yaml`). One small handler per endpoint; each turns
+//! its request into a call on [`App`] and its errors into `{"error": {"code", "message"}}`.
+
+use crate::app::{attach_viewer, App};
+use crate::control::Human;
+use crate::events::new_session_id;
+use crate::stream::{StreamError, StreamHub};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use futures_util::Stream;
+use porthole_proto::{Actor, ControlAction, ErrorBody, ErrorDetail, EventPage, Health, HealthStatus};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+pub const VIEWER_HTML: &str = include_str!("../static/viewer.html");
+/// Request bodies larger than this are refused (413): SDP offers are a few KiB, actions less.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// An error as the API reports it.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StreamError> for ApiError {
+    fn from(e: StreamError) -> Self {
+        match e {
+            StreamError::BadOffer(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", m),
+            StreamError::NoViewer(id) => ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no viewer {id}")),
+            other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "stream_error", other.to_string()),
+        }
+    }
+}
+
+type AppState = State<Arc<App>>;
+
+pub fn router(app: Arc<App>) -> Router {
+    let authed = Router::new()
+        .route("/v1/whep", post(whep_create))
+        .route("/v1/whep/{id}", delete(whep_delete).patch(whep_patch))
+        .route("/v1/control", get(control_get).post(control_post))
+        .route("/v1/events", get(events_get))
+        .route("/v1/events/stream", get(events_stream))
+        .route("/v1/sessions", post(session_new))
+        .route("/v1/sessions/current", get(session_current))
+        .merge(crate::computer::routes())
+        .layer(middleware::from_fn_with_state(app.clone(), auth));
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/viewer", get(viewer))
+        .merge(authed)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see guest-agent/openapi.yaml") })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(json_errors))
+        .with_state(app)
+}
+
+async fn auth(State(app): AppState, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Constant time: a timing side channel must not reveal the token byte by byte.
+    if given.is_empty() || !bool::from(given.as_bytes().ct_eq(app.cfg.token.as_bytes())) {
+        let msg = if given.is_empty() { "missing Authorization: Bearer <token>" } else { "wrong token" };
+        return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", msg).into_response();
+    }
+    next.run(req).await
+}
+
+/// Rejections produced by axum itself (bad JSON, body too large, wrong method) come as plain
+/// text; rewrite them into the one error shape every client parses.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let status = res.status();
+    let is_json = res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if status.as_u16() < 400 || is_json {
+        return res;
+    }
+    let body = axum::body::to_bytes(res.into_body(), 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        _ => "error",
+    };
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
+    // Unprocessable JSON is still the client's fault: keep it a plain 400 as documented.
+    let status = if status == StatusCode::UNPROCESSABLE_ENTITY { StatusCode::BAD_REQUEST } else { status };
+    ApiError::new(status, code, message).into_response()
+}
+
+async fn health(State(app): AppState) -> Json<Health> {
+    let mut problems = Vec::new();
+    let display = app.cfg.display.clone();
+    let size = tokio::task::spawn_blocking(move || {
+        x11rb::rust_connection::RustConnection::connect(Some(&display)).map(|(c, s)| {
+            use x11rb::connection::Connection;
+            let r = &c.setup().roots[s];
+            (r.width_in_pixels as u32, r.height_in_pixels as u32)
+        })
+    })
+    .await;
+    let display_info = match size {
+        Ok(Ok((w, h))) => Some(porthole_proto::DisplayInfo { name: app.cfg.display.clone(), width: w, height: h }),
+        Ok(Err(e)) => {
+            problems.push(format!("display {} unreachable: {e}", app.cfg.display));
+            None
+        }
+        Err(e) => {
+            problems.push(format!("display check failed: {e}"));
+            None
+        }
+    };
+    for p in app.hub.pipelines() {
+        if let Some(msg) = p.problem() {
+            problems.push(format!("{} stream: {msg}", p.codec().name()));
+        }
+    }
+    problems.extend(crate::computer::health_problems(&app));
+    Json(Health {
+        status: if problems.is_empty() { HealthStatus::Ok } else { HealthStatus::Degraded },
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        problems,
+        session_id: Some(app.timeline.session_id()),
+        display: display_info,
+    })
+}
+
+async fn viewer() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], VIEWER_HTML)
+}
+
+async fn whep_create(State(app): AppState, headers: HeaderMap, body: String) -> Result<Response, ApiError> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        if !ct.starts_with("application/sdp") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("send the offer as Content-Type: application/sdp, not {ct}"),
+            ));
+        }
+    }
+    if !body.trim_start().starts_with("v=0") {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", "the body is not an SDP offer (it must start with v=0)"));
+    }
+    // Negotiation runs in its own task: a panic deep in SDP handling on hostile input must cost
+    // this one request, not the agent.
+    let a = app.clone();
+    let viewer = tokio::spawn(async move { a.hub.add_viewer(body).await })
+        .await
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", "the offer could not be processed"))??;
+    attach_viewer(app.clone(), viewer.clone());
+    let answer = StreamHub::answer_sdp(&viewer).await.ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "stream_error", "no answer"))?;
+    app.timeline.emit(Actor::System, "stream", json!({"viewer": viewer.id, "state": "offered", "codec": viewer.codec.name(), "viewers": app.hub.viewer_count()}));
+    let location = format!("/v1/whep/{}", viewer.id);
+    let mut res = Response::new(Body::from(answer));
+    *res.status_mut() = StatusCode::CREATED;
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/sdp"));
+    h.insert(header::LOCATION, HeaderValue::from_str(&location).expect("ascii id"));
+    Ok(res)
+}
+
+async fn whep_delete(State(app): AppState, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    if app.drop_viewer(&id).await {
+        Ok(StatusCode::OK)
+    } else {
+        Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no viewer {id} (already closed?)")))
+    }
+}
+
+/// Trickle ICE is not needed (the answer carries every candidate); say so plainly.
+async fn whep_patch() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "trickle_unsupported", "trickle ICE is not supported; send a complete offer")
+}
+
+async fn control_get(State(app): AppState) -> Json<porthole_proto::ControlState> {
+    Json(app.control.lock().unwrap().state())
+}
+
+async fn control_post(State(app): AppState, body: axum::body::Bytes) -> Result<Json<porthole_proto::ControlState>, ApiError> {
+    let v: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body is not JSON: {e}")))?;
+    let action = v.get("action").and_then(Value::as_str).ok_or_else(|| {
+        ApiError::bad_request(format!("action: missing; expected one of {}", ControlAction::NAMES.join(", ")))
+    })?;
+    let action: ControlAction = serde_json::from_value(json!(action)).map_err(|_| {
+        ApiError::bad_request(format!("action: unknown '{action}'; expected one of {}", ControlAction::NAMES.join(", ")))
+    })?;
+    Ok(Json(app.apply_control(action, Human::Api, Actor::Human)))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+async fn events_get(State(app): AppState, Query(q): Query<EventsQuery>) -> Json<EventPage> {
+    let (events, next) = app.timeline.page(q.after, q.limit.unwrap_or(1000).clamp(1, 10_000));
+    Json(EventPage { events, next })
+}
+
+async fn events_stream(
+    State(app): AppState,
+    Query(q): Query<EventsQuery>,
+) -> Sse<impl Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
+    // Subscribe before reading the backlog so nothing falls between the two.
+    let mut rx = app.timeline.subscribe();
+    let (backlog, mut last) = app.timeline.page(q.after, usize::MAX);
+    let stream = async_stream(move |tx| async move {
+        for e in backlog {
+            last = e.seq;
+            if tx.send(to_sse(&e)).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            match rx.recv().await {
+                Ok(e) if e.seq > last || e.seq == 1 => {
+                    last = e.seq;
+                    if tx.send(to_sse(&e)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+fn to_sse(e: &porthole_proto::Event) -> Result<SseEvent, std::convert::Infallible> {
+    Ok(SseEvent::default().id(e.seq.to_string()).event(e.kind.clone()).data(serde_json::to_string(e).unwrap_or_default()))
+}
+
+/// A stream fed by a task through a small channel (no macro crate needed).
+fn async_stream<T, F, Fut>(f: F) -> impl Stream<Item = T>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(f(tx));
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+fn session_json(app: &App) -> Value {
+    json!({
+        "id": app.timeline.session_id(),
+        "started_at_unix_ms": app.timeline.started_at_unix_ms(),
+        "t_ms": app.timeline.now_ms(),
+        "recording": app.cfg.record,
+    })
+}
+
+async fn session_new(State(app): AppState) -> (StatusCode, Json<Value>) {
+    let old = app.timeline.session_id();
+    app.timeline.restart(new_session_id());
+    app.timeline.emit(Actor::System, "session", json!({"state": "started", "previous": old}));
+    (StatusCode::CREATED, Json(session_json(&app)))
+}
+
+async fn session_current(State(app): AppState) -> Json<Value> {
+    Json(session_json(&app))
+}

@@ -1,0 +1,117 @@
+//! `porthole-agent`: the guest agent's command line.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use porthole_agent::app::Config;
+use porthole_agent::serve::{self, Prepared};
+use porthole_agent::stream::IceConfig;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "porthole-agent", version, about = "Porthole guest agent: streams and drives an X desktop")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Capture the display, serve WebRTC viewers and the HTTP API.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// X display to capture and drive, e.g. :99.
+    #[arg(long)]
+    display: String,
+    /// Address to listen on, e.g. 127.0.0.1:7300.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// File holding the bearer token (else PORTHOLE_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Where recordings and state go (default $XDG_STATE_HOME/porthole-agent).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Computer-use coordinate space, mapped to the real screen.
+    #[arg(long, default_value = "1280x800")]
+    display_size: String,
+    /// Repository to set up from its .porthole/ or .cursor/environment.json.
+    #[arg(long)]
+    workspace: Option<PathBuf>,
+    /// JSON object of secret NAME: value (mode 0600).
+    #[arg(long)]
+    secrets_file: Option<PathBuf>,
+    /// Do not record sessions.
+    #[arg(long)]
+    no_record: bool,
+    /// Start without a session (a warm pool starts one when the machine is claimed).
+    #[arg(long)]
+    idle: bool,
+    /// Frame-rate cap for the live stream.
+    #[arg(long, default_value_t = 30)]
+    max_fps: u32,
+    /// STUN/TURN server URLs for ICE (repeatable).
+    #[arg(long = "ice-server")]
+    ice_servers: Vec<String>,
+    /// Public IP to advertise in host candidates (1:1 NAT, e.g. a cloud VM).
+    #[arg(long)]
+    public_ip: Option<String>,
+    /// One UDP port for all WebRTC traffic (a single firewall rule).
+    #[arg(long)]
+    udp_port: Option<u16>,
+}
+
+fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
+    serve::validate_display(&a.display)?;
+    let token = serve::read_token(a.token_file.as_deref())?;
+    let display_size = serve::parse_size(&a.display_size)?;
+    if !(1..=120).contains(&a.max_fps) {
+        return Err(serve::ConfigError::Fps(a.max_fps).into());
+    }
+    if let Some(w) = &a.workspace {
+        if !w.is_dir() {
+            return Err(serve::ConfigError::Workspace(w.clone()).into());
+        }
+    }
+    let secrets = match &a.secrets_file {
+        Some(p) => serve::read_secrets(p)?,
+        None => Default::default(),
+    };
+    let data_dir = a.data_dir.unwrap_or_else(serve::default_data_dir);
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    Ok(Prepared {
+        cfg: Config {
+            display: a.display,
+            token,
+            data_dir,
+            display_size,
+            workspace: a.workspace,
+            record: !a.no_record,
+            max_fps: a.max_fps,
+        },
+        listen: a.listen,
+        secrets,
+        ice: IceConfig { ice_servers: a.ice_servers, public_ip: a.public_ip, udp_port: a.udp_port },
+        idle: a.idle,
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,webrtc=warn,webrtc_ice=warn,webrtc_srtp=warn,webrtc_dtls=warn,webrtc_sctp=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().cmd {
+        Cmd::Serve(a) => {
+            let p = prepare(a)?;
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            rt.block_on(serve::run(p))
+        }
+    }
+}

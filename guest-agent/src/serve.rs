@@ -1,0 +1,180 @@
+//! `porthole-agent serve`: validates every flag and file before anything starts, then runs.
+
+use crate::app::{App, Config};
+use crate::capture::{x11::X11Source, FrameSource};
+use crate::computer::Screenshotter;
+use crate::control::Control;
+use crate::events::{new_session_id, Timeline};
+use crate::input::Input;
+use crate::stream::{IceConfig, StreamHub};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no token: pass --token-file PATH or set PORTHOLE_TOKEN")]
+    NoToken,
+    #[error("token file {0} is empty")]
+    EmptyToken(PathBuf),
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("secrets file {path} is readable by group or others (mode {mode:o}); run: chmod 600 {path}")]
+    SecretsMode { path: PathBuf, mode: u32 },
+    #[error("secrets file {path}: {message}")]
+    SecretsFormat { path: PathBuf, message: String },
+    #[error("--display-size {0}: expected WIDTHxHEIGHT, e.g. 1280x800 (each 16 to 8192)")]
+    DisplaySize(String),
+    #[error("--display {0}: expected an X display such as :0 or :99")]
+    Display(String),
+    #[error("--workspace {0} is not a directory")]
+    Workspace(PathBuf),
+    #[error("--max-fps {0}: expected 1 to 120")]
+    Fps(u32),
+}
+
+pub fn parse_size(s: &str) -> Result<(u32, u32), ConfigError> {
+    let err = || ConfigError::DisplaySize(s.to_string());
+    let (w, h) = s.split_once(['x', 'X']).ok_or_else(err)?;
+    let (w, h): (u32, u32) = (w.trim().parse().map_err(|_| err())?, h.trim().parse().map_err(|_| err())?);
+    if !(16..=8192).contains(&w) || !(16..=8192).contains(&h) {
+        return Err(err());
+    }
+    Ok((w, h))
+}
+
+pub fn read_token(file: Option<&Path>) -> Result<String, ConfigError> {
+    match file {
+        Some(p) => {
+            let t = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.into(), source })?;
+            let t = t.trim().to_string();
+            if t.is_empty() {
+                return Err(ConfigError::EmptyToken(p.into()));
+            }
+            Ok(t)
+        }
+        None => match std::env::var("PORTHOLE_TOKEN") {
+            Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+            _ => Err(ConfigError::NoToken),
+        },
+    }
+}
+
+/// Reads a JSON object of NAME → value; refused unless only the owner can read it.
+pub fn read_secrets(p: &Path) -> Result<HashMap<String, String>, ConfigError> {
+    let meta = std::fs::metadata(p).map_err(|source| ConfigError::Read { path: p.into(), source })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(ConfigError::SecretsMode { path: p.into(), mode });
+    }
+    let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.into(), source })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ConfigError::SecretsFormat {
+        path: p.into(),
+        // serde's message can quote the input; give only the position so no value leaks.
+        message: format!("not valid JSON (line {}, column {})", e.line(), e.column()),
+    })?;
+    let obj = v.as_object().ok_or_else(|| ConfigError::SecretsFormat { path: p.into(), message: "expected a JSON object of NAME: value".into() })?;
+    let mut out = HashMap::new();
+    for (k, val) in obj {
+        let s = val.as_str().ok_or_else(|| ConfigError::SecretsFormat { path: p.into(), message: format!("{k}: expected a string value") })?;
+        out.insert(k.clone(), s.to_string());
+    }
+    Ok(out)
+}
+
+pub fn validate_display(d: &str) -> Result<(), ConfigError> {
+    let rest = d.split_once(':').map(|(_, r)| r).ok_or_else(|| ConfigError::Display(d.into()))?;
+    let num = rest.split('.').next().unwrap_or("");
+    if num.is_empty() || !num.chars().all(|c| c.is_ascii_digit()) {
+        return Err(ConfigError::Display(d.into()));
+    }
+    Ok(())
+}
+
+pub fn default_data_dir() -> PathBuf {
+    if let Some(s) = std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
+        return PathBuf::from(s).join("porthole-agent");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".local/state/porthole-agent")
+}
+
+pub struct Prepared {
+    pub cfg: Config,
+    pub listen: SocketAddr,
+    pub secrets: HashMap<String, String>,
+    pub ice: IceConfig,
+    pub idle: bool,
+}
+
+/// Builds the app and serves until the listener fails or a signal arrives.
+pub async fn run(p: Prepared) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let listener = tokio::net::TcpListener::bind(p.listen).await.with_context(|| format!("cannot listen on {}", p.listen))?;
+    let display = p.cfg.display.clone();
+    let source: crate::pipeline::SourceFactory =
+        Box::new(move || X11Source::open(&display).map(|s| Box::new(s) as Box<dyn FrameSource>));
+    let hub = StreamHub::new(p.ice, p.cfg.max_fps, source).context("webrtc setup")?;
+    let timeline = Timeline::new(new_session_id());
+    timeline.redactor.set(p.secrets.clone());
+    let app = Arc::new(App {
+        input: Input::spawn(p.cfg.display.clone()),
+        screenshots: Screenshotter::new(p.cfg.display.clone()),
+        secrets: Mutex::new(p.secrets),
+        cfg: p.cfg,
+        timeline,
+        control: Mutex::new(Control::default()),
+        hub,
+        started: std::time::Instant::now(),
+    });
+    if !p.idle {
+        app.timeline.emit(porthole_proto::Actor::System, "session", serde_json::json!({"state": "started"}));
+    }
+    tracing::info!(addr = %listener.local_addr()?, display = %app.cfg.display, "porthole-agent serving");
+    let router = crate::http::router(app.clone());
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+            tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
+        })
+        .await
+        .context("http server")?;
+    for p in app.hub.pipelines() {
+        p.shutdown();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_displays() {
+        assert_eq!(parse_size("1024x768").unwrap(), (1024, 768));
+        assert!(parse_size("1024").is_err());
+        assert!(parse_size("0x768").is_err());
+        assert!(validate_display(":99").is_ok());
+        assert!(validate_display("host:1.0").is_ok());
+        assert!(validate_display("99").is_err());
+        assert!(validate_display(":x").is_err());
+    }
+
+    #[test]
+    fn secrets_file_mode_is_enforced_and_values_never_quoted() {
+        let dir = std::env::temp_dir().join(format!("porthole-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("s.json");
+        std::fs::write(&p, r#"{"API_KEY": "sk-live-123"}"#).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = read_secrets(&p).unwrap_err().to_string();
+        assert!(e.contains("s.json") && e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_secrets(&p).unwrap()["API_KEY"], "sk-live-123");
+        std::fs::write(&p, r#"{"API_KEY": "sk-live-123""#).unwrap();
+        let e = read_secrets(&p).unwrap_err().to_string();
+        assert!(!e.contains("sk-live"), "{e}");
+    }
+}

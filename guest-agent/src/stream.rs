@@ -1,0 +1,343 @@
+//! WebRTC fan-out: WHEP viewers, one shared RTP track per codec, PLI → keyframe.
+//!
+//! We packetize ourselves onto a `TrackLocalStaticRTP` rather than writing samples: the RTP
+//! timestamp is then the real capture time (frames come on damage, not on a tick, and Chromium's
+//! jitter buffer grows when durations lie), the `clock` message can name the exact timestamp of
+//! a frame, and every packet carries playout-delay min=max=0 so the receiver renders at once.
+//! All viewers of one codec are bindings of one track: one packetization, same packets.
+
+use crate::encode::Codec;
+use crate::pipeline::{DemandGuard, Pipeline, SourceFactory};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::media_engine::MediaEngine;
+use webrtc::api::setting_engine::SettingEngine;
+use webrtc::api::{APIBuilder, API};
+use webrtc::ice_transport::ice_server::RTCIceServer;
+use webrtc::interceptor::registry::Registry;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use webrtc::rtp::codecs::{h264::H264Payloader, vp8::Vp8Payloader};
+use webrtc::rtp::extension::playout_delay_extension::PlayoutDelayExtension;
+use webrtc::rtp::extension::HeaderExtension;
+use webrtc::rtp::packetizer::Payloader;
+use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RTPCodecType};
+use webrtc::rtp_transceiver::RTCPFeedback;
+use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+use webrtc::track::track_local::TrackLocal;
+
+const MTU: usize = 1200;
+const PLAYOUT_DELAY_URI: &str = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay";
+const H264_FMTP: &str = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The offer is not usable SDP, or offers nothing we can send.
+    #[error("bad offer: {0}")]
+    BadOffer(String),
+    #[error("webrtc: {0}")]
+    WebRtc(#[from] webrtc::Error),
+    #[error("no such viewer: {0}")]
+    NoViewer(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Network settings for ICE (remote hosts need a public address and a fixed port).
+#[derive(Debug, Clone, Default)]
+pub struct IceConfig {
+    pub ice_servers: Vec<String>,
+    /// Public IP to advertise for host candidates (1:1 NAT, as on cloud VMs).
+    pub public_ip: Option<String>,
+    /// One UDP port for all viewers, so a single firewall rule suffices.
+    pub udp_port: Option<u16>,
+}
+
+/// The last frame written on a track: its capture time and RTP timestamp.
+#[derive(Debug, Clone, Copy)]
+pub struct ClockPoint {
+    pub captured_at: Instant,
+    pub rtp_timestamp: u32,
+}
+
+struct Outbound {
+    pipeline: Pipeline,
+    track: Arc<TrackLocalStaticRTP>,
+    clock: Arc<Mutex<Option<ClockPoint>>>,
+}
+
+pub struct Viewer {
+    pub id: String,
+    pub codec: Codec,
+    pub pc: Arc<RTCPeerConnection>,
+    _demand: DemandGuard,
+}
+
+pub struct StreamHub {
+    api: API,
+    ice: IceConfig,
+    max_fps: u32,
+    source: Arc<SourceFactory>,
+    outbound: Mutex<HashMap<Codec, Arc<Outbound>>>,
+    viewers: Mutex<HashMap<String, Arc<Viewer>>>,
+}
+
+fn feedback() -> Vec<RTCPFeedback> {
+    [("nack", ""), ("nack", "pli"), ("ccm", "fir")]
+        .iter()
+        .map(|(t, p)| RTCPFeedback { typ: t.to_string(), parameter: p.to_string() })
+        .collect()
+}
+
+fn capability(codec: Codec) -> RTCRtpCodecCapability {
+    match codec {
+        Codec::H264 => RTCRtpCodecCapability {
+            mime_type: "video/H264".into(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: H264_FMTP.into(),
+            rtcp_feedback: feedback(),
+        },
+        Codec::Vp8 => RTCRtpCodecCapability {
+            mime_type: "video/VP8".into(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: String::new(),
+            rtcp_feedback: feedback(),
+        },
+    }
+}
+
+/// The codec we send to an offer: H.264 when offered (packetization-mode 1), else VP8.
+pub fn choose_codec(offer_sdp: &str) -> Result<Codec, StreamError> {
+    let lower = offer_sdp.to_ascii_lowercase();
+    if !lower.lines().any(|l| l.starts_with("m=video")) {
+        return Err(StreamError::BadOffer("the offer has no video m-line (add a recvonly video transceiver)".into()));
+    }
+    if lower.contains(" h264/90000") {
+        Ok(Codec::H264)
+    } else if lower.contains(" vp8/90000") {
+        Ok(Codec::Vp8)
+    } else {
+        Err(StreamError::BadOffer("the offer has neither H264 nor VP8 video".into()))
+    }
+}
+
+impl StreamHub {
+    pub fn new(ice: IceConfig, max_fps: u32, source: SourceFactory) -> Result<Self, StreamError> {
+        let mut m = MediaEngine::default();
+        // Both common constrained-baseline profile ids, so Chromium and Firefox match exactly.
+        for (pt, fmtp) in [(102u8, H264_FMTP), (106, "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f")] {
+            let mut cap = capability(Codec::H264);
+            cap.sdp_fmtp_line = fmtp.into();
+            m.register_codec(RTCRtpCodecParameters { capability: cap, payload_type: pt, ..Default::default() }, RTPCodecType::Video)?;
+        }
+        m.register_codec(
+            RTCRtpCodecParameters { capability: capability(Codec::Vp8), payload_type: 96, ..Default::default() },
+            RTPCodecType::Video,
+        )?;
+        m.register_header_extension(RTCRtpHeaderExtensionCapability { uri: PLAYOUT_DELAY_URI.into() }, RTPCodecType::Video, None)?;
+        let registry = register_default_interceptors(Registry::new(), &mut m)?;
+        let mut s = SettingEngine::default();
+        s.set_include_loopback_candidate(true);
+        s.set_ice_multicast_dns_mode(webrtc::ice::mdns::MulticastDnsMode::QueryOnly);
+        if let Some(ip) = &ice.public_ip {
+            s.set_nat_1to1_ips(vec![ip.clone()], webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType::Host);
+        }
+        if let Some(port) = ice.udp_port {
+            let sock = std::net::UdpSocket::bind(("0.0.0.0", port))
+                .map_err(|e| StreamError::Internal(format!("UDP port {port}: {e}")))?;
+            sock.set_nonblocking(true).map_err(|e| StreamError::Internal(e.to_string()))?;
+            let sock = tokio::net::UdpSocket::from_std(sock).map_err(|e| StreamError::Internal(e.to_string()))?;
+            s.set_udp_network(webrtc::ice::udp_network::UDPNetwork::Muxed(webrtc::ice::udp_mux::UDPMuxDefault::new(
+                webrtc::ice::udp_mux::UDPMuxParams::new(sock),
+            )));
+        }
+        let api = APIBuilder::new().with_media_engine(m).with_interceptor_registry(registry).with_setting_engine(s).build();
+        Ok(Self {
+            api,
+            ice,
+            max_fps,
+            source: Arc::new(source),
+            outbound: Mutex::new(HashMap::new()),
+            viewers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The pipeline for a codec, started on first use (the recorder uses H.264's).
+    pub fn pipeline(&self, codec: Codec) -> Result<Pipeline, StreamError> {
+        Ok(self.outbound(codec)?.pipeline.clone())
+    }
+
+    fn outbound(&self, codec: Codec) -> Result<Arc<Outbound>, StreamError> {
+        let mut map = self.outbound.lock().unwrap();
+        if let Some(o) = map.get(&codec) {
+            return Ok(o.clone());
+        }
+        let src = self.source.clone();
+        let pipeline = Pipeline::spawn(codec, self.max_fps, Box::new(move || src())).map_err(|e| StreamError::Internal(e.to_string()))?;
+        let track = Arc::new(TrackLocalStaticRTP::new(capability(codec), "screen".into(), "porthole".into()));
+        let clock = Arc::new(Mutex::new(None));
+        tokio::spawn(packetize(pipeline.clone(), track.clone(), clock.clone()));
+        let o = Arc::new(Outbound { pipeline, track, clock });
+        map.insert(codec, o.clone());
+        Ok(o)
+    }
+
+    pub fn pipelines(&self) -> Vec<Pipeline> {
+        self.outbound.lock().unwrap().values().map(|o| o.pipeline.clone()).collect()
+    }
+
+    /// Something changed the screen (our own input): capture now on every running pipeline.
+    pub fn nudge(&self) {
+        for p in self.pipelines() {
+            if p.active() {
+                p.nudge();
+            }
+        }
+    }
+
+    pub fn clock(&self, codec: Codec) -> Option<ClockPoint> {
+        self.outbound.lock().unwrap().get(&codec).and_then(|o| *o.clock.lock().unwrap())
+    }
+
+    pub fn viewer_count(&self) -> usize {
+        self.viewers.lock().unwrap().len()
+    }
+
+    pub fn viewer(&self, id: &str) -> Option<Arc<Viewer>> {
+        self.viewers.lock().unwrap().get(id).cloned()
+    }
+
+    /// Answers a WHEP offer. The answer carries all our host candidates (gathered in
+    /// milliseconds on a LAN), so no trickle is needed.
+    pub async fn add_viewer(&self, offer_sdp: String) -> Result<Arc<Viewer>, StreamError> {
+        let codec = choose_codec(&offer_sdp)?;
+        let offer = RTCSessionDescription::offer(offer_sdp).map_err(|e| StreamError::BadOffer(e.to_string()))?;
+        let ice_servers = if self.ice.ice_servers.is_empty() {
+            vec![]
+        } else {
+            vec![RTCIceServer { urls: self.ice.ice_servers.clone(), ..Default::default() }]
+        };
+        let pc = Arc::new(self.api.new_peer_connection(RTCConfiguration { ice_servers, ..Default::default() }).await?);
+        match self.negotiate(&pc, codec, offer).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let _ = pc.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn negotiate(&self, pc: &Arc<RTCPeerConnection>, codec: Codec, offer: RTCSessionDescription) -> Result<Arc<Viewer>, StreamError> {
+        let out = self.outbound(codec)?;
+        let sender = pc.add_track(out.track.clone() as Arc<dyn TrackLocal + Send + Sync>).await?;
+        let pipeline = out.pipeline.clone();
+        // PLI/FIR from this viewer → keyframe for all (they share the encode). Reading RTCP also
+        // drives the interceptors (NACK responder, reports).
+        tokio::spawn(async move {
+            while let Ok((pkts, _)) = sender.read_rtcp().await {
+                for p in pkts {
+                    let any = p.as_any();
+                    if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
+                        pipeline.request_keyframe();
+                    }
+                }
+            }
+        });
+        pc.set_remote_description(offer).await.map_err(|e| StreamError::BadOffer(e.to_string()))?;
+        let answer = pc.create_answer(None).await.map_err(|e| StreamError::BadOffer(e.to_string()))?;
+        let mut gathered = pc.gathering_complete_promise().await;
+        pc.set_local_description(answer).await?;
+        let _ = tokio::time::timeout(Duration::from_secs(2), gathered.recv()).await;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let viewer = Arc::new(Viewer { id: id.clone(), codec, pc: pc.clone(), _demand: out.pipeline.demand() });
+        self.viewers.lock().unwrap().insert(id, viewer.clone());
+        Ok(viewer)
+    }
+
+    pub fn answer_sdp(viewer: &Viewer) -> impl std::future::Future<Output = Option<String>> + '_ {
+        async move { viewer.pc.local_description().await.map(|d| d.sdp) }
+    }
+
+    /// Drops a viewer; its pipeline stops when it was the last one.
+    pub async fn remove_viewer(&self, id: &str) -> Result<(), StreamError> {
+        let v = self.viewers.lock().unwrap().remove(id).ok_or_else(|| StreamError::NoViewer(id.to_string()))?;
+        let _ = v.pc.close().await;
+        Ok(())
+    }
+}
+
+async fn packetize(pipeline: Pipeline, track: Arc<TrackLocalStaticRTP>, clock: Arc<Mutex<Option<ClockPoint>>>) {
+    let mut rx = pipeline.subscribe();
+    let mut payloader: Box<dyn Payloader + Send> = match pipeline.codec() {
+        Codec::H264 => Box::new(H264Payloader::default()),
+        Codec::Vp8 => Box::new(Vp8Payloader::default()),
+    };
+    let epoch = Instant::now();
+    let base_ts: u32 = rand::random();
+    let mut seq: u16 = rand::random();
+    let ssrc = 0; // each binding writes its own SSRC
+    let ext = [HeaderExtension::PlayoutDelay(PlayoutDelayExtension { min_delay: 0, max_delay: 0 })];
+    loop {
+        let pkt = match rx.recv().await {
+            Ok(p) => p,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(dropped = n, "RTP writer fell behind; asking for a keyframe");
+                pipeline.request_keyframe();
+                continue;
+            }
+            Err(_) => return,
+        };
+        let ts = base_ts.wrapping_add((pkt.captured_at.saturating_duration_since(epoch).as_micros() as u64 * 9 / 100) as u32);
+        let payloads = match payloader.payload(MTU, &pkt.frame.data) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("packetize: {e}");
+                continue;
+            }
+        };
+        let n = payloads.len();
+        for (i, payload) in payloads.into_iter().enumerate() {
+            let p = webrtc::rtp::packet::Packet {
+                header: webrtc::rtp::header::Header {
+                    version: 2,
+                    marker: i + 1 == n,
+                    sequence_number: seq,
+                    timestamp: ts,
+                    ssrc,
+                    ..Default::default()
+                },
+                payload: Bytes::from(payload),
+            };
+            seq = seq.wrapping_add(1);
+            if let Err(e) = track.write_rtp_with_extensions(&p, &ext).await {
+                tracing::debug!("write_rtp: {e}");
+            }
+        }
+        *clock.lock().unwrap() = Some(ClockPoint { captured_at: pkt.captured_at, rtp_timestamp: ts });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codec_choice() {
+        let h264 = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 102\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:102 H264/90000\r\n";
+        assert_eq!(choose_codec(h264).unwrap(), Codec::H264);
+        let vp8 = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n";
+        assert_eq!(choose_codec(vp8).unwrap(), Codec::Vp8);
+        let audio = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n";
+        assert!(choose_codec(audio).unwrap_err().to_string().contains("no video"));
+        let av1 = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 45\r\na=rtpmap:45 AV1/90000\r\n";
+        assert!(choose_codec(av1).unwrap_err().to_string().contains("neither H264 nor VP8"));
+    }
+}
