@@ -37,9 +37,19 @@ pub struct App {
     /// Secret values by name: exported to commands, redacted from everything that leaves.
     pub secrets: Mutex<std::collections::HashMap<String, String>>,
     pub started: Instant,
+    pub env: Mutex<crate::environment::EnvStatus>,
+    /// Process groups of background environment commands (start), killed on re-apply.
+    pub env_procs: Mutex<Vec<i32>>,
 }
 
 impl App {
+    /// Adds secrets: exported to commands from now on and redacted from everything shown.
+    pub fn add_secrets(&self, secrets: std::collections::HashMap<String, String>) {
+        let mut all = self.secrets.lock().unwrap();
+        all.extend(secrets);
+        self.timeline.redactor.set(all.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+
     /// Applies a control action and records it; returns the new state.
     pub fn apply_control(&self, action: ControlAction, who: Human, actor: Actor) -> porthole_proto::ControlState {
         let t = self.timeline.now_ms();

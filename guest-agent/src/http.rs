@@ -67,6 +67,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/control", get(control_get).post(control_post))
         .route("/v1/events", get(events_get))
         .route("/v1/events/stream", get(events_stream))
+        .route("/v1/environment", get(environment_get).post(environment_post))
+        .route("/v1/environment/terminals/{name}/restart", post(terminal_restart))
         .route("/v1/sessions", post(session_new))
         .route("/v1/sessions/current", get(session_current))
         .merge(crate::computer::routes())
@@ -298,4 +300,57 @@ async fn session_new(State(app): AppState) -> (StatusCode, Json<Value>) {
 
 async fn session_current(State(app): AppState) -> Json<Value> {
     Json(session_json(&app))
+}
+
+async fn environment_get(State(app): AppState) -> Json<crate::environment::EnvStatus> {
+    Json(app.env.lock().unwrap().clone())
+}
+
+/// `{"environment": {...}, "secrets": {"NAME": "value"}, "workspace"?: "/path"}`.
+async fn environment_post(State(app): AppState, body: axum::body::Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let v: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body is not JSON: {e}")))?;
+    let obj = v.as_object().ok_or_else(|| ApiError::bad_request("body: expected an object with \"environment\""))?;
+    for k in obj.keys() {
+        if !["environment", "secrets", "workspace"].contains(&k.as_str()) {
+            return Err(ApiError::bad_request(format!("{k}: unknown field; expected environment, secrets, workspace")));
+        }
+    }
+    let env_v = obj.get("environment").ok_or_else(|| ApiError::bad_request("environment: missing required field"))?;
+    let problems = porthole_envfile::validate_value(porthole_envfile::Kind::Porthole, env_v);
+    if !problems.is_empty() {
+        let lines: Vec<String> = problems.iter().map(|p| format!("environment.{p}")).collect();
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_environment", lines.join("; ")));
+    }
+    let env: porthole_envfile::PortholeEnvironment =
+        serde_json::from_value(env_v.clone()).map_err(|e| ApiError::bad_request(format!("environment: {e}")))?;
+    let mut secrets = std::collections::HashMap::new();
+    if let Some(s) = obj.get("secrets") {
+        let so = s.as_object().ok_or_else(|| ApiError::bad_request("secrets: expected an object of NAME: value"))?;
+        for (k, val) in so {
+            // Never echo the value back, even in an error.
+            let val = val.as_str().ok_or_else(|| ApiError::bad_request(format!("secrets.{k}: expected a string")))?;
+            secrets.insert(k.clone(), val.to_string());
+        }
+    }
+    let missing: Vec<&String> = env.secrets.iter().filter(|n| !secrets.contains_key(*n) && !app.secrets.lock().unwrap().contains_key(*n)).collect();
+    if !missing.is_empty() {
+        return Err(ApiError::bad_request(format!("secrets: the environment needs {missing:?}, which were not given")));
+    }
+    let ws = match obj.get("workspace").and_then(Value::as_str) {
+        Some(w) => std::path::PathBuf::from(w),
+        None => app.cfg.workspace.clone().unwrap_or_else(|| std::env::current_dir().unwrap_or_else(|_| "/".into())),
+    };
+    if !ws.is_dir() {
+        return Err(ApiError::bad_request(format!("workspace: {} is not a directory", ws.display())));
+    }
+    let names: Vec<String> = secrets.keys().cloned().collect();
+    app.add_secrets(secrets);
+    crate::environment::apply(app.clone(), env, ws);
+    app.timeline.emit(Actor::System, "step", json!({"step": "environment", "state": "applied", "secrets": names}));
+    Ok((StatusCode::ACCEPTED, Json(serde_json::to_value(app.env.lock().unwrap().clone()).unwrap_or_default())))
+}
+
+async fn terminal_restart(State(app): AppState, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    crate::environment::restart_terminal(&app, &name).await.map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "not_found", e))?;
+    Ok(StatusCode::OK)
 }

@@ -11,6 +11,7 @@ pub mod capture;
 pub mod computer;
 pub mod control;
 pub mod encode;
+pub mod environment;
 pub mod events;
 pub mod exec;
 pub mod http;

@@ -19,6 +19,20 @@ struct Cli {
 enum Cmd {
     /// Capture the display, serve WebRTC viewers and the HTTP API.
     Serve(ServeArgs),
+    /// Environment files (.cursor/ or .porthole/environment.json, devcontainer.json).
+    #[command(subcommand)]
+    Env(EnvCmd),
+}
+
+#[derive(Subcommand)]
+enum EnvCmd {
+    /// Validate a file: each problem on its own line, starting with its JSON path; exit 1 if invalid.
+    Check {
+        file: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -76,6 +90,10 @@ fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
             return Err(serve::ConfigError::Workspace(w.clone()).into());
         }
     }
+    let environment = match &a.workspace {
+        Some(w) => porthole_agent::environment::load_workspace_env(w).map_err(anyhow::Error::msg)?,
+        None => None,
+    };
     let secrets = match &a.secrets_file {
         Some(p) => serve::read_secrets(p)?,
         None => Default::default(),
@@ -96,6 +114,7 @@ fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
         secrets,
         ice: IceConfig { ice_servers: a.ice_servers, public_ip: a.public_ip, udp_port: a.udp_port },
         idle: a.idle,
+        environment,
     })
 }
 
@@ -108,6 +127,15 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().cmd {
+        Cmd::Env(EnvCmd::Check { file, json }) => {
+            let report = porthole_envfile::check_file(&file);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            std::process::exit(if report.is_valid() { 0 } else { 1 });
+        }
         Cmd::Serve(a) => {
             let p = prepare(a)?;
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

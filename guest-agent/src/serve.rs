@@ -107,6 +107,8 @@ pub struct Prepared {
     pub secrets: HashMap<String, String>,
     pub ice: IceConfig,
     pub idle: bool,
+    /// The workspace's environment, already validated.
+    pub environment: Option<porthole_envfile::PortholeEnvironment>,
 }
 
 /// Builds the app and serves until the listener fails or a signal arrives.
@@ -128,9 +130,14 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
         control: Mutex::new(Control::default()),
         hub,
         started: std::time::Instant::now(),
+        env: Mutex::new(Default::default()),
+        env_procs: Mutex::new(Vec::new()),
     });
     if !p.idle {
         app.timeline.emit(porthole_proto::Actor::System, "session", serde_json::json!({"state": "started"}));
+    }
+    if let (Some(env), Some(ws)) = (p.environment, app.cfg.workspace.clone()) {
+        crate::environment::apply(app.clone(), env, ws);
     }
     tracing::info!(addr = %listener.local_addr()?, display = %app.cfg.display, "porthole-agent serving");
     let router = crate::http::router(app.clone());

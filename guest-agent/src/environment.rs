@@ -1,0 +1,569 @@
+//! Running an environment: snapshot → build → install → start → terminals, ports watched.
+//!
+//! Each step's output streams as `terminal` events (named after the step or terminal, ANSI
+//! kept) through a [`StreamRedactor`], so a secret split across two reads is still caught.
+//! Terminals are windows of ONE tmux session (`porthole`) that the AI agent can attach to.
+
+use crate::app::App;
+use porthole_envfile::PortholeEnvironment;
+use porthole_proto::Actor;
+use serde::Serialize;
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+
+pub const TMUX_SESSION: &str = "porthole";
+const TAIL_BYTES: usize = 4096;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    Pending,
+    Running,
+    Done,
+    Failed,
+    Skipped,
+    Unsupported,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub name: String,
+    pub state: StepState,
+    pub exit_code: Option<i32>,
+    pub started_t_ms: Option<u64>,
+    pub duration_ms: Option<u64>,
+    pub message: Option<String>,
+    pub log_tail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PortStatus {
+    pub port: u16,
+    pub name: Option<String>,
+    pub listening: bool,
+    pub since_t_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TerminalStatus {
+    pub name: String,
+    pub command: String,
+    pub window: String,
+    pub running: bool,
+    pub exit_status: Option<i32>,
+    pub log_tail: String,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct EnvStatus {
+    /// none | running | ready | failed
+    pub state: String,
+    pub name: Option<String>,
+    pub workspace: Option<PathBuf>,
+    pub steps: Vec<Step>,
+    pub ports: Vec<PortStatus>,
+    pub terminals: Vec<TerminalStatus>,
+    pub tmux_session: Option<String>,
+    /// Bumped on every apply; a superseded run stops touching the status.
+    #[serde(skip)]
+    pub generation: u64,
+}
+
+/// Redacts a stream of output chunks: holds back any tail that could be the start of a secret
+/// (and incomplete UTF-8), so a value split across reads is still replaced.
+pub struct StreamRedactor {
+    secrets: Vec<(String, String)>,
+    bytes: Vec<u8>,
+}
+
+impl StreamRedactor {
+    pub fn new(secrets: &HashMap<String, String>) -> Self {
+        let mut s: Vec<(String, String)> = secrets.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.clone(), v.clone())).collect();
+        s.sort_by(|a, b| b.1.len().cmp(&a.1.len()));
+        Self { secrets: s, bytes: Vec::new() }
+    }
+
+    fn redact(&self, t: &str) -> String {
+        let mut out = t.to_string();
+        for (name, val) in &self.secrets {
+            if out.contains(val.as_str()) {
+                out = out.replace(val.as_str(), &format!("[REDACTED:{name}]"));
+            }
+        }
+        out
+    }
+
+    /// Feeds bytes; returns what can be shown now.
+    pub fn push(&mut self, chunk: &[u8]) -> String {
+        self.bytes.extend_from_slice(chunk);
+        let valid = match std::str::from_utf8(&self.bytes) {
+            Ok(_) => self.bytes.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => {
+                // Not UTF-8 at all: show it lossily rather than stall.
+                let s = String::from_utf8_lossy(&self.bytes).into_owned();
+                self.bytes.clear();
+                return self.redact(&s);
+            }
+        };
+        let text = std::str::from_utf8(&self.bytes[..valid]).expect("checked").to_string();
+        // The longest suffix that is a proper prefix of some secret must wait for more bytes.
+        let mut hold = 0;
+        for (_, v) in &self.secrets {
+            for (i, _) in text.char_indices().rev().take(v.len()) {
+                let suffix = &text[i..];
+                if suffix.len() < v.len() && v.starts_with(suffix) {
+                    hold = hold.max(suffix.len());
+                }
+            }
+        }
+        let cut = text.len() - hold;
+        let shown = self.redact(&text[..cut]);
+        self.bytes.drain(..cut);
+        shown
+    }
+
+    /// Everything held back (the stream ended or went quiet).
+    pub fn flush(&mut self) -> String {
+        let s = String::from_utf8_lossy(&self.bytes).into_owned();
+        self.bytes.clear();
+        self.redact(&s)
+    }
+}
+
+fn push_tail(tail: &mut String, s: &str) {
+    tail.push_str(s);
+    if tail.len() > TAIL_BYTES {
+        let mut cut = tail.len() - TAIL_BYTES;
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail.drain(..cut);
+    }
+}
+
+/// Loads `DIR/.porthole/environment.json`, else `DIR/.cursor/environment.json`.
+pub fn load_workspace_env(dir: &Path) -> Result<Option<PortholeEnvironment>, String> {
+    for p in [dir.join(".porthole/environment.json"), dir.join(".cursor/environment.json")] {
+        if p.exists() {
+            return porthole_envfile::load_file(&p).map(Some).map_err(|e| format!("{}: {e}", p.display()));
+        }
+    }
+    Ok(None)
+}
+
+fn env_vars(env: &PortholeEnvironment, secrets: &HashMap<String, String>, app: &App) -> HashMap<String, String> {
+    let mut v: HashMap<String, String> = env.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    v.extend(secrets.iter().map(|(k, s)| (k.clone(), s.clone())));
+    v.insert("DISPLAY".into(), app.cfg.display.clone());
+    v
+}
+
+/// Starts (or restarts) the environment sequence in the background.
+pub fn apply(app: Arc<App>, env: PortholeEnvironment, workspace: PathBuf) {
+    let generation = {
+        let mut st = app.env.lock().unwrap();
+        st.generation += 1;
+        let g = st.generation;
+        *st = EnvStatus {
+            state: "running".into(),
+            name: env.name.clone(),
+            workspace: Some(workspace.clone()),
+            steps: Vec::new(),
+            ports: env.ports.iter().map(|p| PortStatus { port: p.port, name: p.name.clone(), listening: false, since_t_ms: None }).collect(),
+            terminals: Vec::new(),
+            tmux_session: None,
+            generation: g,
+        };
+        g
+    };
+    tokio::spawn(async move {
+        stop_previous(&app).await;
+        let ok = run_sequence(&app, &env, &workspace, generation).await;
+        let mut st = app.env.lock().unwrap();
+        if st.generation == generation {
+            st.state = if ok { "ready".into() } else { "failed".into() };
+            let state = st.state.clone();
+            drop(st);
+            app.timeline.emit(Actor::System, "step", json!({"step": "environment", "state": state}));
+        }
+    });
+}
+
+async fn stop_previous(app: &App) {
+    let old = app.env_procs.lock().unwrap().drain(..).collect::<Vec<_>>();
+    for pgid in old {
+        // SAFETY: signalling a process group we started.
+        unsafe { libc::kill(-pgid, libc::SIGTERM) };
+    }
+    let _ = tokio::process::Command::new("tmux").args(["kill-session", "-t", TMUX_SESSION]).output().await;
+}
+
+fn set_step(app: &App, generation: u64, step: Step) {
+    let mut st = app.env.lock().unwrap();
+    if st.generation != generation {
+        return;
+    }
+    match st.steps.iter_mut().find(|s| s.name == step.name) {
+        Some(s) => *s = step,
+        None => st.steps.push(step),
+    }
+}
+
+async fn run_sequence(app: &Arc<App>, env: &PortholeEnvironment, ws: &Path, generation: u64) -> bool {
+    let secrets = app.secrets.lock().unwrap().clone();
+    let vars = env_vars(env, &secrets, app);
+    let step = |name: &str, state: StepState, message: Option<String>| Step {
+        name: name.into(),
+        state,
+        exit_code: None,
+        started_t_ms: Some(app.timeline.now_ms()),
+        duration_ms: None,
+        message,
+        log_tail: String::new(),
+    };
+    if env.snapshot.is_some() {
+        // The machine provider restores snapshots before the agent starts; nothing to do here.
+        let s = step("snapshot", StepState::Skipped, Some("restored by the machine provider".into()));
+        app.timeline.emit(Actor::System, "step", json!({"step": "snapshot", "state": "skipped", "message": s.message}));
+        set_step(app, generation, s);
+    }
+    if let Some(b) = &env.build {
+        let engine = which("docker").or_else(|| which("podman"));
+        let msg = match engine {
+            Some(e) => format!("build {} with {} is not run by the agent yet; the provider builds images", b.dockerfile, e.display()),
+            None => format!("build ({}) is not supported on this machine: no container engine (docker or podman) is installed", b.dockerfile),
+        };
+        app.timeline.emit(Actor::System, "step", json!({"step": "build", "state": "unsupported", "message": msg}));
+        set_step(app, generation, step("build", StepState::Unsupported, Some(msg)));
+    }
+    if let Some(cmd) = &env.install {
+        let started = Instant::now();
+        let mut s = step("install", StepState::Running, None);
+        set_step(app, generation, s.clone());
+        app.timeline.emit(Actor::System, "step", json!({"step": "install", "state": "running", "command": cmd}));
+        let (code, tail) = run_step(app, "install", cmd, ws, &vars, &secrets, true).await;
+        s.exit_code = code;
+        s.duration_ms = Some(started.elapsed().as_millis() as u64);
+        s.log_tail = tail;
+        s.state = if code == Some(0) { StepState::Done } else { StepState::Failed };
+        app.timeline.emit(
+            Actor::System,
+            "step",
+            json!({"step": "install", "state": s.state, "exit_code": code, "duration_ms": s.duration_ms, "log_tail": if code == Some(0) { String::new() } else { s.log_tail.clone() }}),
+        );
+        let failed = s.state == StepState::Failed;
+        set_step(app, generation, s);
+        if failed {
+            return false;
+        }
+    }
+    if let Some(cmd) = &env.start {
+        let mut s = step("start", StepState::Running, None);
+        app.timeline.emit(Actor::System, "step", json!({"step": "start", "state": "running", "command": cmd}));
+        let (a, cmd2, ws2, vars2, sec2) = (app.clone(), cmd.clone(), ws.to_path_buf(), vars.clone(), secrets.clone());
+        tokio::spawn(async move {
+            let (code, tail) = run_step(&a, "start", &cmd2, &ws2, &vars2, &sec2, false).await;
+            a.timeline.emit(Actor::System, "step", json!({"step": "start", "state": "exited", "exit_code": code}));
+            let mut st = a.env.lock().unwrap();
+            if let Some(s) = st.steps.iter_mut().find(|s| s.name == "start") {
+                s.exit_code = code;
+                s.log_tail = tail;
+                s.state = if code == Some(0) { StepState::Done } else { StepState::Failed };
+            }
+        });
+        s.state = StepState::Running;
+        set_step(app, generation, s);
+    }
+    if !env.terminals.is_empty() {
+        if let Err(e) = start_terminals(app, env, ws, &vars, generation).await {
+            app.timeline.emit(Actor::System, "error", json!({"step": "terminals", "message": e}));
+            set_step(app, generation, step("terminals", StepState::Failed, Some(e)));
+            return false;
+        }
+    }
+    if !env.ports.is_empty() {
+        tokio::spawn(watch_ports(app.clone(), generation));
+    }
+    true
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(bin)).find(|p| p.is_file())
+}
+
+/// Runs one step's shell command, streaming its output as `terminal` events.
+async fn run_step(
+    app: &Arc<App>,
+    name: &str,
+    cmd: &str,
+    ws: &Path,
+    vars: &HashMap<String, String>,
+    secrets: &HashMap<String, String>,
+    blocking: bool,
+) -> (Option<i32>, String) {
+    let mut c = tokio::process::Command::new("sh");
+    c.arg("-c").arg(cmd).current_dir(ws).envs(vars).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    let mut child = match c.spawn() {
+        Ok(c) => c,
+        Err(e) => return (None, format!("could not start: {e}")),
+    };
+    if let Some(id) = child.id() {
+        if !blocking {
+            app.env_procs.lock().unwrap().push(id as i32);
+        }
+    }
+    let tail = Arc::new(Mutex::new(String::new()));
+    let mut readers = Vec::new();
+    for out in [Box::new(child.stdout.take().expect("piped")) as Box<dyn tokio::io::AsyncRead + Unpin + Send>, Box::new(child.stderr.take().expect("piped"))] {
+        let (a, n, t, sec) = (app.clone(), name.to_string(), tail.clone(), secrets.clone());
+        readers.push(tokio::spawn(async move { pump(a, n, out, t, sec).await }));
+    }
+    let status = child.wait().await.ok().and_then(|s| s.code());
+    for r in readers {
+        let _ = tokio::time::timeout(Duration::from_secs(1), r).await;
+    }
+    let t = tail.lock().unwrap().clone();
+    (status, t)
+}
+
+async fn pump(app: Arc<App>, name: String, mut r: Box<dyn tokio::io::AsyncRead + Unpin + Send>, tail: Arc<Mutex<String>>, secrets: HashMap<String, String>) {
+    let mut red = StreamRedactor::new(&secrets);
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = match tokio::time::timeout(Duration::from_millis(250), r.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => n,
+            Err(_) => {
+                // Quiet: show what was held back for a possible secret prefix.
+                let s = red.flush();
+                emit_text(&app, &name, &s, &tail);
+                continue;
+            }
+        };
+        let s = red.push(&buf[..n]);
+        emit_text(&app, &name, &s, &tail);
+    }
+    let s = red.flush();
+    emit_text(&app, &name, &s, &tail);
+}
+
+fn emit_text(app: &App, name: &str, s: &str, tail: &Mutex<String>) {
+    if s.is_empty() {
+        return;
+    }
+    push_tail(&mut tail.lock().unwrap(), s);
+    app.timeline.emit(Actor::System, "terminal", json!({"name": name, "text": s}));
+}
+
+async fn tmux(args: &[&str]) -> Result<String, String> {
+    let out = tokio::process::Command::new("tmux").args(args).output().await.map_err(|e| format!("tmux: {e} (is tmux installed?)"))?;
+    if !out.status.success() {
+        return Err(format!("tmux {}: {}", args.first().unwrap_or(&""), String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn terminal_name(t: &porthole_envfile::Terminal, i: usize) -> String {
+    t.name.clone().filter(|n| !n.trim().is_empty()).unwrap_or_else(|| format!("terminal-{}", i + 1))
+}
+
+async fn start_terminals(app: &Arc<App>, env: &PortholeEnvironment, ws: &Path, vars: &HashMap<String, String>, generation: u64) -> Result<(), String> {
+    let logs = app.cfg.data_dir.join("terminals");
+    std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
+    let wsd = ws.to_string_lossy().to_string();
+    let mut statuses = Vec::new();
+    for (i, t) in env.terminals.iter().enumerate() {
+        let name = terminal_name(t, i);
+        // tmux window names must not contain '.' or ':' (target syntax).
+        let window = name.replace(['.', ':'], "_");
+        let mut args: Vec<String> = if i == 0 {
+            vec!["new-session".into(), "-d".into(), "-s".into(), TMUX_SESSION.into(), "-x".into(), "200".into(), "-y".into(), "50".into(), "-n".into(), window.clone()]
+        } else {
+            vec!["new-window".into(), "-t".into(), TMUX_SESSION.into(), "-n".into(), window.clone()]
+        };
+        args.extend(["-c".into(), wsd.clone()]);
+        for (k, v) in vars {
+            args.push("-e".into());
+            args.push(format!("{k}={v}"));
+        }
+        args.push(t.command.clone());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        tmux(&refs).await?;
+        let target = format!("{TMUX_SESSION}:{window}");
+        tmux(&["set-option", "-w", "-t", &target, "remain-on-exit", "on"]).await?;
+        // The log file holds raw terminal output; it is read, redacted and deleted as it grows.
+        let log = logs.join(format!("{window}.log"));
+        let _ = std::fs::remove_file(&log);
+        tmux(&["pipe-pane", "-o", "-t", &target, &format!("cat >> '{}'", log.display())]).await?;
+        app.timeline.emit(Actor::System, "step", json!({"step": format!("terminal:{name}"), "state": "running", "window": target}));
+        statuses.push(TerminalStatus { name: name.clone(), command: t.command.clone(), window: target.clone(), running: true, exit_status: None, log_tail: String::new() });
+        tokio::spawn(follow_terminal(app.clone(), name, target, log, generation));
+    }
+    let mut st = app.env.lock().unwrap();
+    if st.generation == generation {
+        st.terminals = statuses;
+        st.tmux_session = Some(TMUX_SESSION.into());
+    }
+    Ok(())
+}
+
+/// Tails a terminal's log and watches its pane for exit.
+async fn follow_terminal(app: Arc<App>, name: String, target: String, log: PathBuf, generation: u64) {
+    let secrets = app.secrets.lock().unwrap().clone();
+    let mut red = StreamRedactor::new(&secrets);
+    let mut offset = 0u64;
+    let mut last_check = Instant::now();
+    let mut reported_exit = false;
+    loop {
+        if app.env.lock().unwrap().generation != generation {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(mut f) = tokio::fs::File::open(&log).await {
+            use tokio::io::AsyncSeekExt;
+            if f.seek(std::io::SeekFrom::Start(offset)).await.is_ok() {
+                let mut buf = Vec::new();
+                if f.read_to_end(&mut buf).await.is_ok() && !buf.is_empty() {
+                    offset += buf.len() as u64;
+                    let s = red.push(&buf);
+                    update_terminal(&app, &name, |t| push_tail(&mut t.log_tail, &s));
+                    if !s.is_empty() {
+                        app.timeline.emit(Actor::System, "terminal", json!({"name": name, "text": s}));
+                    }
+                } else {
+                    let s = red.flush();
+                    if !s.is_empty() {
+                        update_terminal(&app, &name, |t| push_tail(&mut t.log_tail, &s));
+                        app.timeline.emit(Actor::System, "terminal", json!({"name": name, "text": s}));
+                    }
+                }
+            }
+        }
+        if last_check.elapsed() >= Duration::from_millis(500) {
+            last_check = Instant::now();
+            let out = tmux(&["list-panes", "-t", &target, "-F", "#{pane_dead} #{pane_dead_status}"]).await;
+            let dead = match &out {
+                Ok(s) => s.trim().split_once(' ').filter(|(d, _)| *d == "1").map(|(_, st)| st.parse::<i32>().ok()),
+                Err(_) => Some(None),
+            };
+            match dead {
+                Some(status) if !reported_exit => {
+                    reported_exit = true;
+                    update_terminal(&app, &name, |t| {
+                        t.running = false;
+                        t.exit_status = status;
+                    });
+                    app.timeline.emit(Actor::System, "step", json!({"step": format!("terminal:{name}"), "state": "exited", "exit_code": status, "restartable": true}));
+                }
+                None if reported_exit => {
+                    reported_exit = false;
+                    update_terminal(&app, &name, |t| {
+                        t.running = true;
+                        t.exit_status = None;
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn update_terminal(app: &App, name: &str, f: impl FnOnce(&mut TerminalStatus)) {
+    let mut st = app.env.lock().unwrap();
+    if let Some(t) = st.terminals.iter_mut().find(|t| t.name == name) {
+        f(t);
+    }
+}
+
+/// Restarts a terminal whose command exited (or kills and restarts a running one).
+pub async fn restart_terminal(app: &App, name: &str) -> Result<(), String> {
+    let target = app.env.lock().unwrap().terminals.iter().find(|t| t.name == name).map(|t| t.window.clone());
+    let target = target.ok_or_else(|| format!("no terminal named '{name}'"))?;
+    tmux(&["respawn-pane", "-k", "-t", &target]).await?;
+    app.timeline.emit(Actor::System, "step", json!({"step": format!("terminal:{name}"), "state": "running", "restarted": true}));
+    Ok(())
+}
+
+/// Ports listening on this machine, from /proc/net/tcp{,6} (state 0A = LISTEN).
+pub fn listening_ports() -> Vec<u16> {
+    let mut out = Vec::new();
+    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        if let Ok(s) = std::fs::read_to_string(f) {
+            for line in s.lines().skip(1) {
+                let cols: Vec<&str> = line.split_whitespace().collect();
+                if cols.len() > 3 && cols[3] == "0A" {
+                    if let Some(port) = cols[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) {
+                        out.push(port);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+async fn watch_ports(app: Arc<App>, generation: u64) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let open = listening_ports();
+        let mut events = Vec::new();
+        {
+            let mut st = app.env.lock().unwrap();
+            if st.generation != generation {
+                return;
+            }
+            for p in st.ports.iter_mut() {
+                let now = open.contains(&p.port);
+                if now != p.listening {
+                    p.listening = now;
+                    p.since_t_ms = Some(app.timeline.now_ms());
+                    events.push(json!({"port": p.port, "name": p.name, "state": if now { "listening" } else { "closed" }}));
+                }
+            }
+        }
+        for e in events {
+            app.timeline.emit(Actor::System, "port", e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redactor_catches_secrets_split_across_chunks() {
+        let secrets: HashMap<String, String> = [("TOKEN".to_string(), "hunter2-secret".to_string())].into();
+        let mut r = StreamRedactor::new(&secrets);
+        let mut out = String::new();
+        for chunk in ["token is hun", "ter2-se", "cret and é", "\n"] {
+            out += &r.push(chunk.as_bytes());
+        }
+        out += &r.flush();
+        assert_eq!(out, "token is [REDACTED:TOKEN] and é\n");
+        // A prefix that never completes is shown once the stream flushes.
+        let mut r = StreamRedactor::new(&secrets);
+        let mut out = r.push(b"hunter");
+        assert_eq!(out, "");
+        out += &r.flush();
+        assert_eq!(out, "hunter");
+        // UTF-8 split in the middle of a character is held until complete.
+        let mut r = StreamRedactor::new(&HashMap::new());
+        let e = "é".as_bytes();
+        assert_eq!(r.push(&e[..1]), "");
+        assert_eq!(r.push(&e[1..]), "é");
+    }
+
+    #[test]
+    fn listening_ports_sees_a_listener() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(listening_ports().contains(&port));
+    }
+}

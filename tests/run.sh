@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command: unit and integration tests (cargo), then the end-to-end tests that drive the
+# real agent on a real Xvfb display with Debian's Chromium as an independent WebRTC peer.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+bash packaging/install-deps.sh >/dev/null
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$here/target}"
+export PORTHOLE_AGENT_BIN="$CARGO_TARGET_DIR/debug/porthole-agent"
+
+start=$(date +%s)
+cargo build --workspace --locked --all-targets
+echo "tests/run.sh: build took $(( $(date +%s) - start )) s"
+cargo test --workspace --locked
+(cd tests/e2e && npm test)
+echo "tests/run.sh: all tests took $(( $(date +%s) - start )) s"
