@@ -40,6 +40,10 @@ pub struct App {
     pub env: Mutex<crate::environment::EnvStatus>,
     /// Process groups of background environment commands (start), killed on re-apply.
     pub env_procs: Mutex<Vec<i32>>,
+    /// Why recording is failing (disk full, unwritable), shown on /v1/health.
+    pub recording_problem: Mutex<Option<String>>,
+    /// Whether the recorder thread runs (not before the first session with `--idle`).
+    pub recorder_on: std::sync::atomic::AtomicBool,
 }
 
 impl App {

@@ -371,8 +371,8 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/v1/exec", post(crate::exec::handler))
 }
 
-pub fn health_problems(_app: &App) -> Vec<String> {
-    Vec::new()
+pub fn health_problems(app: &App) -> Vec<String> {
+    app.recording_problem.lock().unwrap().iter().map(|p| format!("recording: {p}")).collect()
 }
 
 async fn take_screenshot(app: &Arc<App>, q: &ShotQuery, crop: Option<[u32; 4]>) -> Result<Vec<u8>, ApiError> {
@@ -419,6 +419,8 @@ async fn computer(State(app): State<Arc<App>>, Query(q): Query<ComputerQuery>, b
         app.timeline.emit(Actor::Agent, "refused", json!({"action": name, "reason": r.0}));
         return Err(ApiError::new(StatusCode::CONFLICT, "control_refused", r.0));
     }
+    let thumbs = app.cfg.record && !matches!(action, Action::Screenshot | Action::Zoom { .. } | Action::CursorPosition | Action::Wait { .. });
+    let before = if thumbs { thumbnail(&app, false).await } else { None };
     let started = Instant::now();
     let out = run_action(&app, &action, &q.shot).await;
     let mut data = v.clone();
@@ -433,9 +435,41 @@ async fn computer(State(app): State<Arc<App>>, Query(q): Query<ComputerQuery>, b
             o.insert("error".into(), json!(e.message));
         }
     }
-    app.timeline.emit(Actor::Agent, "action", data);
+    if thumbs {
+        if let Some(o) = data.as_object_mut() {
+            // Named by the event's seq, which is the next one: emit assigns it under its lock,
+            // so we read it back from the emitted event instead of guessing.
+            o.insert("thumbs".into(), json!(true));
+        }
+    }
+    let ev = app.timeline.emit(Actor::Agent, "action", data);
+    if thumbs {
+        let (a, session, seq) = (app.clone(), app.timeline.session_id(), ev.seq);
+        tokio::spawn(async move {
+            let dir = crate::recorder::recordings_dir(&a.cfg.data_dir).join(&session).join("thumbs");
+            if let Some(b) = before {
+                let _ = tokio::fs::write(dir.join(format!("{seq}-before.jpg")), b).await;
+            }
+            if let Some(after) = thumbnail(&a, true).await {
+                let _ = tokio::fs::write(dir.join(format!("{seq}-after.jpg")), after).await;
+            }
+        });
+    }
     let (output, image, _) = out?;
     Ok(Json(json!({"output": output, "error": null, "base64_image": image})))
+}
+
+/// A small JPEG of the screen for the timeline (320 px wide), or None if the grab fails.
+async fn thumbnail(app: &Arc<App>, settle: bool) -> Option<Vec<u8>> {
+    let a = app.clone();
+    tokio::task::spawn_blocking(move || {
+        let rgb = a.screenshots.grab(settle).ok()?;
+        let h = (320 * rgb.height / rgb.width.max(1)).max(1);
+        encode_image(&rgb, None, (320, h), ImageFormat::Jpeg, 70).ok()
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 type ActionOut = (Option<String>, Option<String>, Option<(i32, i32)>);

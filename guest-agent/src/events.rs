@@ -51,6 +51,8 @@ impl Redactor {
 }
 
 struct Log {
+    /// `events.jsonl` of the session's recording, appended to as events happen.
+    sink: Option<std::fs::File>,
     session_id: String,
     started: Instant,
     started_at_unix_ms: u64,
@@ -60,6 +62,8 @@ struct Log {
 #[derive(Clone)]
 pub struct Timeline {
     log: Arc<Mutex<Log>>,
+    /// Recordings directory when sessions are recorded.
+    record_root: Option<std::path::PathBuf>,
     tx: broadcast::Sender<Event>,
     pub redactor: Redactor,
 }
@@ -75,10 +79,12 @@ pub fn new_session_id() -> String {
 }
 
 impl Timeline {
-    pub fn new(session_id: String) -> Self {
+    pub fn new(session_id: String, record_root: Option<std::path::PathBuf>) -> Self {
         let (tx, _) = broadcast::channel(1024);
+        let sink = open_sink(record_root.as_deref(), &session_id);
         Self {
-            log: Arc::new(Mutex::new(Log { session_id, started: Instant::now(), started_at_unix_ms: unix_ms(), events: Vec::new() })),
+            log: Arc::new(Mutex::new(Log { sink, session_id, started: Instant::now(), started_at_unix_ms: unix_ms(), events: Vec::new() })),
+            record_root,
             tx,
             redactor: Redactor::default(),
         }
@@ -86,8 +92,9 @@ impl Timeline {
 
     /// Ends the current session and starts a new one: new id, clock at 0, seq from 1.
     pub fn restart(&self, session_id: String) {
+        let sink = open_sink(self.record_root.as_deref(), &session_id);
         let mut l = self.log.lock().unwrap();
-        *l = Log { session_id, started: Instant::now(), started_at_unix_ms: unix_ms(), events: Vec::new() };
+        *l = Log { sink, session_id, started: Instant::now(), started_at_unix_ms: unix_ms(), events: Vec::new() };
     }
 
     pub fn session_id(&self) -> String {
@@ -118,6 +125,16 @@ impl Timeline {
             let t_ms = l.started.elapsed().as_millis() as u64;
             let seq = l.events.len() as u64 + 1;
             let ev = Event { seq, t_ms, actor, kind: kind.to_string(), data };
+            if let Some(f) = l.sink.as_mut() {
+                use std::io::Write;
+                // One write per line: after a crash the file ends on a whole event.
+                let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+                line.push(b'\n');
+                if let Err(e) = f.write_all(&line) {
+                    tracing::warn!("events.jsonl: {e}; events are kept in memory only");
+                    l.sink = None;
+                }
+            }
             l.events.push(ev.clone());
             ev
         };
@@ -139,6 +156,19 @@ impl Timeline {
     }
 }
 
+fn open_sink(root: Option<&std::path::Path>, session_id: &str) -> Option<std::fs::File> {
+    let dir = root?.join(session_id);
+    let r = std::fs::create_dir_all(&dir)
+        .and_then(|_| std::fs::OpenOptions::new().create(true).append(true).open(dir.join("events.jsonl")));
+    match r {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!("cannot write {}: {e}", dir.display());
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,7 +176,7 @@ mod tests {
 
     #[test]
     fn events_are_ordered_paged_and_redacted() {
-        let t = Timeline::new("s1".into());
+        let t = Timeline::new("s1".into(), None);
         t.redactor.set([("API_KEY".to_string(), "sk-12345".to_string())]);
         for i in 0..5 {
             t.emit(Actor::Agent, "action", json!({"i": i, "text": "key sk-12345 here"}));

@@ -69,6 +69,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/events/stream", get(events_stream))
         .route("/v1/environment", get(environment_get).post(environment_post))
         .route("/v1/environment/terminals/{name}/restart", post(terminal_restart))
+        .route("/v1/recordings", get(recordings_list))
+        .route("/v1/recordings/{id}/video", get(recording_video))
+        .route("/v1/recordings/{id}/events", get(recording_events))
+        .route("/v1/recordings/{id}/thumbs/{name}", get(recording_thumb))
         .route("/v1/sessions", post(session_new))
         .route("/v1/sessions/current", get(session_current))
         .merge(crate::computer::routes())
@@ -291,11 +295,17 @@ fn session_json(app: &App) -> Value {
     })
 }
 
-async fn session_new(State(app): AppState) -> (StatusCode, Json<Value>) {
+async fn session_new(State(app): AppState) -> Result<(StatusCode, Json<Value>), ApiError> {
     let old = app.timeline.session_id();
+    if app.cfg.record {
+        crate::recorder::finish_current(&app);
+    }
     app.timeline.restart(new_session_id());
     app.timeline.emit(Actor::System, "session", json!({"state": "started", "previous": old}));
-    (StatusCode::CREATED, Json(session_json(&app)))
+    if app.cfg.record && !app.recorder_on.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        crate::recorder::spawn(app.clone()).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "recording_failed", e))?;
+    }
+    Ok((StatusCode::CREATED, Json(session_json(&app))))
 }
 
 async fn session_current(State(app): AppState) -> Json<Value> {
@@ -353,4 +363,98 @@ async fn environment_post(State(app): AppState, body: axum::body::Bytes) -> Resu
 async fn terminal_restart(State(app): AppState, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     crate::environment::restart_terminal(&app, &name).await.map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "not_found", e))?;
     Ok(StatusCode::OK)
+}
+
+async fn recordings_list(State(app): AppState) -> Json<Value> {
+    Json(json!({"recordings": crate::recorder::list(&app)}))
+}
+
+fn recording_dir(app: &App, id: &str) -> Result<std::path::PathBuf, ApiError> {
+    let dir = crate::recorder::recordings_dir(&app.cfg.data_dir).join(id);
+    if !crate::recorder::valid_id(id) || !dir.join("meta.json").exists() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no recording {id}")));
+    }
+    Ok(dir)
+}
+
+#[derive(Deserialize)]
+struct PartQuery {
+    part: Option<usize>,
+}
+
+async fn recording_video(State(app): AppState, Path(id): Path<String>, Query(q): Query<PartQuery>, headers: HeaderMap) -> Result<Response, ApiError> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let dir = recording_dir(&app, &id)?;
+    let part = q.part.unwrap_or(1);
+    let path = crate::recorder::part_path(&dir, part);
+    let mut f = tokio::fs::File::open(&path)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("recording {id} has no part {part}")))?;
+    // The file may still grow (live session): serve what is there now.
+    let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let (status, start, end) = match range {
+        None => (StatusCode::OK, 0, len.saturating_sub(1)),
+        Some(r) => match crate::recorder::parse_range(r, len) {
+            Some((s, e)) => (StatusCode::PARTIAL_CONTENT, s, e),
+            None => {
+                let mut res = ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable", format!("range {r} is outside 0-{len}")).into_response();
+                res.headers_mut().insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes */{len}")).expect("ascii"));
+                return Ok(res);
+            }
+        },
+    };
+    let n = if len == 0 { 0 } else { end - start + 1 };
+    let mut buf = vec![0u8; n as usize];
+    f.seek(std::io::SeekFrom::Start(start)).await.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string()))?;
+    f.read_exact(&mut buf).await.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string()))?;
+    let mut res = Response::new(Body::from(buf));
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if status == StatusCode::PARTIAL_CONTENT {
+        h.insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")).expect("ascii"));
+    }
+    Ok(res)
+}
+
+#[derive(Deserialize)]
+struct RecEventsQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+    from_ms: Option<u64>,
+    to_ms: Option<u64>,
+}
+
+async fn recording_events(State(app): AppState, Path(id): Path<String>, Query(q): Query<RecEventsQuery>) -> Result<Json<Value>, ApiError> {
+    let dir = recording_dir(&app, &id)?;
+    let text = tokio::fs::read_to_string(dir.join("events.jsonl")).await.unwrap_or_default();
+    let limit = q.limit.unwrap_or(1000).clamp(1, 100_000);
+    let mut events = Vec::new();
+    for line in text.lines() {
+        // A torn last line (the agent was killed mid-write) is skipped, not an error.
+        let Ok(e) = serde_json::from_str::<porthole_proto::Event>(line) else { continue };
+        if e.seq <= q.after || q.from_ms.is_some_and(|f| e.t_ms < f) || q.to_ms.is_some_and(|t| e.t_ms > t) {
+            continue;
+        }
+        events.push(e);
+        if events.len() >= limit {
+            break;
+        }
+    }
+    let next = events.last().map(|e| e.seq).unwrap_or(q.after);
+    Ok(Json(json!({"events": events, "next": next})))
+}
+
+async fn recording_thumb(State(app): AppState, Path((id, name)): Path<(String, String)>) -> Result<Response, ApiError> {
+    let dir = recording_dir(&app, &id)?;
+    if !name.ends_with(".jpg") || !crate::recorder::valid_id(name.trim_end_matches(".jpg")) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no thumbnail {name}")));
+    }
+    let bytes = tokio::fs::read(dir.join("thumbs").join(&name))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no thumbnail {name}")))?;
+    Ok(([(header::CONTENT_TYPE, "image/jpeg")], bytes).into_response())
 }

@@ -18,5 +18,6 @@ pub mod http;
 pub mod input;
 pub mod keys;
 pub mod pipeline;
+pub mod recorder;
 pub mod serve;
 pub mod stream;

@@ -119,7 +119,8 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
     let source: crate::pipeline::SourceFactory =
         Box::new(move || X11Source::open(&display).map(|s| Box::new(s) as Box<dyn FrameSource>));
     let hub = StreamHub::new(p.ice, p.cfg.max_fps, source).context("webrtc setup")?;
-    let timeline = Timeline::new(new_session_id());
+    let record_root = p.cfg.record.then(|| crate::recorder::recordings_dir(&p.cfg.data_dir));
+    let timeline = Timeline::new(new_session_id(), record_root);
     timeline.redactor.set(p.secrets.clone());
     let app = Arc::new(App {
         input: Input::spawn(p.cfg.display.clone()),
@@ -132,7 +133,13 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
         started: std::time::Instant::now(),
         env: Mutex::new(Default::default()),
         env_procs: Mutex::new(Vec::new()),
+        recording_problem: Mutex::new(None),
+        recorder_on: false.into(),
     });
+    if app.cfg.record && !p.idle {
+        app.recorder_on.store(true, std::sync::atomic::Ordering::SeqCst);
+        crate::recorder::spawn(app.clone()).map_err(anyhow::Error::msg).context("recorder")?;
+    }
     if !p.idle {
         app.timeline.emit(porthole_proto::Actor::System, "session", serde_json::json!({"state": "started"}));
     }
@@ -148,6 +155,9 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
         })
         .await
         .context("http server")?;
+    if app.cfg.record {
+        crate::recorder::finish_current(&app);
+    }
     for p in app.hub.pipelines() {
         p.shutdown();
     }
