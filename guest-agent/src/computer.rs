@@ -412,7 +412,13 @@ struct ComputerQuery {
 
 async fn computer(State(app): State<Arc<App>>, Query(q): Query<ComputerQuery>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let v: Value = serde_json::from_slice(&body).map_err(|e| bad("body", format!("not JSON: {e}")))?;
-    let action = parse_action(&v, app.cfg.display_size)?;
+    perform(&app, &v, &q.shot).await.map(Json)
+}
+
+/// Validates and runs one action for the agent (HTTP and MCP alike): refused while the agent
+/// may not act, recorded on the timeline, answered in Anthropic's tool-result shape.
+pub async fn perform(app: &Arc<App>, v: &Value, shot: &ShotQuery) -> Result<Value, ApiError> {
+    let action = parse_action(v, app.cfg.display_size)?;
     let name = v["action"].as_str().unwrap_or_default().to_string();
     let refusal = app.control.lock().unwrap().agent_may_act();
     if let Err(r) = refusal {
@@ -420,9 +426,9 @@ async fn computer(State(app): State<Arc<App>>, Query(q): Query<ComputerQuery>, b
         return Err(ApiError::new(StatusCode::CONFLICT, "control_refused", r.0));
     }
     let thumbs = app.cfg.record && !matches!(action, Action::Screenshot | Action::Zoom { .. } | Action::CursorPosition | Action::Wait { .. });
-    let before = if thumbs { thumbnail(&app, false).await } else { None };
+    let before = if thumbs { thumbnail(app, false).await } else { None };
     let started = Instant::now();
-    let out = run_action(&app, &action, &q.shot).await;
+    let out = run_action(app, &action, shot).await;
     let mut data = v.clone();
     if let Some(o) = data.as_object_mut() {
         o.remove("action");
@@ -456,7 +462,7 @@ async fn computer(State(app): State<Arc<App>>, Query(q): Query<ComputerQuery>, b
         });
     }
     let (output, image, _) = out?;
-    Ok(Json(json!({"output": output, "error": null, "base64_image": image})))
+    Ok(json!({"output": output, "error": null, "base64_image": image}))
 }
 
 /// A small JPEG of the screen for the timeline (320 px wide), or None if the grab fails.

@@ -100,6 +100,11 @@ pub async fn run(req: &ExecRequest, extra_env: &HashMap<String, String>) -> Resu
 
 pub async fn handler(State(app): State<Arc<App>>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let req: ExecRequest = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("exec body: {e}")))?;
+    perform(&app, req).await.map(Json)
+}
+
+/// Runs a validated request for the agent (HTTP and MCP alike); output redacted, recorded.
+pub async fn perform(app: &App, req: ExecRequest) -> Result<Value, ApiError> {
     if req.command.trim().is_empty() {
         return Err(ApiError::bad_request("command: must not be empty"));
     }
@@ -115,14 +120,14 @@ pub async fn handler(State(app): State<Arc<App>>, body: Bytes) -> Result<Json<Va
         "exec",
         json!({"command": req.command, "exit_code": r.exit_code, "duration_ms": r.duration_ms, "timed_out": r.timed_out, "truncated": r.truncated}),
     );
-    Ok(Json(json!({
+    Ok(json!({
         "exit_code": r.exit_code,
         "stdout": stdout,
         "stderr": stderr,
         "duration_ms": r.duration_ms,
         "truncated": r.truncated,
         "timed_out": r.timed_out,
-    })))
+    }))
 }
 
 #[cfg(test)]

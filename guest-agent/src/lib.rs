@@ -17,6 +17,7 @@ pub mod exec;
 pub mod http;
 pub mod input;
 pub mod keys;
+pub mod mcp;
 pub mod pipeline;
 pub mod recorder;
 pub mod serve;
