@@ -118,13 +118,19 @@ pub fn parse_action(v: &Value, (w, h): (u32, u32)) -> Result<Action, ApiError> {
         Ok(Duration::from_secs_f64(d))
     };
     let modifiers = || -> Result<Vec<u32>, ApiError> {
-        match obj.get("key") {
+        // `key` is the documented field; Anthropic's reference also takes the modifier from
+        // `text` for clicks and scrolls, so accept that when `key` is absent.
+        let (field, val) = match obj.get("key").filter(|v| !v.is_null()) {
+            Some(v) => ("key", Some(v)),
+            None => ("text", obj.get("text")),
+        };
+        match val {
             None | Some(Value::Null) => Ok(vec![]),
             Some(Value::String(s)) => {
-                let chords = keys::parse_chords(s).map_err(|e| bad("key", e))?;
+                let chords = keys::parse_chords(s).map_err(|e| bad(field, e))?;
                 Ok(chords.into_iter().flatten().collect())
             }
-            Some(_) => Err(bad("key", "expected a string such as \"shift\" or \"ctrl\"")),
+            Some(_) => Err(bad(field, "expected a string such as \"shift\" or \"ctrl\"")),
         }
     };
     let click = |button, count| -> Result<Action, ApiError> {
@@ -404,15 +410,9 @@ async fn screenshot(State(app): State<Arc<App>>, Query(q): Query<ShotQuery>) -> 
     Ok(([(header::CONTENT_TYPE, q.format.mime()), (header::CACHE_CONTROL, "no-store")], bytes).into_response())
 }
 
-#[derive(Deserialize, Default)]
-struct ComputerQuery {
-    #[serde(flatten)]
-    shot: ShotQuery,
-}
-
-async fn computer(State(app): State<Arc<App>>, Query(q): Query<ComputerQuery>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn computer(State(app): State<Arc<App>>, Query(q): Query<ShotQuery>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let v: Value = serde_json::from_slice(&body).map_err(|e| bad("body", format!("not JSON: {e}")))?;
-    perform(&app, &v, &q.shot).await.map(Json)
+    perform(&app, &v, &q).await.map(Json)
 }
 
 /// Validates and runs one action for the agent (HTTP and MCP alike): refused while the agent

@@ -59,7 +59,7 @@ pub struct TerminalStatus {
     pub log_tail: String,
 }
 
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize)]
 pub struct EnvStatus {
     /// none | running | ready | failed
     pub state: String,
@@ -69,9 +69,27 @@ pub struct EnvStatus {
     pub ports: Vec<PortStatus>,
     pub terminals: Vec<TerminalStatus>,
     pub tmux_session: Option<String>,
+    /// The tmux server's socket: `tmux -S <socket> attach -t porthole`.
+    pub tmux_socket: Option<PathBuf>,
     /// Bumped on every apply; a superseded run stops touching the status.
     #[serde(skip)]
     pub generation: u64,
+}
+
+impl Default for EnvStatus {
+    fn default() -> Self {
+        Self {
+            state: "none".into(),
+            name: None,
+            workspace: None,
+            steps: Vec::new(),
+            ports: Vec::new(),
+            terminals: Vec::new(),
+            tmux_session: None,
+            tmux_socket: None,
+            generation: 0,
+        }
+    }
 }
 
 /// Redacts a stream of output chunks: holds back any tail that could be the start of a secret
@@ -128,7 +146,17 @@ impl StreamRedactor {
         shown
     }
 
-    /// Everything held back (the stream ended or went quiet).
+    /// Called when the stream has been quiet for a while: releases what is held back only if
+    /// it is too short to give a secret away (a prompt ending in a common letter must not
+    /// hang forever); a longer secret prefix stays held until more output or the end.
+    pub fn idle_flush(&mut self) -> String {
+        if self.bytes.len() <= 2 {
+            return self.flush();
+        }
+        String::new()
+    }
+
+    /// Everything held back (the stream ended).
     pub fn flush(&mut self) -> String {
         let s = String::from_utf8_lossy(&self.bytes).into_owned();
         self.bytes.clear();
@@ -178,6 +206,7 @@ pub fn apply(app: Arc<App>, env: PortholeEnvironment, workspace: PathBuf) {
             ports: env.ports.iter().map(|p| PortStatus { port: p.port, name: p.name.clone(), listening: false, since_t_ms: None }).collect(),
             terminals: Vec::new(),
             tmux_session: None,
+            tmux_socket: None,
             generation: g,
         };
         g
@@ -195,13 +224,14 @@ pub fn apply(app: Arc<App>, env: PortholeEnvironment, workspace: PathBuf) {
     });
 }
 
-async fn stop_previous(app: &App) {
+/// Stops everything the environment started (on re-apply and on agent shutdown).
+pub async fn stop_previous(app: &App) {
     let old = app.env_procs.lock().unwrap().drain(..).collect::<Vec<_>>();
     for pgid in old {
         // SAFETY: signalling a process group we started.
         unsafe { libc::kill(-pgid, libc::SIGTERM) };
     }
-    let _ = tokio::process::Command::new("tmux").args(["kill-session", "-t", TMUX_SESSION]).output().await;
+    let _ = tokio::process::Command::new("tmux").arg("-S").arg(tmux_socket(app)).args(["kill-session", "-t", TMUX_SESSION]).output().await;
 }
 
 fn set_step(app: &App, generation: u64, step: Step) {
@@ -340,8 +370,7 @@ async fn pump(app: Arc<App>, name: String, mut r: Box<dyn tokio::io::AsyncRead +
             Ok(Ok(0)) | Ok(Err(_)) => break,
             Ok(Ok(n)) => n,
             Err(_) => {
-                // Quiet: show what was held back for a possible secret prefix.
-                let s = red.flush();
+                let s = red.idle_flush();
                 emit_text(&app, &name, &s, &tail);
                 continue;
             }
@@ -361,8 +390,14 @@ fn emit_text(app: &App, name: &str, s: &str, tail: &Mutex<String>) {
     app.timeline.emit(Actor::System, "terminal", json!({"name": name, "text": s}));
 }
 
-async fn tmux(args: &[&str]) -> Result<String, String> {
-    let out = tokio::process::Command::new("tmux").args(args).output().await.map_err(|e| format!("tmux: {e} (is tmux installed?)"))?;
+/// The agent's own tmux server (in its data dir), so agents sharing a host never touch each
+/// other's terminals.
+pub fn tmux_socket(app: &App) -> PathBuf {
+    app.cfg.data_dir.join("tmux.sock")
+}
+
+async fn tmux(app: &App, args: &[&str]) -> Result<String, String> {
+    let out = tokio::process::Command::new("tmux").arg("-S").arg(tmux_socket(app)).args(args).output().await.map_err(|e| format!("tmux: {e} (is tmux installed?)"))?;
     if !out.status.success() {
         return Err(format!("tmux {}: {}", args.first().unwrap_or(&""), String::from_utf8_lossy(&out.stderr).trim()));
     }
@@ -374,14 +409,32 @@ fn terminal_name(t: &porthole_envfile::Terminal, i: usize) -> String {
 }
 
 async fn start_terminals(app: &Arc<App>, env: &PortholeEnvironment, ws: &Path, vars: &HashMap<String, String>, generation: u64) -> Result<(), String> {
-    let logs = app.cfg.data_dir.join("terminals");
-    std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
+    let dir = app.cfg.data_dir.join("terminals");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let wsd = ws.to_string_lossy().to_string();
+    let sock = tmux_socket(app).to_string_lossy().to_string();
     let mut statuses = Vec::new();
     for (i, t) in env.terminals.iter().enumerate() {
         let name = terminal_name(t, i);
         // tmux window names must not contain '.' or ':' (target syntax).
         let window = name.replace(['.', ':'], "_");
+        let gate = format!("porthole-start-{window}");
+        // Output goes through a FIFO, never a file: raw terminal bytes (which may hold secrets)
+        // must not touch the disk before redaction.
+        let fifo = dir.join(format!("{window}.fifo"));
+        let _ = std::fs::remove_file(&fifo);
+        let cpath = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
+        // SAFETY: valid NUL-terminated path.
+        if unsafe { libc::mkfifo(cpath.as_ptr(), 0o600) } != 0 {
+            return Err(format!("mkfifo {}: {}", fifo.display(), std::io::Error::last_os_error()));
+        }
+        // Read-write so the reader never sees EOF between writers (pane restarts).
+        let rx = tokio::net::unix::pipe::OpenOptions::new()
+            .read_write(true)
+            .open_receiver(&fifo)
+            .map_err(|e| format!("open {}: {e}", fifo.display()))?;
+        // The command waits until the pane's output is piped, so its first lines are kept.
+        let command = format!("tmux -S '{sock}' wait-for {gate}; {}", t.command);
         let mut args: Vec<String> = if i == 0 {
             vec!["new-session".into(), "-d".into(), "-s".into(), TMUX_SESSION.into(), "-x".into(), "200".into(), "-y".into(), "50".into(), "-n".into(), window.clone()]
         } else {
@@ -392,83 +445,74 @@ async fn start_terminals(app: &Arc<App>, env: &PortholeEnvironment, ws: &Path, v
             args.push("-e".into());
             args.push(format!("{k}={v}"));
         }
-        args.push(t.command.clone());
+        args.push(command);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        tmux(&refs).await?;
+        tmux(app, &refs).await?;
         let target = format!("{TMUX_SESSION}:{window}");
-        tmux(&["set-option", "-w", "-t", &target, "remain-on-exit", "on"]).await?;
-        // The log file holds raw terminal output; it is read, redacted and deleted as it grows.
-        let log = logs.join(format!("{window}.log"));
-        let _ = std::fs::remove_file(&log);
-        tmux(&["pipe-pane", "-o", "-t", &target, &format!("cat >> '{}'", log.display())]).await?;
+        tmux(app, &["set-option", "-w", "-t", &target, "remain-on-exit", "on"]).await?;
+        tmux(app, &["pipe-pane", "-o", "-t", &target, &format!("cat > '{}'", fifo.display())]).await?;
+        tmux(app, &["wait-for", "-S", &gate]).await?;
         app.timeline.emit(Actor::System, "step", json!({"step": format!("terminal:{name}"), "state": "running", "window": target}));
         statuses.push(TerminalStatus { name: name.clone(), command: t.command.clone(), window: target.clone(), running: true, exit_status: None, log_tail: String::new() });
-        tokio::spawn(follow_terminal(app.clone(), name, target, log, generation));
+        tokio::spawn(follow_terminal(app.clone(), name, target, rx, generation));
     }
     let mut st = app.env.lock().unwrap();
     if st.generation == generation {
         st.terminals = statuses;
         st.tmux_session = Some(TMUX_SESSION.into());
+        st.tmux_socket = Some(tmux_socket(app));
     }
     Ok(())
 }
 
-/// Tails a terminal's log and watches its pane for exit.
-async fn follow_terminal(app: Arc<App>, name: String, target: String, log: PathBuf, generation: u64) {
+/// Streams a terminal's output (redacted) and watches its pane for exit.
+async fn follow_terminal(app: Arc<App>, name: String, target: String, mut rx: tokio::net::unix::pipe::Receiver, generation: u64) {
     let secrets = app.secrets.lock().unwrap().clone();
     let mut red = StreamRedactor::new(&secrets);
-    let mut offset = 0u64;
-    let mut last_check = Instant::now();
     let mut reported_exit = false;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    let emit = |s: &str| {
+        if !s.is_empty() {
+            update_terminal(&app, &name, |t| push_tail(&mut t.log_tail, s));
+            app.timeline.emit(Actor::System, "terminal", json!({"name": name, "text": s}));
+        }
+    };
     loop {
         if app.env.lock().unwrap().generation != generation {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if let Ok(mut f) = tokio::fs::File::open(&log).await {
-            use tokio::io::AsyncSeekExt;
-            if f.seek(std::io::SeekFrom::Start(offset)).await.is_ok() {
-                let mut buf = Vec::new();
-                if f.read_to_end(&mut buf).await.is_ok() && !buf.is_empty() {
-                    offset += buf.len() as u64;
-                    let s = red.push(&buf);
-                    update_terminal(&app, &name, |t| push_tail(&mut t.log_tail, &s));
-                    if !s.is_empty() {
-                        app.timeline.emit(Actor::System, "terminal", json!({"name": name, "text": s}));
+        tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(1), rx.read(&mut buf)) => match r {
+                Ok(Ok(n)) if n > 0 => emit(&red.push(&buf[..n])),
+                Ok(_) => {}
+                Err(_) => emit(&red.idle_flush()),
+            },
+            _ = check.tick() => {
+                let out = tmux(&app, &["list-panes", "-t", &target, "-F", "#{pane_dead} #{pane_dead_status}"]).await;
+                let dead = match &out {
+                    Ok(s) => s.trim().split_once(' ').filter(|(d, _)| *d == "1").map(|(_, st)| st.parse::<i32>().ok()),
+                    Err(_) => Some(None),
+                };
+                match dead {
+                    Some(status) if !reported_exit => {
+                        reported_exit = true;
+                        emit(&red.flush());
+                        update_terminal(&app, &name, |t| {
+                            t.running = false;
+                            t.exit_status = status;
+                        });
+                        app.timeline.emit(Actor::System, "step", json!({"step": format!("terminal:{name}"), "state": "exited", "exit_code": status, "restartable": true}));
                     }
-                } else {
-                    let s = red.flush();
-                    if !s.is_empty() {
-                        update_terminal(&app, &name, |t| push_tail(&mut t.log_tail, &s));
-                        app.timeline.emit(Actor::System, "terminal", json!({"name": name, "text": s}));
+                    None if reported_exit => {
+                        reported_exit = false;
+                        update_terminal(&app, &name, |t| {
+                            t.running = true;
+                            t.exit_status = None;
+                        });
                     }
+                    _ => {}
                 }
-            }
-        }
-        if last_check.elapsed() >= Duration::from_millis(500) {
-            last_check = Instant::now();
-            let out = tmux(&["list-panes", "-t", &target, "-F", "#{pane_dead} #{pane_dead_status}"]).await;
-            let dead = match &out {
-                Ok(s) => s.trim().split_once(' ').filter(|(d, _)| *d == "1").map(|(_, st)| st.parse::<i32>().ok()),
-                Err(_) => Some(None),
-            };
-            match dead {
-                Some(status) if !reported_exit => {
-                    reported_exit = true;
-                    update_terminal(&app, &name, |t| {
-                        t.running = false;
-                        t.exit_status = status;
-                    });
-                    app.timeline.emit(Actor::System, "step", json!({"step": format!("terminal:{name}"), "state": "exited", "exit_code": status, "restartable": true}));
-                }
-                None if reported_exit => {
-                    reported_exit = false;
-                    update_terminal(&app, &name, |t| {
-                        t.running = true;
-                        t.exit_status = None;
-                    });
-                }
-                _ => {}
             }
         }
     }
@@ -485,7 +529,7 @@ fn update_terminal(app: &App, name: &str, f: impl FnOnce(&mut TerminalStatus)) {
 pub async fn restart_terminal(app: &App, name: &str) -> Result<(), String> {
     let target = app.env.lock().unwrap().terminals.iter().find(|t| t.name == name).map(|t| t.window.clone());
     let target = target.ok_or_else(|| format!("no terminal named '{name}'"))?;
-    tmux(&["respawn-pane", "-k", "-t", &target]).await?;
+    tmux(app, &["respawn-pane", "-k", "-t", &target]).await?;
     app.timeline.emit(Actor::System, "step", json!({"step": format!("terminal:{name}"), "state": "running", "restarted": true}));
     Ok(())
 }

@@ -84,7 +84,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(authed)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see guest-agent/openapi.yaml") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn_with_state(app.clone(), json_errors))
         .with_state(app)
 }
 
@@ -93,7 +93,8 @@ async fn auth(State(app): AppState, req: Request, next: Next) -> Response {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        // The scheme name is case-insensitive (RFC 7235).
+        .and_then(|v| v.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer ")).map(|_| &v[7..]))
         .unwrap_or("");
     // Constant time: a timing side channel must not reveal the token byte by byte.
     if given.is_empty() || !bool::from(given.as_bytes().ct_eq(app.cfg.token.as_bytes())) {
@@ -105,21 +106,30 @@ async fn auth(State(app): AppState, req: Request, next: Next) -> Response {
 
 /// Rejections produced by axum itself (bad JSON, body too large, wrong method) come as plain
 /// text; rewrite them into the one error shape every client parses.
-async fn json_errors(req: Request, next: Next) -> Response {
+/// Also the last line of secret redaction for errors: messages often quote the request.
+async fn json_errors(State(app): AppState, req: Request, next: Next) -> Response {
     let res = next.run(req).await;
     let status = res.status();
-    let is_json = res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if status.as_u16() < 400 || is_json {
+    if status.as_u16() < 400 {
         return res;
     }
-    let body = axum::body::to_bytes(res.into_body(), 64 * 1024).await.unwrap_or_default();
-    let text = String::from_utf8_lossy(&body).trim().to_string();
+    let is_json = res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let (parts, body) = res.into_parts();
+    let body = axum::body::to_bytes(body, 256 * 1024).await.unwrap_or_default();
+    let text = app.timeline.redactor.redact(String::from_utf8_lossy(&body).trim());
+    if is_json {
+        let mut res = Response::from_parts(parts, Body::from(text));
+        res.headers_mut().remove(header::CONTENT_LENGTH);
+        return res;
+    }
     let code = match status {
         StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
         StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST => "bad_request",
         StatusCode::NOT_FOUND => "not_found",
+        StatusCode::NOT_ACCEPTABLE => "not_acceptable",
+        StatusCode::UNAUTHORIZED => "unauthorized",
         _ => "error",
     };
     let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
@@ -130,15 +140,10 @@ async fn json_errors(req: Request, next: Next) -> Response {
 
 async fn health(State(app): AppState) -> Json<Health> {
     let mut problems = Vec::new();
-    let display = app.cfg.display.clone();
-    let size = tokio::task::spawn_blocking(move || {
-        x11rb::rust_connection::RustConnection::connect(Some(&display)).map(|(c, s)| {
-            use x11rb::connection::Connection;
-            let r = &c.setup().roots[s];
-            (r.width_in_pixels as u32, r.height_in_pixels as u32)
-        })
-    })
-    .await;
+    // The screenshotter's persistent connection: opening and closing one per call would make
+    // an Xvfb with no other client reset itself each time.
+    let a = app.clone();
+    let size = tokio::task::spawn_blocking(move || a.screenshots.screen_size()).await;
     let display_info = match size {
         Ok(Ok((w, h))) => Some(porthole_proto::DisplayInfo { name: app.cfg.display.clone(), width: w, height: h }),
         Ok(Err(e)) => {
@@ -313,8 +318,11 @@ async fn session_current(State(app): AppState) -> Json<Value> {
     Json(session_json(&app))
 }
 
-async fn environment_get(State(app): AppState) -> Json<crate::environment::EnvStatus> {
-    Json(app.env.lock().unwrap().clone())
+async fn environment_get(State(app): AppState) -> Json<Value> {
+    let mut v = serde_json::to_value(app.env.lock().unwrap().clone()).unwrap_or_default();
+    // Log tails are joined from separately redacted pieces: redact the whole once more.
+    app.timeline.redactor.redact_value(&mut v);
+    Json(v)
 }
 
 /// `{"environment": {...}, "secrets": {"NAME": "value"}, "workspace"?: "/path"}`.
@@ -358,7 +366,9 @@ async fn environment_post(State(app): AppState, body: axum::body::Bytes) -> Resu
     app.add_secrets(secrets);
     crate::environment::apply(app.clone(), env, ws);
     app.timeline.emit(Actor::System, "step", json!({"step": "environment", "state": "applied", "secrets": names}));
-    Ok((StatusCode::ACCEPTED, Json(serde_json::to_value(app.env.lock().unwrap().clone()).unwrap_or_default())))
+    let mut v = serde_json::to_value(app.env.lock().unwrap().clone()).unwrap_or_default();
+    app.timeline.redactor.redact_value(&mut v);
+    Ok((StatusCode::ACCEPTED, Json(v)))
 }
 
 async fn terminal_restart(State(app): AppState, Path(name): Path<String>) -> Result<StatusCode, ApiError> {

@@ -125,5 +125,6 @@ pub fn service(app: Arc<App>) -> StreamableHttpService<Mcp, LocalSessionManager>
     // bearer token and is reached by address from other machines, so we allow any host.
     let mut cfg = StreamableHttpServerConfig::default();
     cfg.allowed_hosts = vec![];
+    cfg.max_request_body_bytes = crate::http::MAX_BODY;
     StreamableHttpService::new(move || Ok(Mcp { app: app.clone() }), Arc::new(LocalSessionManager::default()), cfg)
 }

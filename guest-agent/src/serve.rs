@@ -158,6 +158,8 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
     if app.cfg.record {
         crate::recorder::finish_current(&app);
     }
+    crate::environment::stop_previous(&app).await;
+    let _ = tokio::process::Command::new("tmux").arg("-S").arg(crate::environment::tmux_socket(&app)).arg("kill-server").output().await;
     for p in app.hub.pipelines() {
         p.shutdown();
     }

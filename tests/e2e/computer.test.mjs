@@ -368,13 +368,21 @@ for (const [DW, DH] of SIZES) {
 
     test('left_click the input, type, key chords (ctrl+a, BackSpace, several chords)', async () => {
       const value = () => page.evaluate(() => document.getElementById('inp').value);
+      const waitValue = async (want, what) => {
+        try {
+          await waitFor(async () => (await value()) === want, { timeout: 20000, message: what });
+        } catch (e) {
+          const keys = (await state()).keys.slice(-40);
+          throw new Error(`${e.message}: input value is ${JSON.stringify(await value())}, want ${JSON.stringify(want)}; ` +
+            `last keydown keys seen by the page: ${JSON.stringify(keys)}`);
+        }
+      };
       await act({ action: 'left_click', coordinate: await centerOf('#inp') });
       await waitFor(() => page.evaluate(() => document.activeElement && document.activeElement.id === 'inp'),
         { timeout: 20000, message: 'the input to have focus after left_click' });
 
       await act({ action: 'type', text: 'hello porthole' });
-      await waitFor(async () => (await value()) === 'hello porthole',
-        { timeout: 20000, message: 'input value "hello porthole" after type' });
+      await waitValue('hello porthole', 'input value "hello porthole" after type');
 
       await act({ action: 'key', text: 'ctrl+a' });
       await waitFor(() => page.evaluate(() => {
@@ -382,16 +390,13 @@ for (const [DW, DH] of SIZES) {
         return i.selectionStart === 0 && i.selectionEnd === i.value.length;
       }), { timeout: 20000, message: 'ctrl+a to select the whole input' });
       await act({ action: 'key', text: 'BackSpace' });
-      await waitFor(async () => (await value()) === '',
-        { timeout: 20000, message: 'input empty after ctrl+a, BackSpace' });
+      await waitValue('', 'input empty after ctrl+a, BackSpace');
 
       await act({ action: 'type', text: 'Porthole 2: A-Z!' });
-      await waitFor(async () => (await value()) === 'Porthole 2: A-Z!',
-        { timeout: 20000, message: 'input value "Porthole 2: A-Z!" (capitals, digits, punctuation) after type' });
+      await waitValue('Porthole 2: A-Z!', 'input value "Porthole 2: A-Z!" (capitals, digits, punctuation) after type');
       await act({ action: 'key', text: 'BackSpace BackSpace Left shift+Home' });
       await act({ action: 'key', text: 'Delete' });
-      await waitFor(async () => (await value()) === '-',
-        { timeout: 20000, message: 'input value "-" after "BackSpace BackSpace Left shift+Home" then Delete' });
+      await waitValue('-', 'input value "-" after "BackSpace BackSpace Left shift+Home" then Delete');
     });
 
     test('double_click selects a word, triple_click the paragraph', async () => {

@@ -449,16 +449,19 @@ describe('environment runtime: .cursor/environment.json, secrets, tmux terminals
     sources.push([`agent stdout/stderr (${agent.logFile})`, readFileSync(agent.logFile)]);
     for (const [p, buf] of filesUnder(agent.dataDir)) sources.push([`data dir file ${path.relative(agent.dataDir, p)}`, buf]);
 
-    const leaks = sources.map(([label, data]) => [label, countIn(data, SECRET)]).filter(([, n]) => n > 0);
+    const leaks = sources.map(([label, data]) => [label, countIn(data, SECRET), data]).filter(([, n]) => n > 0);
     const redactedIn = (label) => sources.filter(([l]) => l.startsWith(label)).reduce((n, [, d]) => n + countIn(d, REDACTED), 0);
     t.diagnostic(`scanned ${sources.length} sources: ${sources.map(([l, d]) => `${l} (${Buffer.byteLength(d)} B)`).join('; ')}`);
 
-    const describeLeak = ([label, n]) => {
-      const data = sources.find(([l]) => l === label)[1];
+    const describeLeak = ([label, n, data]) => {
       const s = Buffer.isBuffer(data) ? data.toString('utf8') : data;
       const i = s.indexOf(SECRET);
-      return `  ${n}x in ${label}: ...${JSON.stringify(s.slice(Math.max(0, i - 120), i + SECRET.length + 60))}...`;
+      return `  ${n}x in ${label}: ...${JSON.stringify(s.slice(Math.max(0, i - 100), i + SECRET.length + 40))}...`;
     };
+    for (const name of ['install', 'watcher']) {
+      const evs = events.filter((e) => e.kind === 'terminal' && e.data.name === name).slice(0, 8);
+      t.diagnostic(`first terminal events of "${name}": ${JSON.stringify(evs.map((e) => [e.seq, e.t_ms, e.data.text]))}`);
+    }
     assert.deepEqual(leaks.map(([l]) => l), [], `the secret value appears in what the agent emitted:\n${leaks.map(describeLeak).join('\n')}`);
 
     assert.ok(redactedIn('GET /v1/events pages') > 0, `${REDACTED} should appear in the events`);

@@ -1,0 +1,17 @@
+//! Porthole's application logic, without Tauri.
+//!
+//! It owns machines (providers: local sandbox, remote host, QEMU) and their lifecycle, the
+//! local SQLite store, the HTTP client for guest agents, session sync, replay, evidence
+//! export, the secrets vault and agent runs. The desktop app and the CLI are thin front ends
+//! over this crate; anything that can be tested without a webview is tested here.
+
+pub mod agent;
+pub mod error;
+pub mod machine;
+pub mod paths;
+pub mod provider;
+pub mod store;
+
+pub use error::{CoreError, Result};
+pub use machine::{CreateSpec, Machine, Machines, ProviderKind};
+pub use paths::StateDir;
