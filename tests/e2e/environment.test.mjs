@@ -93,7 +93,9 @@ describe('environment runtime: .cursor/environment.json, secrets, tmux terminals
   let work, repo, tmuxDir, webPort, envJson, secretsFile, xvfb, agent, sse;
   const emitted = []; // [label, text]: every HTTP response body read from the agent
   const tmuxEnv = () => ({ TMUX_TMPDIR: tmuxDir, TMUX: '' });
-  const tmux = (...args) => run('tmux', args, { env: tmuxEnv() });
+  // The agent runs its own tmux server on a socket in its data dir (GET /v1/environment
+  // reports it as tmux_socket), so agents sharing a host never touch each other's terminals.
+  const tmux = (...args) => run('tmux', ['-S', path.join(agent.dataDir, 'tmux.sock'), ...args], { env: tmuxEnv() });
 
   const test = (name, fn, opts = {}) => it(name, { timeout: 240000, ...opts }, withAgentLog(() => agent, fn));
 
@@ -190,11 +192,11 @@ describe('environment runtime: .cursor/environment.json, secrets, tmux terminals
 
   after(async () => {
     if (sse) await sse.stop().catch(() => {});
-    if (agent) await agent.stop();
-    if (tmuxDir) {
+    if (agent && tmuxDir) {
       await tmux('kill-session', '-t', 'porthole');
       await tmux('kill-server');
     }
+    if (agent) await agent.stop();
     if (webPort) await killListeners(webPort);
     if (xvfb) await xvfb.stop();
     if (work && !process.env.PORTHOLE_E2E_KEEP) rmSync(work, { recursive: true, force: true });
@@ -466,7 +468,7 @@ describe('environment runtime: .cursor/environment.json, secrets, tmux terminals
 
     assert.ok(redactedIn('GET /v1/events pages') > 0, `${REDACTED} should appear in the events`);
     assert.ok(redactedIn('HTTP body: POST /v1/exec') > 0, `${REDACTED} should appear in the exec output`);
-    assert.match(terminalText(events, 'watcher'), /watch token=\[REDACTED:DEMO_TOKEN\]\n/,
+    assert.match(terminalText(events, 'watcher'), /watch token=\[REDACTED:DEMO_TOKEN\]\r?\n/,
       'the watcher\'s split secret is shown redacted, whole');
     assert.match(terminalText(events, 'install'), /token=\[REDACTED:DEMO_TOKEN\]\n/, 'the install\'s secret is shown redacted');
     assert.match(terminalText(events, 'install'), /install split token=\[REDACTED:DEMO_TOKEN\]\n/, 'the install\'s split secret is shown redacted, whole');

@@ -72,6 +72,10 @@ pub fn parse_fingerprint(s: &str) -> Result<Vec<u8>> {
 
 impl AgentClient {
     pub fn new(url: &str, token: &str, fingerprint: Option<&str>) -> Result<Self> {
+        static PROVIDER: std::sync::Once = std::sync::Once::new();
+        PROVIDER.call_once(|| {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        });
         let url = url.trim_end_matches('/').to_string();
         let mut b = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(120)).no_proxy();
         if url.starts_with("https://") {
@@ -122,6 +126,11 @@ impl AgentClient {
     pub async fn get(&self, path: &str) -> Result<Value> {
         let r = self.http.get(format!("{}{path}", self.url)).bearer_auth(&self.token).send().await.map_err(|e| self.err(describe(&e)))?;
         self.check(r).await?.json().await.map_err(|e| self.err(e))
+    }
+
+    pub async fn get_bytes(&self, path: &str) -> Result<bytes::Bytes> {
+        let r = self.http.get(format!("{}{path}", self.url)).bearer_auth(&self.token).send().await.map_err(|e| self.err(describe(&e)))?;
+        self.check(r).await?.bytes().await.map_err(|e| self.err(e))
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {

@@ -6,11 +6,17 @@
 //! over this crate; anything that can be tested without a webview is tested here.
 
 pub mod agent;
+pub mod environments;
 pub mod error;
+pub mod export;
 pub mod machine;
 pub mod paths;
+pub mod pool;
 pub mod provider;
+pub mod runs;
 pub mod store;
+pub mod sync;
+pub mod vault;
 
 pub use error::{CoreError, Result};
 pub use machine::{CreateSpec, Machine, Machines, ProviderKind};

@@ -72,6 +72,8 @@ pub struct CreateSpec {
     pub network: Option<String>,
     pub display_size: Option<(u32, u32)>,
     pub browser: bool,
+    /// Host paths bound at the same path inside a sandbox (a worktree's main `.git`).
+    pub extra_binds: Vec<PathBuf>,
 }
 
 pub fn valid_name(name: &str) -> Result<()> {

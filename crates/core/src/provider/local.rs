@@ -154,6 +154,9 @@ impl LocalSandbox {
         push(&["--ro-bind", &p(&m.token_path), "/run/porthole/token"]);
         push(&["--ro-bind", &p(agent), "/run/porthole/bin/porthole-agent"]);
         push(&["--ro-bind", &p(&mdir.join("init.sh")), "/run/porthole/init.sh"]);
+        for b in spec["extra_binds"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+            push(&["--bind", b, b]);
+        }
         if let Some(ws) = spec["workspace"].as_str() {
             push(&["--bind", ws, "/workspace", "--chdir", "/workspace"]);
         } else {
@@ -297,6 +300,7 @@ impl Provider for LocalSandbox {
             "display": display, "width": w, "height": h, "network": network,
             "workspace": workspace, "idle": spec.idle, "browser": spec.browser,
             "env": spec.env_path.as_ref().map(|p| std::fs::canonicalize(p).unwrap_or(p.clone())),
+            "extra_binds": spec.extra_binds,
         });
         let url = if network == "netns" {
             let idx = Self::pick_net_index(ms).await?;

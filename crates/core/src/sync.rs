@@ -1,0 +1,167 @@
+//! Incremental sync of sessions from a machine's agent into the local store: events by
+//! sequence number, video by byte offset (Range), thumbnails by name. Rerunning after a cut
+//! continues where it stopped, and nothing is stored twice (events are keyed by seq).
+
+use crate::error::{CoreError, Result};
+use crate::machine::{Machine, Machines};
+use crate::store::{now_ms, Store};
+use serde::Serialize;
+use serde_json::Value;
+use std::io::Write;
+
+#[derive(Debug, Default, Serialize)]
+pub struct SyncReport {
+    pub sessions: usize,
+    pub events: u64,
+    pub bytes: u64,
+}
+
+pub async fn sync_machine(ms: &Machines, m: &Machine) -> Result<SyncReport> {
+    let client = ms.client(m)?;
+    let list = client.get("/v1/recordings").await?;
+    let mut report = SyncReport::default();
+    for r in list["recordings"].as_array().cloned().unwrap_or_default() {
+        let id = r["id"].as_str().unwrap_or_default().to_string();
+        if id.is_empty() || id.contains('/') || id.contains("..") {
+            continue;
+        }
+        let state = match r["state"].as_str() {
+            Some("recording") => "running",
+            Some("interrupted") => "interrupted",
+            _ => "ended",
+        };
+        sqlx::query(
+            "INSERT INTO sessions (id, machine, started_at, duration_ms, state) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT(id) DO UPDATE SET duration_ms = excluded.duration_ms, state = excluded.state",
+        )
+        .bind(&id)
+        .bind(&m.name)
+        .bind(r["started_at"].as_i64().unwrap_or(0))
+        .bind(r["duration_ms"].as_i64().unwrap_or(0))
+        .bind(state)
+        .execute(&ms.store.pool)
+        .await?;
+        report.sessions += 1;
+        report.events += sync_events(ms, &client, &id).await?;
+        let dir = ms.state.recordings().join(&id);
+        std::fs::create_dir_all(dir.join("thumbs")).map_err(CoreError::io(format!("create {}", dir.display())))?;
+        for part in 1..=r["parts"].as_u64().unwrap_or(0) as u32 {
+            let path = dir.join(format!("video-{part:04}.mp4"));
+            let have = std::fs::metadata(&path).map(|md| md.len()).unwrap_or(0);
+            let bytes = client.video_from(&id, part, have).await?;
+            if !bytes.is_empty() {
+                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(CoreError::io(format!("open {}", path.display())))?;
+                f.write_all(&bytes).map_err(CoreError::io(format!("write {}", path.display())))?;
+                f.sync_data().map_err(CoreError::io("sync"))?;
+                report.bytes += bytes.len() as u64;
+            }
+            let total = have + bytes.len() as u64;
+            sqlx::query(
+                "INSERT INTO recordings (session_id, part, path, bytes, complete) VALUES (?, ?, ?, ?, ?)
+                 ON CONFLICT(session_id, part) DO UPDATE SET bytes = excluded.bytes, complete = excluded.complete",
+            )
+            .bind(&id)
+            .bind(part as i64)
+            .bind(path.to_string_lossy().to_string())
+            .bind(total as i64)
+            .bind((state != "running") as i64)
+            .execute(&ms.store.pool)
+            .await?;
+        }
+        sync_thumbs(ms, &client, &id, &dir).await?;
+        sqlx::query("UPDATE sessions SET synced_at = ? WHERE id = ?").bind(now_ms()).bind(&id).execute(&ms.store.pool).await?;
+    }
+    Ok(report)
+}
+
+async fn sync_events(ms: &Machines, client: &crate::agent::AgentClient, id: &str) -> Result<u64> {
+    let (mut after,): (i64,) = sqlx::query_as("SELECT last_seq FROM sessions WHERE id = ?").bind(id).fetch_one(&ms.store.pool).await?;
+    let mut added = 0;
+    loop {
+        let page = client.get(&format!("/v1/recordings/{id}/events?after={after}&limit=2000")).await?;
+        let events = page["events"].as_array().cloned().unwrap_or_default();
+        if events.is_empty() {
+            break;
+        }
+        let mut tx = ms.store.pool.begin().await?;
+        for e in &events {
+            let r = sqlx::query("INSERT OR IGNORE INTO events (session_id, seq, t_ms, actor, kind, data) VALUES (?, ?, ?, ?, ?, ?)")
+                .bind(id)
+                .bind(e["seq"].as_i64().unwrap_or(0))
+                .bind(e["t_ms"].as_i64().unwrap_or(0))
+                .bind(e["actor"].as_str().unwrap_or(""))
+                .bind(e["kind"].as_str().unwrap_or(""))
+                .bind(e["data"].to_string())
+                .execute(&mut *tx)
+                .await?;
+            added += r.rows_affected();
+            after = after.max(e["seq"].as_i64().unwrap_or(after));
+        }
+        sqlx::query("UPDATE sessions SET last_seq = ? WHERE id = ?").bind(after).bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+    }
+    Ok(added)
+}
+
+async fn sync_thumbs(ms: &Machines, client: &crate::agent::AgentClient, id: &str, dir: &std::path::Path) -> Result<()> {
+    let rows: Vec<(i64,)> =
+        sqlx::query_as("SELECT seq FROM events WHERE session_id = ? AND kind = 'action' AND json_extract(data, '$.thumbs') = 1").bind(id).fetch_all(&ms.store.pool).await?;
+    for (seq,) in rows {
+        for which in ["before", "after"] {
+            let name = format!("{seq}-{which}.jpg");
+            let path = dir.join("thumbs").join(&name);
+            if path.exists() {
+                continue;
+            }
+            // A thumbnail may not exist yet (written just after its action): try next sync.
+            if let Ok(bytes) = client.get_bytes(&format!("/v1/recordings/{id}/thumbs/{name}")).await {
+                std::fs::write(&path, &bytes).map_err(CoreError::io(format!("write {}", path.display())))?;
+                sqlx::query("INSERT OR IGNORE INTO thumbnails (session_id, seq, which, path) VALUES (?, ?, ?, ?)")
+                    .bind(id)
+                    .bind(seq)
+                    .bind(which)
+                    .bind(path.to_string_lossy().to_string())
+                    .execute(&ms.store.pool)
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sessions in the local store, newest first.
+pub async fn local_sessions(store: &Store) -> Result<Vec<Value>> {
+    let rows: Vec<(String, String, i64, i64, String, i64, i64)> = sqlx::query_as(
+        "SELECT s.id, s.machine, s.started_at, s.duration_ms, s.state,
+                COALESCE((SELECT SUM(bytes) FROM recordings r WHERE r.session_id = s.id), 0),
+                (SELECT COUNT(*) FROM events e WHERE e.session_id = s.id)
+         FROM sessions s ORDER BY s.started_at DESC",
+    )
+    .fetch_all(&store.pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| serde_json::json!({"id": r.0, "machine": r.1, "started_at": r.2, "duration_ms": r.3, "state": r.4, "bytes": r.5, "events": r.6}))
+        .collect())
+}
+
+/// Events of a stored session, optionally within a time window.
+pub async fn events(store: &Store, session: &str, from_ms: Option<u64>, to_ms: Option<u64>) -> Result<Vec<porthole_proto::Event>> {
+    let rows: Vec<(i64, i64, String, String, String)> =
+        sqlx::query_as("SELECT seq, t_ms, actor, kind, data FROM events WHERE session_id = ? AND t_ms >= ? AND t_ms <= ? ORDER BY seq")
+            .bind(session)
+            .bind(from_ms.unwrap_or(0) as i64)
+            .bind(to_ms.map(|t| t as i64).unwrap_or(i64::MAX))
+            .fetch_all(&store.pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| porthole_proto::Event {
+            seq: r.0 as u64,
+            t_ms: r.1 as u64,
+            actor: serde_json::from_value(Value::String(r.2)).unwrap_or(porthole_proto::Actor::System),
+            kind: r.3,
+            data: serde_json::from_str(&r.4).unwrap_or(Value::Null),
+        })
+        .collect())
+}
