@@ -9,8 +9,11 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$here/target}"
 export PORTHOLE_AGENT_BIN="$CARGO_TARGET_DIR/debug/porthole-agent"
 
 start=$(date +%s)
+# The app embeds the UI at compile time: build it first.
+(cd ui && npm run build)
 cargo build --workspace --locked --all-targets
 echo "tests/run.sh: build took $(( $(date +%s) - start )) s"
 cargo test --workspace --locked
+(cd ui && npm test)
 (cd tests/e2e && npm test)
 echo "tests/run.sh: all tests took $(( $(date +%s) - start )) s"

@@ -18,6 +18,8 @@ use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub display: String,
+    /// Where the HTTP API listens (advertised to the machine's own processes).
+    pub listen: std::net::SocketAddr,
     pub token: String,
     pub data_dir: PathBuf,
     /// The computer-use coordinate space, mapped to the real screen by the agent.
@@ -265,7 +267,8 @@ async fn handle_message(app: &Arc<App>, viewer: &str, state: &Mutex<InputState>,
     }
     match app.input.run(actions).await {
         Ok(_) => {
-            app.hub.nudge();
+            // No nudge: XI2 raw motion and Damage wake the capture by themselves, and a frame
+            // grabbed before the application repaints would only spend the rate budget.
             for mut e in events {
                 e["viewer"] = json!(viewer);
                 app.timeline.emit(Actor::Human, "input", e);

@@ -325,6 +325,30 @@ impl Screenshotter {
     }
 }
 
+/// Averages `f`x`f` blocks (f chosen so the width is at most `max_w`): a thumbnail costs
+/// about a millisecond this way, against ~150 ms for a filtered resize in a debug build.
+pub fn box_downscale(src: &Rgb, max_w: u32) -> Rgb {
+    let f = src.width.div_ceil(max_w).max(1);
+    let (w, h) = (src.width / f, src.height / f);
+    let mut out = Vec::with_capacity((w * h * 3) as usize);
+    let n = f * f;
+    for y in 0..h {
+        for x in 0..w {
+            let mut acc = [0u32; 3];
+            for dy in 0..f {
+                let row = ((y * f + dy) * src.width + x * f) as usize * 3;
+                for dx in 0..f as usize {
+                    for c in 0..3 {
+                        acc[c] += src.pixels[row + dx * 3 + c] as u32;
+                    }
+                }
+            }
+            out.extend(acc.iter().map(|v| (v / n) as u8));
+        }
+    }
+    Rgb { width: w, height: h, pixels: out }
+}
+
 /// Crops (in real pixels) and scales to `out`, then encodes.
 pub fn encode_image(src: &Rgb, crop: Option<[u32; 4]>, out: (u32, u32), fmt: ImageFormat, quality: u8) -> Result<Vec<u8>, String> {
     use image::{imageops, ImageBuffer, Rgb as P};
@@ -470,8 +494,8 @@ async fn thumbnail(app: &Arc<App>, settle: bool) -> Option<Vec<u8>> {
     let a = app.clone();
     tokio::task::spawn_blocking(move || {
         let rgb = a.screenshots.grab(settle).ok()?;
-        let h = (320 * rgb.height / rgb.width.max(1)).max(1);
-        encode_image(&rgb, None, (320, h), ImageFormat::Jpeg, 70).ok()
+        let small = box_downscale(&rgb, 320);
+        encode_image(&small, None, (small.width, small.height), ImageFormat::Jpeg, 70).ok()
     })
     .await
     .ok()
@@ -583,7 +607,6 @@ async fn run_action(app: &Arc<App>, action: &Action, shot: &ShotQuery) -> Result
         }
     }
     let at = app.input.run(acts).await.map_err(input_err)?;
-    app.hub.nudge();
     if matches!(action, Action::CursorPosition) {
         let (x, y) = to_declared(at, declared, screen);
         output = Some(format!("X={x},Y={y}"));

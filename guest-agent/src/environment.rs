@@ -189,6 +189,14 @@ fn env_vars(env: &PortholeEnvironment, secrets: &HashMap<String, String>, app: &
     let mut v: HashMap<String, String> = env.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     v.extend(secrets.iter().map(|(k, s)| (k.clone(), s.clone())));
     v.insert("DISPLAY".into(), app.cfg.display.clone());
+    // Processes in the machine (the coding agent above all) reach their own agent's API.
+    let mut addr = app.cfg.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    v.entry("PORTHOLE_AGENT_URL".into()).or_insert(format!("http://{addr}"));
+    v.entry("PORTHOLE_MCP_URL".into()).or_insert(format!("http://{addr}/mcp"));
+    v.entry("PORTHOLE_TOKEN".into()).or_insert(app.cfg.token.clone());
     v
 }
 

@@ -22,3 +22,4 @@ pub mod pipeline;
 pub mod recorder;
 pub mod serve;
 pub mod stream;
+pub mod watch;

@@ -76,6 +76,10 @@ struct ServeArgs {
     /// One UDP port for all WebRTC traffic (a single firewall rule).
     #[arg(long)]
     udp_port: Option<u16>,
+    /// Seconds without output from the `agent` terminal or any action before a `stalled`
+    /// event (0 disables).
+    #[arg(long, default_value_t = 120)]
+    stall_after: u64,
 }
 
 fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
@@ -103,6 +107,7 @@ fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
     Ok(Prepared {
         cfg: Config {
             display: a.display,
+            listen: a.listen,
             token,
             data_dir,
             display_size,
@@ -115,6 +120,7 @@ fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
         ice: IceConfig { ice_servers: a.ice_servers, public_ip: a.public_ip, udp_port: a.udp_port },
         idle: a.idle,
         environment,
+        stall_after: std::time::Duration::from_secs(a.stall_after),
     })
 }
 
@@ -125,6 +131,7 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,webrtc=warn,webrtc_ice=warn,webrtc_srtp=warn,webrtc_dtls=warn,webrtc_sctp=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().cmd {
         Cmd::Env(EnvCmd::Check { file, json }) => {

@@ -109,6 +109,7 @@ pub struct Prepared {
     pub idle: bool,
     /// The workspace's environment, already validated.
     pub environment: Option<porthole_envfile::PortholeEnvironment>,
+    pub stall_after: std::time::Duration,
 }
 
 /// Builds the app and serves until the listener fails or a signal arrives.
@@ -142,6 +143,9 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
     }
     if !p.idle {
         app.timeline.emit(porthole_proto::Actor::System, "session", serde_json::json!({"state": "started"}));
+    }
+    if let Some(ws) = app.cfg.workspace.clone() {
+        crate::watch::spawn(app.clone(), ws, p.stall_after);
     }
     if let (Some(env), Some(ws)) = (p.environment, app.cfg.workspace.clone()) {
         crate::environment::apply(app.clone(), env, ws);

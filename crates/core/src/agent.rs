@@ -110,10 +110,11 @@ impl AgentClient {
         }
         let status = r.status();
         let body: Value = r.json().await.unwrap_or(Value::Null);
-        let msg = body["error"]["message"].as_str().unwrap_or("(no message)").to_string();
-        Err(self.err(match status.as_u16() {
-            401 => "the agent refused the token (401): check the machine's token".to_string(),
-            _ => format!("{status}: {msg}"),
+        let msg = body["error"]["message"].as_str().map(String::from);
+        Err(self.err(match (status.as_u16(), msg) {
+            (401, _) => "the agent refused the token (401): check the machine's token".to_string(),
+            (_, Some(m)) => format!("{status}: {m}"),
+            (_, None) => format!("answered {status} without a Porthole error body: is something else (a proxy?) listening at this address?"),
         }))
     }
 

@@ -6,13 +6,16 @@
 //! over this crate; anything that can be tested without a webview is tested here.
 
 pub mod agent;
+pub mod compat;
 pub mod environments;
 pub mod error;
 pub mod export;
+pub mod live;
 pub mod machine;
 pub mod paths;
 pub mod pool;
 pub mod provider;
+pub mod replay;
 pub mod runs;
 pub mod store;
 pub mod sync;

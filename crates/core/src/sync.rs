@@ -165,3 +165,21 @@ pub async fn events(store: &Store, session: &str, from_ms: Option<u64>, to_ms: O
         })
         .collect())
 }
+
+/// The first screenshot of a session as a data URL (for the replay library).
+pub fn thumbnail_data_url(ms: &Machines, session: &str) -> Option<String> {
+    use base64::Engine as _;
+    let dir = ms.state.recordings().join(session).join("thumbs");
+    let mut names: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(&dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().to_string();
+            let seq = n.split('-').next()?.parse().ok()?;
+            n.ends_with("-after.jpg").then(|| (seq, e.path()))
+        })
+        .collect();
+    names.sort();
+    let bytes = std::fs::read(&names.first()?.1).ok()?;
+    Some(format!("data:image/jpeg;base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes)))
+}

@@ -44,10 +44,27 @@ async fn run(cmd: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// The last error-looking lines of a log, without terminal colour codes.
 fn log_tail(p: &Path) -> String {
     let s = std::fs::read_to_string(p).unwrap_or_default();
-    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(6)..].join(" | ")
+    let mut clean = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ ... final byte in @..~
+            for d in chars.by_ref() {
+                if ('@'..='~').contains(&d) && d != '[' {
+                    break;
+                }
+            }
+        } else {
+            clean.push(c);
+        }
+    }
+    let lines: Vec<&str> = clean.lines().filter(|l| !l.trim().is_empty()).collect();
+    let errors: Vec<&str> = lines.iter().copied().filter(|l| l.contains("ERROR") || l.contains("Error") || l.contains("error:") || l.contains("fatal")).collect();
+    let pick = if errors.is_empty() { &lines[..] } else { &errors[..] };
+    pick[pick.len().saturating_sub(3)..].join(" | ")
 }
 
 impl LocalSandbox {
@@ -195,7 +212,7 @@ impl LocalSandbox {
             .stdout(log.try_clone().map_err(CoreError::io("log"))?)
             .stderr(log)
             .process_group(0)
-            .env("RUST_LOG", std::env::var("PORTHOLE_AGENT_LOG").unwrap_or_else(|_| "info".into()));
+            .env("RUST_LOG", std::env::var("PORTHOLE_AGENT_LOG").unwrap_or_else(|_| "info,webrtc=error,webrtc_ice=error,webrtc_srtp=error,webrtc_dtls=error,webrtc_sctp=error,webrtc_mdns=error".into()));
         let mut child = cmd.spawn().map_err(CoreError::io("start bwrap"))?;
         let pid = child.id().map(|p| p as i64);
         m.pid = pid;
@@ -275,7 +292,8 @@ impl Provider for LocalSandbox {
         if let Some(env) = &spec.env_path {
             let report = porthole_envfile::check_file(env);
             if !report.is_valid() {
-                return Err(CoreError::Invalid(format!("environment file {} is invalid:\n{}", env.display(), report.to_text().trim_end())));
+                let problems: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
+                return Err(CoreError::Invalid(format!("environment file {} is invalid: {}", env.display(), problems.join("; "))));
             }
         }
         let workspace = match workspace {
@@ -360,6 +378,7 @@ impl Provider for LocalSandbox {
             return None;
         }
         let log = self.state.machine(&m.name).join("logs/sandbox.log");
-        Some(format!("the sandbox process exited: {}", log_tail(&log)))
+        let tail = log_tail(&log);
+        Some(format!("the sandbox's processes are gone (killed or crashed){}", if tail.is_empty() { String::new() } else { format!("; last log: {tail}") }))
     }
 }

@@ -1,0 +1,889 @@
+// Machines end to end through the `porthole` CLI: local sandboxes (loopback and netns), bad
+// input and faults, a sandbox that dies, a remote host simulated in a network namespace,
+// recording sync (incremental, resumable after a network cut) and evidence export, and the
+// warm pool.
+//
+// Every test has its own PORTHOLE_HOME (a temp dir) and PORTHOLE_AGENT_BIN; nothing here builds
+// the binaries (they are waited for when briefly missing during a rebuild). Count/condition
+// polling with generous timeouts; no wall-clock assertions. Needs root (netns mode, `ip netns`).
+//
+// On failure the message ends with the tails of the machines' logs
+// (PORTHOLE_HOME/machines/NAME/logs/*.log). PORTHOLE_E2E_KEEP=1 keeps the temp dirs.
+
+import { describe, it, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import {
+  existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync,
+} from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import {
+  agentBin, spawnGroup, killGroup, tmpDir, tail, freePort, waitFor, sleep,
+  launchChromium, openViewer, viewerStats, startXvfb, startAgent,
+} from './harness.mjs';
+
+const TARGET = process.env.CARGO_TARGET_DIR || '/work/target';
+const CLI = process.env.PORTHOLE_CLI_BIN || path.join(TARGET, 'debug', 'porthole');
+const AGENT = agentBin();
+const KEEP = process.env.PORTHOLE_E2E_KEEP === '1';
+const TEST_TIMEOUT = 12 * 60 * 1000;
+
+// ---------------------------------------------------------------------------------------------
+// Running things
+
+/** Waits (up to 10 min) for a binary that another engineer may be rebuilding right now. */
+async function waitForBinary(p) {
+  await waitFor(() => existsSync(p), {
+    timeout: 10 * 60 * 1000, interval: 1000,
+    message: `${p} to exist (build it: cargo build -p porthole-cli -p porthole-agent)`,
+  });
+}
+
+function execOnce(cmd, args, { env = process.env, timeout = 180000 } = {}) {
+  return new Promise((resolve) => {
+    execFile(cmd, args, { env, timeout, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+      resolve({
+        err,
+        code: err ? (typeof err.code === 'number' ? err.code : null) : 0,
+        spawnError: err && typeof err.code === 'string' ? err.code : null,
+        signal: err ? err.signal ?? null : null,
+        stdout: String(stdout ?? ''),
+        stderr: String(stderr ?? ''),
+      });
+    });
+  });
+}
+
+/** Runs a command, retrying while its binary is missing or being replaced. */
+async function execRetry(cmd, args, opts) {
+  for (let i = 0; ; i++) {
+    const r = await execOnce(cmd, args, opts);
+    if (r.spawnError && ['ENOENT', 'ETXTBSY', 'EACCES'].includes(r.spawnError) && i < 60) {
+      if (cmd.startsWith('/')) await waitForBinary(cmd);
+      await sleep(2000);
+      continue;
+    }
+    return r;
+  }
+}
+
+function fmtRun(cmdline, r) {
+  return `$ ${cmdline}\nexit ${r.code}${r.signal ? ` (signal ${r.signal})` : ''}` +
+    `${r.spawnError ? ` (spawn error ${r.spawnError})` : ''}\nstdout: ${r.stdout.trim()}\nstderr: ${r.stderr.trim()}`;
+}
+
+/** Runs a system tool (ip, ffprobe); throws with its output unless `allowFail`. */
+async function sh(cmd, args, { allowFail = false, timeout = 60000 } = {}) {
+  const r = await execOnce(cmd, args, { timeout });
+  if (!allowFail && r.code !== 0) throw new Error(`command failed:\n${fmtRun(`${cmd} ${args.join(' ')}`, r)}`);
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A test's world: its PORTHOLE_HOME, the CLI bound to it, cleanup and logs
+
+function quote(a) {
+  return /^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, "'\\''")}'`;
+}
+
+function makeWorld(label) {
+  const home = tmpDir(`porthole-e2e-machines-${label}-`);
+  const w = {
+    home,
+    netIndexes: new Set(), // net_index values our machines used
+    teardowns: [], // extra cleanup (a test's own namespace, processes)
+    env(extra = {}) {
+      const env = { ...process.env, PORTHOLE_HOME: home, PORTHOLE_AGENT_BIN: AGENT, RUST_BACKTRACE: '1', ...extra };
+      delete env.RUST_LOG;
+      return env;
+    },
+    /** `porthole ARGS` with this world's state dir: {code, stdout, stderr, cmdline}. */
+    async ph(args, { env = {}, timeout = 180000 } = {}) {
+      await waitForBinary(CLI);
+      if (!env.PORTHOLE_AGENT_BIN) await waitForBinary(AGENT);
+      const r = await execRetry(CLI, args, { env: w.env(env), timeout });
+      const envText = Object.entries(env).map(([k, v]) => `${k}=${quote(v)} `).join('');
+      r.cmdline = `PORTHOLE_HOME=${home} ${envText}porthole ${args.map(quote).join(' ')}`;
+      return r;
+    },
+    /** Runs and expects exit 0; parses stdout as JSON when `--json` is among the args. */
+    async ok(args, opts) {
+      const r = await w.ph(args, opts);
+      assert.equal(r.code, 0, `expected exit 0:\n${fmtRun(r.cmdline, r)}`);
+      if (!args.includes('--json')) return r.stdout;
+      try {
+        return JSON.parse(r.stdout);
+      } catch (e) {
+        throw new Error(`stdout is not JSON (${e.message}):\n${fmtRun(r.cmdline, r)}`);
+      }
+    },
+    async list() {
+      const l = await w.ok(['machine', 'list', '--json']);
+      assert.ok(Array.isArray(l), `machine list --json is not an array: ${JSON.stringify(l)}`);
+      for (const m of l) if (m.spec && Number.isInteger(m.spec.net_index)) w.netIndexes.add(m.spec.net_index);
+      return l;
+    },
+    async create(args) {
+      const m = await w.ok(['machine', 'create', ...args, '--json']);
+      if (m.spec && Number.isInteger(m.spec.net_index)) w.netIndexes.add(m.spec.net_index);
+      return m;
+    },
+    async token(name) {
+      const t = (await w.ok(['machine', 'token', name])).trim();
+      assert.match(t, /^\S{16,}$/, `porthole machine token ${name} printed ${JSON.stringify(t)}`);
+      return t;
+    },
+    /** Tails of every log under machines/NAME/logs. */
+    logs() {
+      const dir = path.join(home, 'machines');
+      let out = '';
+      let names = [];
+      try { names = readdirSync(dir); } catch { return ''; }
+      for (const n of names) {
+        let files = [];
+        try { files = readdirSync(path.join(dir, n, 'logs')); } catch { continue; }
+        for (const f of files) {
+          const p = path.join(dir, n, 'logs', f);
+          out += `\n--- ${p} ---\n${tail(p, 25)}`;
+        }
+      }
+      return out;
+    },
+    async cleanup() {
+      for (const fn of w.teardowns.reverse()) {
+        try { await fn(); } catch (e) { console.error(`teardown: ${e.message}`); }
+      }
+      // Destroy whatever is still listed, then sweep (by pid) anything that still names our
+      // state dir, and any of our machines' namespaces.
+      try {
+        const r = await w.ph(['machine', 'list', '--json']);
+        const l = r.code === 0 ? JSON.parse(r.stdout) : [];
+        for (const m of l) {
+          if (m.spec && Number.isInteger(m.spec.net_index)) w.netIndexes.add(m.spec.net_index);
+          await w.ph(['machine', 'destroy', m.name]);
+        }
+      } catch (e) { console.error(`cleanup: ${e.message}`); }
+      for (const p of procsMentioning(home)) {
+        try { process.kill(p.pid, 'SIGKILL'); } catch { /* gone */ }
+      }
+      const ns = await netnsList();
+      for (const idx of w.netIndexes) {
+        if (ns.includes(`porthole-${idx}`)) await sh('ip', ['netns', 'del', `porthole-${idx}`], { allowFail: true });
+      }
+      if (!KEEP) rmSync(home, { recursive: true, force: true });
+    },
+  };
+  return w;
+}
+
+/** A test body with its own world; failures carry the machines' log tails. */
+function worldTest(label, fn) {
+  return async (t) => {
+    const w = makeWorld(label);
+    try {
+      await fn(w, t);
+    } catch (e) {
+      const more = `\n(PORTHOLE_HOME=${w.home})${w.logs()}`;
+      if (e && typeof e === 'object') {
+        try { e.message = `${e.message}${more}`; } catch { /* frozen */ }
+        if (e.stack) e.stack = `${e.stack}${more}`;
+      }
+      throw e;
+    } finally {
+      await w.cleanup();
+    }
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes, namespaces, files
+
+/**
+ * Live (non-zombie) processes whose command line, or environment, contains `needle`. The
+ * environment catches processes inside a sandbox (Xvfb, openbox) that inherit PORTHOLE_HOME
+ * without naming it on their command line, and the background `porthole pool fill`.
+ */
+function procsMentioning(needle) {
+  const out = [];
+  let pids = [];
+  try { pids = readdirSync('/proc').filter((d) => /^\d+$/.test(d)); } catch { return out; }
+  for (const d of pids) {
+    const pid = Number(d);
+    if (pid === process.pid) continue;
+    let cmd, stat;
+    try {
+      cmd = readFileSync(`/proc/${d}/cmdline`, 'utf8');
+      stat = readFileSync(`/proc/${d}/stat`, 'utf8');
+    } catch { continue; }
+    const state = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
+    if (state === 'Z' || state === 'X') continue;
+    let where = null;
+    if (cmd.includes(needle)) where = 'cmdline';
+    else {
+      try { if (readFileSync(`/proc/${d}/environ`, 'utf8').includes(needle)) where = 'environ'; } catch { /* gone */ }
+    }
+    if (where) out.push({ pid, where, cmd: cmd.split('\0').join(' ').trim() });
+  }
+  return out;
+}
+
+async function assertNoProcesses(w, what) {
+  let last = [];
+  try {
+    await waitFor(() => { last = procsMentioning(w.home); return last.length === 0; }, { timeout: 20000, interval: 250 });
+  } catch {
+    assert.fail(`${what}: processes still mention PORTHOLE_HOME ${w.home}:\n` +
+      last.map((p) => `  pid ${p.pid} (${p.where}): ${p.cmd}`).join('\n'));
+  }
+}
+
+async function netnsList() {
+  const r = await execOnce('ip', ['netns', 'list']);
+  return r.stdout.split('\n').map((l) => l.trim().split(/\s+/)[0]).filter(Boolean);
+}
+
+async function linkExists(name) {
+  return (await execOnce('ip', ['link', 'show', 'dev', name])).code === 0;
+}
+
+/** No `porthole-*` namespace beyond those that existed before, and none of our indexes. */
+async function assertNoNewNamespaces(w, nsBefore, what) {
+  const after = await netnsList();
+  const leftover = after.filter((n) => n.startsWith('porthole-') && !nsBefore.includes(n));
+  assert.deepEqual(leftover, [], `${what}: network namespaces left behind: ${leftover.join(', ')} ` +
+    `(ip netns list before: [${nsBefore.join(', ')}], after: [${after.join(', ')}])`);
+  for (const idx of w.netIndexes) {
+    assert.ok(!after.includes(`porthole-${idx}`), `${what}: namespace porthole-${idx} (one of ours) remains`);
+    assert.ok(!(await linkExists(`phh${idx}`)), `${what}: host veth phh${idx} (one of ours) remains`);
+  }
+}
+
+function machineDirEntries(w) {
+  try { return readdirSync(path.join(w.home, 'machines')); } catch { return []; }
+}
+
+function isPrefix(small, big) {
+  return small.length <= big.length && big.subarray(0, small.length).equals(small);
+}
+
+function firstDifference(a, b) {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i;
+  return n;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agent over HTTP
+
+/**
+ * One HTTP request on a fresh connection (no keep-alive pool: a pooled connection opened while
+ * a machine was stopped or cut off could otherwise be reused after it is back).
+ */
+function httpRequest(url, { method = 'GET', headers = {}, body, timeout = 60000 } = {}) {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { method, headers, agent: false, timeout }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks) }));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error(`timed out after ${timeout} ms: ${method} ${url}`)));
+    req.on('error', reject);
+    if (body !== undefined) req.write(body);
+    req.end();
+  });
+}
+
+async function agentApi(url, token, p, { method = 'GET', body, timeout = 60000 } = {}) {
+  const headers = { Connection: 'close' };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  let data;
+  if (body !== undefined) {
+    data = JSON.stringify(body);
+    headers['Content-Type'] = 'application/json';
+    headers['Content-Length'] = Buffer.byteLength(data);
+  }
+  const res = await httpRequest(`${url}${p}`, { method, headers, body: data, timeout });
+  const text = res.body.toString('utf8');
+  let json;
+  try { json = JSON.parse(text); } catch { /* not JSON */ }
+  return { status: res.status, json, text };
+}
+
+async function agentOk(url, token, p, opts = {}) {
+  const r = await agentApi(url, token, p, opts);
+  assert.ok(r.status >= 200 && r.status < 300,
+    `${opts.method || 'GET'} ${url}${p}${opts.body !== undefined ? ` ${JSON.stringify(opts.body)}` : ''} → HTTP ${r.status}: ${r.text}`);
+  return r.json;
+}
+
+/**
+ * Whether a porthole agent answers at `url`: GET /v1/health is 200 with a health body. (Any
+ * other answer does not count: where a route is gone, packets may reach whatever the host's
+ * default route leads to.)
+ */
+async function agentAnswers(url) {
+  try {
+    const r = await agentApi(url, null, '/v1/health', { timeout: 3000 });
+    return r.status === 200 && !!r.json && (r.json.status === 'ok' || r.json.status === 'degraded');
+  } catch {
+    return false;
+  }
+}
+
+const computer = (url, token, action) => agentOk(url, token, '/v1/computer', { method: 'POST', body: action });
+const execIn = (url, token, command) => agentOk(url, token, '/v1/exec', { method: 'POST', body: { command } });
+
+async function doActions(url, token, actions, pauseMs = 500) {
+  for (const a of actions) {
+    await computer(url, token, a);
+    await sleep(pauseMs); // spread the actions over a few seconds of recording
+  }
+}
+
+function assertMachineShape(m, { name, provider = 'local', status = 'running' }) {
+  assert.equal(m.name, name, `name: ${JSON.stringify(m)}`);
+  assert.equal(m.provider, provider, `provider: ${JSON.stringify(m)}`);
+  assert.equal(m.status, status, `status: ${JSON.stringify(m)}`);
+  assert.equal(typeof m.agent_url, 'string', `agent_url: ${JSON.stringify(m)}`);
+  assert.match(m.agent_url, /^https?:\/\/[^/\s]+:\d+$/, `agent_url must be http[s]://host:port without a trailing slash: ${m.agent_url}`);
+}
+
+/** Expects a failure: non-zero exit, one line on stderr matching `re`, no panic. */
+function assertOneLineError(r, re, what) {
+  const detail = fmtRun(r.cmdline, r);
+  assert.ok(r.code !== 0 && r.code !== null, `${what}: expected a non-zero exit:\n${detail}`);
+  assert.ok(!/panicked at|stack backtrace/.test(r.stderr), `${what}: the CLI panicked:\n${detail}`);
+  const msg = r.stderr.trim();
+  assert.ok(msg.length > 0, `${what}: no message on stderr:\n${detail}`);
+  const lines = msg.split('\n');
+  assert.equal(lines.length, 1, `${what}: expected a one-line message on stderr, got ${lines.length} lines:\n${detail}`);
+  assert.match(msg, re, `${what}: the message does not name the problem (${re}):\n${detail}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+describe('porthole machines (CLI end to end)', { timeout: 90 * 60 * 1000 }, () => {
+  before(async () => {
+    assert.equal(process.getuid(), 0, 'these tests need root (netns mode, ip netns)');
+    await waitForBinary(CLI);
+    await waitForBinary(AGENT);
+  });
+
+  // 1 ----------------------------------------------------------------------------------------
+  for (const mode of ['loopback', 'netns']) {
+    it(`1. local sandbox (--network ${mode}): create, list, token, health, actions, live frames, ` +
+      'snapshot → new machine, stop/start, destroy; nothing left', { timeout: TEST_TIMEOUT },
+    worldTest(`1-${mode}`, async (w, t) => {
+      const nsBefore = await netnsList();
+
+      const m1 = await w.create(['--name', 'm1', '--network', mode]);
+      assertMachineShape(m1, { name: 'm1' });
+      if (mode === 'netns') {
+        assert.ok(Number.isInteger(m1.spec?.net_index), `spec.net_index: ${JSON.stringify(m1)}`);
+        assert.match(m1.agent_url, new RegExp(`^http://10\\.213\\.${m1.spec.net_index}\\.2:\\d+$`), m1.agent_url);
+      } else {
+        assert.match(m1.agent_url, /^http:\/\/127\.0\.0\.1:\d+$/, m1.agent_url);
+      }
+
+      const listed = (await w.list()).find((m) => m.name === 'm1');
+      assert.ok(listed, 'machine list --json does not show m1');
+      assert.equal(listed.status, 'running');
+      assert.equal(listed.provider, 'local');
+      assert.equal(listed.agent_url, m1.agent_url);
+
+      const tok1 = await w.token('m1');
+      t.diagnostic(`m1: ${m1.agent_url} pid ${m1.pid} spec ${JSON.stringify(m1.spec)}`);
+      const url1 = m1.agent_url;
+
+      const health = await agentOk(url1, null, '/v1/health');
+      assert.equal(health.status, 'ok', `health: ${JSON.stringify(health)}`);
+      assert.equal((await agentApi(url1, null, '/v1/control')).status, 401, 'no token must be 401');
+      await agentOk(url1, tok1, '/v1/control');
+
+      await computer(url1, tok1, { action: 'mouse_move', coordinate: [100, 120] });
+      const pos = await computer(url1, tok1, { action: 'cursor_position' });
+      assert.match(String(pos.output), /X=100,\s*Y=120/, `cursor_position: ${JSON.stringify(pos)}`);
+
+      // A frame through the agent's own viewer page in Chromium on the host (in netns mode it
+      // reaches 10.213.N.2 through the veth).
+      const browser = await launchChromium();
+      try {
+        const page = await openViewer(browser, { url: url1, token: tok1 });
+        let st;
+        try {
+          await waitFor(async () => { st = await viewerStats(page); return st.framesDecoded > 0; },
+            { timeout: 60000, interval: 250, message: 'framesDecoded > 0' });
+        } catch (e) {
+          throw new Error(`${e.message}; stats ${JSON.stringify(st)}\n${page.logLines.slice(-20).join('\n')}`);
+        }
+        t.diagnostic(`viewer stats: ${JSON.stringify(st)}`);
+        await page.evaluate(() => window.porthole.disconnect()).catch(() => {});
+      } finally {
+        await browser.close().catch(() => {});
+      }
+
+      const wr = await execIn(url1, tok1, 'echo hi > ~/marker');
+      assert.equal(wr.exit_code, 0, `exec echo hi > ~/marker: ${JSON.stringify(wr)}`);
+
+      const snap = await w.ok(['machine', 'snapshot', 'm1', '--name', 's1', '--json']);
+      assert.equal(snap.name, 's1', `snapshot: ${JSON.stringify(snap)}`);
+
+      const m2 = await w.create(['--name', 'm2', '--from-snapshot', 's1', '--network', mode]);
+      assertMachineShape(m2, { name: 'm2' });
+      assert.notEqual(m2.agent_url, m1.agent_url);
+      let tok2 = await w.token('m2');
+      const cat = await execIn(m2.agent_url, tok2, 'cat ~/marker');
+      assert.equal(cat.exit_code, 0, `cat ~/marker on m2: ${JSON.stringify(cat)}`);
+      assert.equal(cat.stdout.trim(), 'hi', `cat ~/marker on m2: ${JSON.stringify(cat)}`);
+
+      const stopped = await w.ok(['machine', 'stop', 'm2', '--json']);
+      assert.equal(stopped.status, 'stopped', `machine stop: ${JSON.stringify(stopped)}`);
+      assert.equal((await w.list()).find((m) => m.name === 'm2')?.status, 'stopped');
+      await waitFor(async () => !(await agentAnswers(m2.agent_url)),
+        { timeout: 20000, message: `m2's agent (${m2.agent_url}) to stop answering after machine stop` });
+      assert.equal((await w.list()).find((m) => m.name === 'm1')?.status, 'running', 'stopping m2 touched m1');
+
+      const started = await w.ok(['machine', 'start', 'm2', '--json']);
+      assertMachineShape(started, { name: 'm2' });
+      assert.ok(await agentAnswers(started.agent_url), `m2 answers after machine start (${started.agent_url})`);
+      tok2 = await w.token('m2');
+      const cat2 = await execIn(started.agent_url, tok2, 'cat ~/marker');
+      assert.equal(cat2.stdout.trim(), 'hi', `marker after restart: ${JSON.stringify(cat2)}`);
+      assert.equal((await w.list()).find((m) => m.name === 'm2')?.status, 'running');
+
+      // The process scan sees the sandboxes while they run (so its emptiness below means something).
+      const running = procsMentioning(w.home);
+      assert.ok(running.some((p) => p.where === 'cmdline') && running.some((p) => /porthole-agent/.test(p.cmd)),
+        `the process scan does not see the running sandboxes: ${JSON.stringify(running)}`);
+      t.diagnostic(`processes naming PORTHOLE_HOME while m1, m2 run: ${running.filter((p) => p.where === 'cmdline').length} by cmdline, ${running.filter((p) => p.where === 'environ').length} more by environment`);
+
+      await w.ok(['machine', 'destroy', 'm1']);
+      await w.ok(['machine', 'destroy', 'm2']);
+
+      assert.deepEqual(await w.list(), [], 'machine list after destroying both');
+      await assertNoProcesses(w, 'after destroying m1 and m2');
+      await assertNoNewNamespaces(w, nsBefore, 'after destroying m1 and m2');
+      for (const n of ['m1', 'm2']) {
+        assert.ok(!existsSync(path.join(w.home, 'machines', n)), `machines/${n} still exists`);
+      }
+      assert.deepEqual(machineDirEntries(w), [], 'machines/ is not empty');
+    }));
+  }
+
+  // 2 ----------------------------------------------------------------------------------------
+  it('2. bad input and faults: non-zero exit, one line naming the problem, nothing left behind',
+    { timeout: TEST_TIMEOUT }, worldTest('2', async (w, t) => {
+      const nsBefore = await netnsList();
+      const failures = [];
+      const check = async (what, args, re, { env, keep = [] } = {}) => {
+        const r = await w.ph(args, { env });
+        t.diagnostic(`${what}: exit ${r.code}, stderr: ${r.stderr.trim().replace(/\n/g, ' ⏎ ')}`);
+        try {
+          assertOneLineError(r, re, what);
+        } catch (e) {
+          failures.push(e.message);
+        }
+        // Nothing left behind, whatever the message.
+        const names = (await w.list()).map((m) => m.name).sort();
+        assert.deepEqual(names, [...keep].sort(), `${what}: machine list after the failure:\n${fmtRun(r.cmdline, r)}`);
+        assert.deepEqual(machineDirEntries(w).sort(), [...keep].sort(), `${what}: machines/ entries after the failure`);
+        let keys = [];
+        try { keys = readdirSync(path.join(w.home, 'keys')); } catch { /* none */ }
+        assert.deepEqual(keys.sort(), keep.map((k) => `${k}.token`).sort(), `${what}: keys/ after the failure`);
+        if (keep.length === 0) await assertNoProcesses(w, what);
+        await assertNoNewNamespaces(w, nsBefore, what);
+        return r;
+      };
+
+      await check('unknown provider', ['machine', 'create', '--provider', 'foo', '--name', 'a1'], /foo/);
+      await check('bad name', ['machine', 'create', '--name', 'bad name!', '--network', 'loopback'], /bad name!/);
+
+      // Duplicate name: the first machine stays as it was.
+      const dup = await w.create(['--name', 'dup1', '--network', 'loopback']);
+      const dupProcs = procsMentioning(w.home).map((p) => p.pid).sort();
+      await check('duplicate name', ['machine', 'create', '--name', 'dup1', '--network', 'loopback'],
+        /dup1.*(exists|already|taken)/i, { keep: ['dup1'] });
+      const dupAfter = (await w.list()).find((m) => m.name === 'dup1');
+      assert.equal(dupAfter.status, 'running', 'the original dup1 must stay running');
+      assert.equal(dupAfter.pid, dup.pid, 'the original dup1 must keep its process');
+      assert.equal(dupAfter.agent_url, dup.agent_url, 'the original dup1 must keep its address');
+      assert.ok(await agentAnswers(dup.agent_url), 'the original dup1 still answers');
+      assert.deepEqual(procsMentioning(w.home).map((p) => p.pid).sort(), dupProcs, 'processes changed by the failed duplicate create');
+      await w.ok(['machine', 'destroy', 'dup1']);
+
+      await check('remote without --url', ['machine', 'create', '--provider', 'remote', '--name', 'r1'], /--url/);
+
+      const tokenFile = path.join(w.home, 'remote-token');
+      writeFileSync(tokenFile, `${randomBytes(24).toString('hex')}\n`, { mode: 0o600 });
+      const deadPort = await freePort();
+      await check('remote where nothing listens',
+        ['machine', 'create', '--provider', 'remote', '--name', 'r2', '--url', `http://127.0.0.1:${deadPort}`, '--token-file', tokenFile],
+        /cannot connect|connection refused|could not connect|unreachable/i);
+
+      // A real agent (its own Xvfb) and the wrong token.
+      const xvfb = await startXvfb({ log: path.join(w.home, 'xvfb-remote.log') });
+      w.teardowns.push(() => xvfb.stop());
+      const agent = await startAgent({ display: xvfb.display });
+      w.teardowns.push(() => agent.stop());
+      await check('remote with the wrong token',
+        ['machine', 'create', '--provider', 'remote', '--name', 'r3', '--url', agent.url, '--token-file', tokenFile],
+        /token|401/i);
+
+      await check('PORTHOLE_AGENT_BIN=/nonexistent', ['machine', 'create', '--name', 'nobin'],
+        /\/nonexistent/, { env: { PORTHOLE_AGENT_BIN: '/nonexistent' } });
+
+      const envDir = path.join(w.home, 'repo', '.porthole');
+      mkdirSync(envDir, { recursive: true });
+      const envFile = path.join(envDir, 'environment.json');
+      writeFileSync(envFile, JSON.stringify({ terminals: [{ name: 't', command: 5 }] }));
+      await check('invalid --env file', ['machine', 'create', '--name', 'badenv', '--network', 'loopback', '--env', envFile],
+        /terminals\[0\]\.command/);
+
+      await check('destroy of an unknown machine', ['machine', 'destroy', 'nosuch'], /nosuch.*porthole machine list/);
+
+      assert.deepEqual(failures, [], `CLI error messages not as expected:\n\n${failures.join('\n\n')}`);
+    }));
+
+  // 3 ----------------------------------------------------------------------------------------
+  it('3. a machine whose sandbox dies is listed as failed with the reason; destroy works',
+    { timeout: TEST_TIMEOUT }, worldTest('3', async (w, t) => {
+      const m3 = await w.create(['--name', 'm3', '--network', 'loopback']);
+      const listed = (await w.list()).find((m) => m.name === 'm3');
+      assert.ok(Number.isInteger(listed?.pid) && listed.pid > 1, `machine list --json has no pid for m3: ${JSON.stringify(listed)}`);
+      assert.ok(await agentAnswers(m3.agent_url));
+
+      process.kill(-listed.pid, 'SIGKILL'); // the sandbox's process group
+
+      let seen;
+      await waitFor(async () => {
+        seen = (await w.list()).find((m) => m.name === 'm3');
+        return seen && seen.status === 'failed';
+      }, { timeout: 30000, interval: 500, message: 'm3 to be listed as failed' }).catch((e) => {
+        throw new Error(`${e.message}; last listing: ${JSON.stringify(seen)}`);
+      });
+      t.diagnostic(`m3 after kill -9: status ${seen.status}, error: ${seen.error}`);
+      assert.equal(typeof seen.error, 'string', `failed machine without an error: ${JSON.stringify(seen)}`);
+      assert.ok(seen.error.length > 0, 'empty error');
+      assert.match(seen.error, /exit|died|dead|kill|signal|gone/i, `the error does not give the reason: ${seen.error}`);
+      assert.ok(!(await agentAnswers(m3.agent_url)), 'the agent of a dead sandbox still answers');
+
+      await w.ok(['machine', 'destroy', 'm3']);
+      assert.deepEqual(await w.list(), []);
+      await assertNoProcesses(w, 'after destroying the dead m3');
+      assert.deepEqual(machineDirEntries(w), [], 'machines/ is not empty');
+
+      // Last (so destroy is checked either way). A message for people and the app: no terminal escape sequences or other control characters.
+      assert.ok(!/[\x00-\x08\x0b-\x1f\x7f]/.test(seen.error), `the error carries control characters (ANSI colour codes?): ${JSON.stringify(seen.error)}`);
+    }));
+
+  // 4 ----------------------------------------------------------------------------------------
+  it('4. remote host (an agent in a namespace of our own): add, act, destroy forgets it; teardown leaves nothing',
+    { timeout: TEST_TIMEOUT }, worldTest('4', async (w) => {
+      const tag = randomBytes(3).toString('hex');
+      const ns = `phtest${tag}`;
+      const hostIf = `pth${tag}`;
+      const nsIf = `ptn${tag}`;
+      // A /30 in 10.214.N.0/24 nobody routes yet.
+      const routes = (await sh('ip', ['-4', 'route', 'show'])).stdout;
+      let n = 1 + Math.floor(Math.random() * 250);
+      for (let i = 0; i < 250 && routes.includes(`10.214.${n}.`); i++) n = 1 + (n % 250);
+      const hostIp = `10.214.${n}.1`;
+      const agentIp = `10.214.${n}.2`;
+
+      let agentChild, xvfbChild;
+      let nsMade = false;
+      const teardownNs = async () => {
+        if (agentChild) await killGroup(agentChild);
+        if (xvfbChild) await killGroup(xvfbChild);
+        if (nsMade) {
+          await sh('ip', ['netns', 'del', ns], { allowFail: true });
+          if (await linkExists(hostIf)) await sh('ip', ['link', 'del', hostIf], { allowFail: true });
+          nsMade = false;
+        }
+      };
+      w.teardowns.push(teardownNs);
+
+      await sh('ip', ['netns', 'add', ns]);
+      nsMade = true;
+      await sh('ip', ['link', 'add', hostIf, 'type', 'veth', 'peer', 'name', nsIf]);
+      await sh('ip', ['link', 'set', nsIf, 'netns', ns]);
+      await sh('ip', ['addr', 'add', `${hostIp}/30`, 'dev', hostIf]);
+      await sh('ip', ['link', 'set', hostIf, 'up']);
+      await sh('ip', ['-n', ns, 'addr', 'add', `${agentIp}/30`, 'dev', nsIf]);
+      await sh('ip', ['-n', ns, 'link', 'set', nsIf, 'up']);
+      await sh('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+
+      // Xvfb inside the namespace (the socket file is on the shared /tmp).
+      let disp = 100 + Math.floor(Math.random() * 800);
+      while (existsSync(`/tmp/.X11-unix/X${disp}`) || existsSync(`/tmp/.X${disp}-lock`)) disp++;
+      const xlog = path.join(w.home, 'remote-xvfb.log');
+      xvfbChild = spawnGroup('ip', ['netns', 'exec', ns, 'Xvfb', `:${disp}`, '-screen', '0', '1280x800x24', '-nolisten', 'tcp'], { log: xlog });
+      await waitFor(() => existsSync(`/tmp/.X11-unix/X${disp}`) || xvfbChild.exitInfo,
+        { timeout: 20000, message: `Xvfb :${disp} in ${ns}` });
+      assert.ok(!xvfbChild.exitInfo, `Xvfb exited: ${tail(xlog)}`);
+
+      const rdir = path.join(w.home, 'remote-host');
+      mkdirSync(rdir, { recursive: true });
+      const token = randomBytes(24).toString('hex');
+      const tokenFile = path.join(rdir, 'token');
+      writeFileSync(tokenFile, token, { mode: 0o600 });
+      const alog = path.join(rdir, 'agent.log');
+      const url = `http://${agentIp}:7400`;
+      agentChild = spawnGroup('ip', ['netns', 'exec', ns, AGENT, 'serve', '--display', `:${disp}`,
+        '--listen', `${agentIp}:7400`, '--token-file', tokenFile, '--data-dir', path.join(rdir, 'data'), '--no-record'],
+      { env: { RUST_LOG: 'info', DISPLAY: `:${disp}` }, unset: ['PORTHOLE_TOKEN'], log: alog });
+      await waitFor(async () => {
+        if (agentChild.exitInfo) throw new Error(`remote agent exited: ${tail(alog)}`);
+        return agentAnswers(url);
+      }, { timeout: 30000, message: `the remote agent at ${url}` });
+
+      const r1 = await w.create(['--provider', 'remote', '--name', 'r1', '--url', url, '--token-file', tokenFile]);
+      assertMachineShape(r1, { name: 'r1', provider: 'remote' });
+      assert.equal(r1.agent_url, url);
+      const listed = (await w.list()).find((m) => m.name === 'r1');
+      assert.equal(listed?.status, 'running', `machine list: ${JSON.stringify(listed)}`);
+      const tok = await w.token('r1');
+      assert.equal(tok, token, 'machine token r1 is not the remote agent\'s token');
+
+      await computer(r1.agent_url, tok, { action: 'mouse_move', coordinate: [321, 234] });
+      const pos = await computer(r1.agent_url, tok, { action: 'cursor_position' });
+      assert.match(String(pos.output), /X=321,\s*Y=234/, `cursor_position: ${JSON.stringify(pos)}`);
+
+      await w.ok(['machine', 'destroy', 'r1']);
+      assert.deepEqual(await w.list(), [], 'r1 still listed after destroy');
+      assert.ok(await agentAnswers(url), 'destroying a remote machine must not stop its agent (it is not ours)');
+      assert.ok(!agentChild.exitInfo, 'the remote agent exited after machine destroy');
+      assert.ok(existsSync(tokenFile), 'machine destroy removed the user\'s --token-file');
+
+      // Our own teardown, verified.
+      await teardownNs();
+      assert.ok(!(await netnsList()).includes(ns), `namespace ${ns} remains`);
+      assert.ok(!(await linkExists(hostIf)), `veth ${hostIf} remains`);
+      for (const c of [agentChild, xvfbChild]) {
+        assert.ok(c.exitInfo, `process ${c.pid} (${c.spawnfile} ${c.spawnargs.slice(3, 5).join(' ')}) still runs after teardown`);
+      }
+      await assertNoProcesses(w, 'after the remote host teardown');
+    }));
+
+  // 5 ----------------------------------------------------------------------------------------
+  it('5. recordings: incremental sync (prefix of the guest file, h264), resume after a network cut, evidence export',
+    { timeout: TEST_TIMEOUT }, worldTest('5', async (w, t) => {
+      const m = await w.create(['--name', 'rec', '--network', 'loopback']);
+      const tok = await w.token('rec');
+
+      await doActions(m.agent_url, tok, [
+        { action: 'mouse_move', coordinate: [200, 200] },
+        { action: 'left_click', coordinate: [300, 250] },
+        { action: 'type', text: 'hello porthole' },
+        { action: 'left_click', coordinate: [420, 310] },
+        { action: 'key', text: 'Escape' },
+      ]);
+
+      const rl = await w.ok(['recordings', 'list', '--machine', 'rec', '--json']);
+      assert.ok(Array.isArray(rl.recordings), `recordings list: ${JSON.stringify(rl)}`);
+      assert.equal(rl.recordings.length, 1, `expected one recording: ${JSON.stringify(rl)}`);
+      const rec = rl.recordings[0];
+      assert.equal(rec.state, 'recording', `recording state: ${JSON.stringify(rec)}`);
+      const id = rec.id;
+      const guestVideo = path.join(w.home, 'machines', 'rec', 'agent', 'recordings', id, 'video-0001.mp4');
+      const localVideo = path.join(w.home, 'recordings', id, 'video-0001.mp4');
+      const agentEvents = async (url, t, sid = id) => (await agentOk(url, t, `/v1/recordings/${sid}/events?after=0&limit=100000`)).events;
+      const localView = async (sid) => {
+        const l = await w.ok(['recordings', 'list', '--json']);
+        return (l.recordings || []).find((r) => r.id === sid);
+      };
+      const assertPrefix = (local, guest, when) => {
+        const a = readFileSync(local);
+        const b = readFileSync(guest);
+        assert.ok(a.length > 0, `${when}: synced ${local} is empty`);
+        assert.ok(isPrefix(a, b), `${when}: synced ${local} (${a.length} bytes) is not a prefix of the guest's ` +
+          `${guest} (${b.length} bytes); first difference at byte ${firstDifference(a, b)}`);
+        return a.length;
+      };
+
+      const s1 = await w.ok(['recordings', 'sync', 'rec', '--json']);
+      assert.ok(s1.events > 0, `first sync: ${JSON.stringify(s1)}`);
+      assert.ok(s1.bytes > 0, `first sync: ${JSON.stringify(s1)}`);
+      t.diagnostic(`first sync: ${JSON.stringify(s1)}`);
+      const size1 = assertPrefix(localVideo, guestVideo, 'after the first sync');
+      assert.equal(size1, s1.bytes, 'first sync: bytes reported vs the synced file size');
+      const local1 = await localView(id);
+      assert.equal(local1?.events, s1.events, `local events after the first sync: ${JSON.stringify(local1)}`);
+
+      const more = [
+        { action: 'left_click', coordinate: [500, 400] },
+        { action: 'type', text: 'more' },
+        { action: 'left_click', coordinate: [640, 420] },
+      ];
+      await doActions(m.agent_url, tok, more);
+      const guestBefore2 = (await agentEvents(m.agent_url, tok)).length;
+      const s2 = await w.ok(['recordings', 'sync', 'rec', '--json']);
+      const guestAfter2 = (await agentEvents(m.agent_url, tok)).length;
+      // Only new events: at least the new actions, at most what the guest had beyond the first
+      // sync; never everything again.
+      assert.ok(s2.events >= more.length, `second sync added ${s2.events} events; ${more.length} actions were done since`);
+      assert.ok(s2.events >= guestBefore2 - s1.events && s2.events <= guestAfter2 - s1.events,
+        `second sync reported ${s2.events} events; the guest had ${guestBefore2}..${guestAfter2}, the first sync took ${s1.events}`);
+      t.diagnostic(`second sync: ${JSON.stringify(s2)} (guest events ${guestBefore2}..${guestAfter2})`);
+      const size2 = assertPrefix(localVideo, guestVideo, 'after the second sync');
+      assert.equal(size2 - size1, s2.bytes, `second sync: reported ${s2.bytes} bytes, the file grew by ${size2 - size1}`);
+      assert.ok(s2.bytes > 0, 'second sync added no video');
+      const local2 = await localView(id);
+      assert.equal(local2?.events, s1.events + s2.events, `local events after two syncs: ${JSON.stringify(local2)}`);
+
+      const probe = await sh('ffprobe', ['-v', 'error', '-select_streams', 'v:0', '-show_entries', 'stream=codec_name', '-of', 'csv=p=0', localVideo]);
+      assert.equal(probe.stdout.trim(), 'h264', `ffprobe ${localVideo}: ${probe.stdout} ${probe.stderr}`);
+
+      // --- resume after a cut (netns machine)
+      const mn = await w.create(['--name', 'recn', '--network', 'netns']);
+      const idx = mn.spec?.net_index;
+      assert.ok(Number.isInteger(idx), `spec.net_index: ${JSON.stringify(mn)}`);
+      const tokn = await w.token('recn');
+      const idn = (await agentOk(mn.agent_url, tokn, '/v1/sessions/current')).id;
+      assert.ok(idn, 'recn has no current session');
+      await doActions(mn.agent_url, tokn, [
+        { action: 'left_click', coordinate: [100, 100] },
+        { action: 'type', text: 'before the cut' },
+      ]);
+      const n1 = await w.ok(['recordings', 'sync', 'recn', '--json']);
+      assert.ok(n1.events > 0 && n1.bytes > 0, `recn first sync: ${JSON.stringify(n1)}`);
+      await doActions(mn.agent_url, tokn, [
+        { action: 'left_click', coordinate: [150, 150] },
+        { action: 'type', text: 'during the cut' },
+      ]);
+
+      const hostIf = `phh${idx}`;
+      let cut = false;
+      const heal = async () => {
+        if (!cut) return;
+        await sh('ip', ['route', 'del', 'unreachable', `10.213.${idx}.0/30`], { allowFail: true });
+        await sh('ip', ['link', 'set', hostIf, 'up'], { allowFail: true });
+        cut = false;
+      };
+      w.teardowns.push(heal);
+      await sh('ip', ['link', 'set', hostIf, 'down']);
+      // With the link down the connected route goes, and packets for 10.213.N.2 would follow the
+      // host's default route to wherever it leads (here, a proxy that answers anything with 404):
+      // make the cut a cut.
+      await sh('ip', ['route', 'add', 'unreachable', `10.213.${idx}.0/30`]);
+      cut = true;
+      const failed = await w.ph(['recordings', 'sync', 'recn', '--json']);
+      t.diagnostic(`sync during the cut: exit ${failed.code}, stderr: ${failed.stderr.trim()}`);
+      assertOneLineError(failed, /cannot connect|unreachable|could not connect/i, 'sync during a network cut');
+      await heal();
+      await waitFor(() => agentAnswers(mn.agent_url), { timeout: 30000, message: 'recn to answer again after the cut' });
+
+      const guestBeforeN = (await agentEvents(mn.agent_url, tokn, idn)).length;
+      const n2 = await w.ok(['recordings', 'sync', 'recn', '--json']);
+      const guestAfterN = (await agentEvents(mn.agent_url, tokn, idn)).length;
+      const guestN = path.join(w.home, 'machines', 'recn', 'agent', 'recordings', idn, 'video-0001.mp4');
+      const localN = path.join(w.home, 'recordings', idn, 'video-0001.mp4');
+      t.diagnostic(`recn syncs: before cut ${JSON.stringify(n1)}, resumed ${JSON.stringify(n2)}`);
+      assertPrefix(localN, guestN, 'after the resumed sync');
+      assert.ok(n2.events >= 2, `the resumed sync added ${n2.events} events; 2 actions were done since the first sync`);
+      assert.ok(n2.bytes > 0, `the resumed sync added no video: ${JSON.stringify(n2)}`);
+      const viewN = await localView(idn);
+      assert.ok(viewN, `the local view has no session ${idn}`);
+      // No duplicates: the local table holds exactly what the syncs reported adding, and that is
+      // what the agent had (between the counts taken just before and just after the sync).
+      assert.equal(viewN.events, n1.events + n2.events,
+        `local events (${viewN.events}) vs events the syncs reported adding (${n1.events} + ${n2.events})`);
+      assert.ok(viewN.events >= guestBeforeN && viewN.events <= guestAfterN,
+        `local events for ${idn}: ${viewN.events}; the agent had ${guestBeforeN} before and ${guestAfterN} after the sync`);
+
+      // --- evidence export of the loopback session (wait for the guest's thumbnails first:
+      // they are written just after each action).
+      const guestThumbs = path.join(w.home, 'machines', 'rec', 'agent', 'recordings', id, 'thumbs');
+      const actionEvents = (await agentEvents(m.agent_url, tok)).filter((e) => e.kind === 'action');
+      const clicks = actionEvents.filter((e) => e.data?.action === 'left_click');
+      assert.equal(clicks.length, 4, `left_click events on the agent: ${JSON.stringify(clicks)}`);
+      await waitFor(() => clicks.every((e) => existsSync(path.join(guestThumbs, `${e.seq}-before.jpg`)) &&
+        existsSync(path.join(guestThumbs, `${e.seq}-after.jpg`))), { timeout: 30000, message: 'guest thumbnails of the clicks' });
+      await w.ok(['recordings', 'sync', 'rec', '--json']);
+      assertPrefix(localVideo, guestVideo, 'after the third sync');
+
+      const out = path.join(w.home, 'evidence');
+      const ex = await w.ok(['recordings', 'export', id, '--out', out, '--json']);
+      for (const f of ['index.html', 'video.mp4', 'events.json', 'summary.md']) {
+        assert.ok(existsSync(path.join(out, f)), `export: ${f} missing (${JSON.stringify(ex)}; dir: ${readdirSync(out).join(', ')})`);
+      }
+      t.diagnostic(`export: ${JSON.stringify(ex)}`);
+      const shots = readdirSync(path.join(out, 'screenshots')).filter((f) => f.endsWith('.jpg'));
+      const exEvents = JSON.parse(readFileSync(path.join(out, 'events.json'), 'utf8'));
+      assert.ok(Array.isArray(exEvents) && exEvents.length > 0, 'events.json is empty');
+      const exClicks = exEvents.filter((e) => e.kind === 'action' && e.data?.action === 'left_click');
+      assert.equal(exClicks.length, 4, `events.json clicks: ${JSON.stringify(exClicks)}`);
+      for (const e of exClicks) {
+        for (const which of ['before', 'after']) {
+          assert.ok(shots.includes(`${e.seq}-${which}.jpg`), `screenshots/${e.seq}-${which}.jpg missing (have ${shots.join(', ')})`);
+        }
+      }
+      const actionSeqs = new Set(exEvents.filter((e) => e.kind === 'action').map((e) => String(e.seq)));
+      for (const s of shots) {
+        assert.ok(actionSeqs.has(s.split('-')[0]), `screenshot ${s} does not belong to an action`);
+      }
+      const summary = readFileSync(path.join(out, 'summary.md'), 'utf8');
+      for (const c of [[300, 250], [420, 310], [500, 400], [640, 420]]) {
+        assert.ok(summary.includes(`left_click at (${c[0]}, ${c[1]})`), `summary.md does not mention the click at ${c}:\n${summary}`);
+      }
+      assert.ok(summary.includes('hello porthole'), `summary.md does not mention the typed text:\n${summary}`);
+      const vprobe = await sh('ffprobe', ['-v', 'error', '-select_streams', 'v:0', '-show_entries', 'stream=codec_name', '-of', 'csv=p=0', path.join(out, 'video.mp4')]);
+      assert.equal(vprobe.stdout.trim(), 'h264', 'exported video.mp4 is not h264');
+
+      await w.ok(['machine', 'destroy', 'rec']);
+      await w.ok(['machine', 'destroy', 'recn']);
+      assert.deepEqual(await w.list(), []);
+      await assertNoProcesses(w, 'after destroying rec and recn');
+    }));
+
+  // 6 ----------------------------------------------------------------------------------------
+  it('6. warm pool: fill from a snapshot, claim (session started), background refill, clean up',
+    { timeout: TEST_TIMEOUT }, worldTest('6', async (w, t) => {
+      const nsBefore = await netnsList();
+      await w.create(['--name', 'pm', '--network', 'loopback']);
+      await w.ok(['machine', 'snapshot', 'pm', '--name', 's']);
+
+      const fill = await w.ok(['pool', 'fill', '--snapshot', 's', '--size', '1', '--json']);
+      const pooled = (await w.list()).filter((m) => m.spec?.pool === 's');
+      assert.equal(pooled.length, 1, `pool machines after fill: ${JSON.stringify(pooled)} (fill said ${JSON.stringify(fill)})`);
+      const pm = pooled[0];
+      assert.equal(pm.status, 'running');
+      const idleTok = await w.token(pm.name);
+      const idleSession = await agentOk(pm.agent_url, idleTok, '/v1/sessions/current');
+
+      const claimed = await w.ok(['pool', 'claim', '--snapshot', 's', '--name', 'w1', '--json']);
+      assertMachineShape(claimed, { name: 'w1' });
+      t.diagnostic(`claim: ${claimed.name} claim_ms=${claimed.claim_ms} from ${pm.name}`);
+      assert.equal(typeof claimed.claim_ms, 'number', `claim_ms: ${JSON.stringify(claimed)}`);
+      assert.ok(claimed.claim_ms >= 0);
+      assert.equal(claimed.agent_url, pm.agent_url, 'the claimed machine is the pooled one');
+      const tok = await w.token('w1');
+      const cur = await agentOk(claimed.agent_url, tok, '/v1/sessions/current');
+      assert.ok(cur.id, `no current session: ${JSON.stringify(cur)}`);
+      assert.notEqual(cur.id, idleSession.id, 'the claim did not start a new session');
+      const evs = (await agentOk(claimed.agent_url, tok, '/v1/events?after=0')).events;
+      assert.ok(evs.some((e) => e.kind === 'session' && e.data?.state === 'started'),
+        `no session started event: ${JSON.stringify(evs)}`);
+
+      // The background refill: a new pool machine appears and the refill process ends.
+      let l = [];
+      await waitFor(async () => {
+        l = await w.list();
+        const refill = l.filter((m) => m.spec?.pool === 's' && m.name !== 'w1');
+        const fillers = procsMentioning(w.home).filter((p) => /pool\s+fill/.test(p.cmd));
+        return refill.length === 1 && refill[0].status === 'running' && fillers.length === 0;
+      }, { timeout: 120000, interval: 500, message: 'the background refill to finish' }).catch((e) => {
+        throw new Error(`${e.message}; machines: ${JSON.stringify(l.map((m) => [m.name, m.status, m.spec?.pool]))}`);
+      });
+      assert.deepEqual(l.map((m) => m.name).filter((n) => !n.startsWith('pool-')).sort(), ['pm', 'w1']);
+
+      for (const m of await w.list()) await w.ok(['machine', 'destroy', m.name]);
+      assert.deepEqual(await w.list(), []);
+      await assertNoProcesses(w, 'after destroying the pool machines');
+      await assertNoNewNamespaces(w, nsBefore, 'after destroying the pool machines');
+      assert.deepEqual(machineDirEntries(w), [], 'machines/ is not empty');
+    }));
+});

@@ -1,0 +1,81 @@
+// The backend as Tauri commands. Command names are snake_case; argument names are the Rust
+// parameter names in camelCase, as Tauri converts them (e.g. `session_id` → `sessionId`).
+// Struct arguments (`req`) are deserialized with serde `rename_all = "camelCase"`.
+
+import { Channel, invoke } from '@tauri-apps/api/core';
+import type { Backend, BackendError, Event, FrameSink } from './types';
+
+function toBackendError(e: unknown): BackendError {
+  if (e && typeof e === 'object' && 'message' in e) {
+    const o = e as { code?: unknown; message?: unknown };
+    return { code: typeof o.code === 'string' ? o.code : 'error', message: String(o.message) };
+  }
+  return { code: 'error', message: typeof e === 'string' ? e : String(e) };
+}
+
+async function call<T>(cmd: string, args?: Record<string, unknown>): Promise<T> {
+  try {
+    return await invoke<T>(cmd, args);
+  } catch (e) {
+    throw toBackendError(e);
+  }
+}
+
+function frameChannel(onFrame: FrameSink): Channel<ArrayBuffer> {
+  const ch = new Channel<ArrayBuffer>();
+  ch.onmessage = (msg) => {
+    // Raw bytes arrive as an ArrayBuffer; be lenient with typed arrays and plain arrays.
+    if (msg instanceof ArrayBuffer) onFrame(msg);
+    else if (ArrayBuffer.isView(msg)) {
+      const v = msg as ArrayBufferView;
+      onFrame(v.buffer.slice(v.byteOffset, v.byteOffset + v.byteLength) as ArrayBuffer);
+    } else if (Array.isArray(msg)) onFrame(new Uint8Array(msg as number[]).buffer);
+  };
+  return ch;
+}
+
+export function createTauriBackend(): Backend {
+  return {
+    machinesList: () => call('machines_list'),
+    machineCreate: (req) => call('machine_create', { req }),
+    machineStart: (name) => call('machine_start', { name }),
+    machineStop: (name) => call('machine_stop', { name }),
+    machineDestroy: (name) => call('machine_destroy', { name }),
+    machineSnapshot: (name, snapshot) => call('machine_snapshot', { name, snapshot }),
+    machineHealth: (name) => call('machine_health', { name }),
+
+    liveStart: (name, onFrame, onEvent, opts) => {
+      const onEventCh = new Channel<Event>();
+      onEventCh.onmessage = onEvent;
+      return call('live_start', { name, onFrame: frameChannel(onFrame), onEvent: onEventCh, maxFps: opts?.maxFps ?? null });
+    },
+    liveStop: (name) => call('live_stop', { name }),
+    liveInput: (name, msg) => call('live_input', { name, msg }),
+    control: (name, action) => call('control', { name, action }),
+    events: (name, after) => call('events', { name, after }),
+
+    sessionsList: () => call('sessions_list'),
+    sessionsSync: (name) => call('sessions_sync', { name }),
+    replayOpen: (sessionId) => call('replay_open', { sessionId }),
+    replayEvents: (sessionId) => call('replay_events', { sessionId }),
+    replayPlay: (sessionId, fromMs, speed, onFrame) =>
+      call('replay_play', { sessionId, fromMs, speed, onFrame: frameChannel(onFrame) }),
+    replayStop: (sessionId) => call('replay_stop', { sessionId }),
+    exportEvidence: (sessionId, outDir, fromMs, toMs) =>
+      call('export_evidence', { sessionId, outDir, fromMs: fromMs ?? null, toMs: toMs ?? null }),
+
+    envCheck: (text, fileName) => call('env_check', { text, fileName }),
+    envSchema: () => call('env_schema'),
+
+    secretsList: () => call('secrets_list'),
+    secretSet: (name, scope, value) => call('secret_set', { name, scope, value }),
+    secretDelete: (name, scope) => call('secret_delete', { name, scope }),
+
+    runsList: () => call('runs_list'),
+    runStart: (req) => call('run_start', { req }),
+    runStop: (id) => call('run_stop', { id }),
+    runCollect: (id) => call('run_collect', { id }),
+
+    appVersion: () => call('app_version'),
+  };
+}

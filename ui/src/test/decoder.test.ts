@@ -1,0 +1,93 @@
+import { describe, expect, it } from 'vitest';
+import { buildFrame, H264_CODEC, HEADER_BYTES, parseFrame, sniffCodec, StreamDecoder, VP8_CODEC } from '../video/decoder';
+import { FakeVideoDecoder } from './setup';
+
+const H264_KEY = new Uint8Array([0, 0, 0, 1, 0x67, 0x42, 0xe0, 0x1f, 0, 0, 0, 1, 0x65, 0x88]);
+const H264_DELTA = new Uint8Array([0, 0, 0, 1, 0x41, 0x9a]);
+const VP8_KEY = new Uint8Array([0x50, 0x42, 0x00, 0x9d, 0x01, 0x2a, 0x00, 0x05]);
+
+const tick = () => new Promise((r) => setTimeout(r, 0));
+
+describe('frame header', () => {
+  it('round-trips flags, session clock and RTP timestamp', () => {
+    const buf = buildFrame({ key: true, tMs: 123456, rtp: 0xfedcba98 }, H264_KEY);
+    expect(buf.byteLength).toBe(HEADER_BYTES + H264_KEY.length);
+    const v = new DataView(buf);
+    expect(v.getUint8(0)).toBe(1);
+    expect(v.getUint32(4, true)).toBe(123456);
+    const f = parseFrame(buf)!;
+    expect(f).toMatchObject({ key: true, tMs: 123456, rtp: 0xfedcba98 });
+    expect([...f.data]).toEqual([...H264_KEY]);
+    expect(parseFrame(buildFrame({ key: false, tMs: 5, rtp: 1 }, H264_DELTA))!.key).toBe(false);
+  });
+
+  it('rejects messages too short to hold a frame', () => {
+    expect(parseFrame(new ArrayBuffer(16))).toBeNull();
+    expect(parseFrame(new ArrayBuffer(3))).toBeNull();
+  });
+
+  it('tells VP8 from H.264 keyframes', () => {
+    expect(sniffCodec(H264_KEY)).toBe('H264');
+    expect(sniffCodec(new Uint8Array([0, 0, 1, 0x65]))).toBe('H264');
+    expect(sniffCodec(VP8_KEY)).toBe('VP8');
+    expect(sniffCodec(new Uint8Array([1, 2, 3]))).toBeNull();
+  });
+});
+
+describe('StreamDecoder', () => {
+  it('configures on the first keyframe (Annex-B H.264, no description) and drops deltas before it', async () => {
+    const d = new StreamDecoder('H264');
+    const canvas = document.createElement('canvas');
+    d.attach(canvas);
+    const drawn: number[] = [];
+    d.onDrawn((f) => drawn.push(f.tMs));
+    d.push(buildFrame({ key: false, tMs: 10, rtp: 0 }, H264_DELTA));
+    expect(FakeVideoDecoder.instances).toHaveLength(0);
+    d.push(buildFrame({ key: true, tMs: 20, rtp: 0 }, H264_KEY));
+    d.push(buildFrame({ key: false, tMs: 53, rtp: 0 }, H264_DELTA));
+    await tick();
+    const dec = FakeVideoDecoder.instances[0];
+    expect(dec.config).toMatchObject({ codec: H264_CODEC });
+    expect(dec.config!.description).toBeUndefined();
+    expect(dec.chunks.map((c) => c.type)).toEqual(['key', 'delta']);
+    expect(drawn).toEqual([20, 53]);
+    expect(canvas.width).toBe(1280);
+    const s = d.stats();
+    expect(s).toMatchObject({ frames: 3, decoded: 2, dropped: 1, errors: 0, fps: 2, codec: 'H264' });
+  });
+
+  it('uses vp8 for VP8 keyframes whatever the hint', () => {
+    const d = new StreamDecoder('H264');
+    d.push(buildFrame({ key: true, tMs: 0, rtp: 0 }, VP8_KEY));
+    expect(FakeVideoDecoder.instances[0].config!.codec).toBe(VP8_CODEC);
+  });
+
+  it('after a decode error waits for the next keyframe with a new decoder', async () => {
+    const d = new StreamDecoder();
+    d.push(buildFrame({ key: true, tMs: 0, rtp: 0 }, H264_KEY));
+    FakeVideoDecoder.failNext = true;
+    d.push(buildFrame({ key: false, tMs: 33, rtp: 0 }, H264_DELTA));
+    await tick();
+    expect(d.stats().errors).toBe(1);
+    d.push(buildFrame({ key: false, tMs: 66, rtp: 0 }, H264_DELTA));
+    d.push(buildFrame({ key: false, tMs: 99, rtp: 0 }, H264_DELTA));
+    expect(FakeVideoDecoder.instances).toHaveLength(1);
+    expect(d.stats().dropped).toBe(2);
+    d.push(buildFrame({ key: true, tMs: 2000, rtp: 0 }, H264_KEY));
+    d.push(buildFrame({ key: false, tMs: 2033, rtp: 0 }, H264_DELTA));
+    await tick();
+    expect(FakeVideoDecoder.instances).toHaveLength(2);
+    expect(FakeVideoDecoder.instances[1].chunks.map((c) => c.type)).toEqual(['key', 'delta']);
+  });
+
+  it('restart (a seek) drops everything until a keyframe', () => {
+    const d = new StreamDecoder();
+    d.push(buildFrame({ key: true, tMs: 0, rtp: 0 }, H264_KEY));
+    d.restart();
+    expect(FakeVideoDecoder.instances[0].state).toBe('closed');
+    d.push(buildFrame({ key: false, tMs: 33, rtp: 0 }, H264_DELTA));
+    expect(d.stats().dropped).toBe(1);
+    d.push(buildFrame({ key: true, tMs: 4000, rtp: 0 }, H264_KEY));
+    expect(FakeVideoDecoder.instances).toHaveLength(2);
+  });
+});

@@ -1,0 +1,254 @@
+// The one video decoder of the UI, for live and replay alike: frames arrive as ArrayBuffers
+// from the backend (16-byte header + one encoded frame), are decoded with WebCodecs and drawn
+// to a canvas. The backend never re-encodes and nothing here does either.
+//
+// Frame message layout:
+//   u8 flags (bit 0: keyframe), 3 bytes padding, u32 LE t_ms (session clock),
+//   u32 LE RTP timestamp, u32 LE reserved, then one H.264 access unit (Annex-B) or VP8 frame.
+
+import type { Codec } from '../backend/types';
+
+export const HEADER_BYTES = 16;
+export const FLAG_KEY = 1;
+/** Constrained baseline, level 3.1; no description, so the decoder reads Annex-B in-band. */
+export const H264_CODEC = 'avc1.42E01F';
+export const VP8_CODEC = 'vp8';
+
+export interface FrameHeader {
+  key: boolean;
+  tMs: number;
+  rtp: number;
+}
+
+export interface ParsedFrame extends FrameHeader {
+  data: Uint8Array;
+}
+
+export function parseFrame(buf: ArrayBuffer): ParsedFrame | null {
+  if (!(buf instanceof ArrayBuffer) || buf.byteLength <= HEADER_BYTES) return null;
+  const v = new DataView(buf);
+  return {
+    key: (v.getUint8(0) & FLAG_KEY) !== 0,
+    tMs: v.getUint32(4, true),
+    rtp: v.getUint32(8, true),
+    data: new Uint8Array(buf, HEADER_BYTES),
+  };
+}
+
+export function buildFrame(h: FrameHeader, data: Uint8Array): ArrayBuffer {
+  const out = new ArrayBuffer(HEADER_BYTES + data.byteLength);
+  const v = new DataView(out);
+  v.setUint8(0, h.key ? FLAG_KEY : 0);
+  v.setUint32(4, h.tMs >>> 0, true);
+  v.setUint32(8, h.rtp >>> 0, true);
+  new Uint8Array(out, HEADER_BYTES).set(data);
+  return out;
+}
+
+/** Tells VP8 from H.264 by a keyframe's first bytes (a VP8 keyframe has 9d 01 2a at offset 3). */
+export function sniffCodec(key: Uint8Array): Codec | null {
+  if (key.length >= 6 && key[3] === 0x9d && key[4] === 0x01 && key[5] === 0x2a) return 'VP8';
+  if (key.length >= 4 && key[0] === 0 && key[1] === 0 && (key[2] === 1 || (key[2] === 0 && key[3] === 1))) return 'H264';
+  return null;
+}
+
+export function webCodecsAvailable(): boolean {
+  return typeof globalThis.VideoDecoder === 'function' && typeof globalThis.EncodedVideoChunk === 'function';
+}
+
+export interface DecoderStats {
+  /** Frames drawn in the last second. */
+  fps: number;
+  /** Frames received. */
+  frames: number;
+  decoded: number;
+  /** Frames dropped while waiting for a keyframe (after an error, a seek or a backlog). */
+  dropped: number;
+  errors: number;
+  width: number;
+  height: number;
+  /** Receive → drawn, smoothed. */
+  decodeMs: number;
+  /** Arrival delay above the best seen so far (network + backend queueing), smoothed. */
+  jitterMs: number;
+  codec: Codec | null;
+  supported: boolean;
+  lastError: string | null;
+}
+
+export interface DrawnFrame {
+  tMs: number;
+  width: number;
+  height: number;
+}
+
+const MAX_QUEUE = 24;
+
+export class StreamDecoder {
+  private canvas: HTMLCanvasElement | null = null;
+  private ctx: CanvasRenderingContext2D | null = null;
+  private dec: VideoDecoder | null = null;
+  private waitKey = true;
+  private codec: Codec | null = null;
+  private nextTs = 1;
+  private pending = new Map<number, { tMs: number; arrived: number }>();
+  private drawnAt: number[] = [];
+  private minOffset = Infinity;
+  private s = { frames: 0, decoded: 0, dropped: 0, errors: 0, width: 0, height: 0, decodeMs: 0, jitterMs: 0 };
+  private lastError: string | null = null;
+  private listeners = new Set<(f: DrawnFrame) => void>();
+  private closed = false;
+
+  constructor(private codecHint: Codec = 'H264') {}
+
+  /** Draw onto this canvas from now on (its size follows the stream). */
+  attach(canvas: HTMLCanvasElement | null): void {
+    this.canvas = canvas;
+    this.ctx = canvas ? canvas.getContext('2d', { alpha: false }) : null;
+  }
+
+  setCodecHint(c: Codec): void {
+    this.codecHint = c;
+  }
+
+  /** Called with the session time of each frame as it is drawn. */
+  onDrawn(fn: (f: DrawnFrame) => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  push(buf: ArrayBuffer): void {
+    if (this.closed) return;
+    const f = parseFrame(buf);
+    if (!f) return;
+    const now = performance.now();
+    this.s.frames++;
+    const offset = now - f.tMs;
+    this.minOffset = Math.min(this.minOffset, offset);
+    this.s.jitterMs = smooth(this.s.jitterMs, offset - this.minOffset);
+
+    if (this.dec && this.dec.decodeQueueSize > MAX_QUEUE) {
+      // Falling behind: drop the backlog and start again at the next keyframe.
+      this.restart();
+    }
+    if (this.waitKey) {
+      if (!f.key) {
+        this.s.dropped++;
+        return;
+      }
+      if (!this.configure(f)) {
+        this.s.dropped++;
+        return;
+      }
+    }
+    const ts = this.nextTs++;
+    if (!this.dec) {
+      // No WebCodecs (tests, old engines): keep the clock and counters going without a picture.
+      this.emit({ tMs: f.tMs, width: this.s.width, height: this.s.height }, now);
+      return;
+    }
+    this.pending.set(ts, { tMs: f.tMs, arrived: now });
+    try {
+      this.dec.decode(new EncodedVideoChunk({ type: f.key ? 'key' : 'delta', timestamp: ts, data: f.data }));
+    } catch (e) {
+      this.fail(e);
+    }
+  }
+
+  /** Forget everything queued and wait for the next keyframe (seek, new stream). */
+  restart(): void {
+    if (this.dec && this.dec.state !== 'closed') {
+      try {
+        this.dec.close();
+      } catch {
+        /* already closed */
+      }
+    }
+    this.dec = null;
+    this.pending.clear();
+    this.waitKey = true;
+  }
+
+  stats(): DecoderStats {
+    const now = performance.now();
+    while (this.drawnAt.length && now - this.drawnAt[0] > 1000) this.drawnAt.shift();
+    return {
+      ...this.s,
+      fps: this.drawnAt.length,
+      codec: this.codec,
+      supported: webCodecsAvailable(),
+      lastError: this.lastError,
+    };
+  }
+
+  close(): void {
+    this.restart();
+    this.closed = true;
+    this.listeners.clear();
+  }
+
+  private configure(f: ParsedFrame): boolean {
+    const codec = sniffCodec(f.data) ?? this.codecHint;
+    this.codec = codec;
+    if (!webCodecsAvailable()) {
+      this.waitKey = false;
+      return true;
+    }
+    try {
+      const dec = new VideoDecoder({
+        output: (frame) => this.output(dec, frame),
+        error: (e) => this.fail(e, dec),
+      });
+      dec.configure({ codec: codec === 'VP8' ? VP8_CODEC : H264_CODEC, optimizeForLatency: true });
+      this.dec = dec;
+      this.waitKey = false;
+      return true;
+    } catch (e) {
+      this.fail(e);
+      return false;
+    }
+  }
+
+  private output(from: VideoDecoder, frame: VideoFrame): void {
+    const meta = this.pending.get(frame.timestamp);
+    this.pending.delete(frame.timestamp);
+    if (from !== this.dec || this.closed) {
+      frame.close();
+      return;
+    }
+    const w = frame.displayWidth;
+    const h = frame.displayHeight;
+    const c = this.canvas;
+    if (c && this.ctx) {
+      if (c.width !== w || c.height !== h) {
+        c.width = w;
+        c.height = h;
+      }
+      this.ctx.drawImage(frame, 0, 0, w, h);
+    }
+    frame.close();
+    this.s.decoded++;
+    const now = performance.now();
+    if (meta) this.s.decodeMs = smooth(this.s.decodeMs, now - meta.arrived);
+    this.emit({ tMs: meta?.tMs ?? 0, width: w, height: h }, now);
+  }
+
+  private emit(f: DrawnFrame, now: number): void {
+    this.s.width = f.width;
+    this.s.height = f.height;
+    this.drawnAt.push(now);
+    if (this.drawnAt.length > 240) this.drawnAt.shift();
+    for (const l of this.listeners) l(f);
+  }
+
+  private fail(e: unknown, from?: VideoDecoder): void {
+    if (from && from !== this.dec) return;
+    this.s.errors++;
+    this.lastError = e instanceof Error ? e.message : String(e);
+    this.restart();
+  }
+}
+
+function smooth(prev: number, next: number): number {
+  return prev === 0 ? next : prev * 0.9 + next * 0.1;
+}
