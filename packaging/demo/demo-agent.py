@@ -77,6 +77,7 @@ def commit_work(task):
     with open(os.path.join(ws, "tasks.json"), "w") as f:
         json.dump([{"id": "1", "content": task, "status": "done", "blockedBy": []},
                    {"id": "2", "content": "review", "status": "pending", "blockedBy": ["1"]}], f)
+    time.sleep(1.5)  # look over the change before committing, as an agent would
     subprocess.run(["git", "-C", ws, "add", "NOTES.md"], check=True)
     subprocess.run(["git", "-C", ws, "commit", "-q", "-m", f"demo agent: {task}"], check=True)
     print("agent: committed NOTES.md", flush=True)

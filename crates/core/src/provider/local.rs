@@ -133,6 +133,9 @@ impl LocalSandbox {
         if let Some(ds) = spec["display_size"].as_str() {
             agent.push_str(&format!(" --display-size {ds}"));
         }
+        if let Some(s) = spec["stall_after"].as_u64() {
+            agent.push_str(&format!(" --stall-after {s}"));
+        }
         let browser = if spec["browser"].as_bool() == Some(true) {
             "  chromium --no-sandbox --disable-gpu --no-first-run --disable-background-networking --disable-component-update \
              --disable-sync --disable-dev-shm-usage --user-data-dir=$HOME/.chromium --window-position=0,0 \
@@ -320,6 +323,10 @@ impl Provider for LocalSandbox {
             "env": spec.env_path.as_ref().map(|p| std::fs::canonicalize(p).unwrap_or(p.clone())),
             "extra_binds": spec.extra_binds,
         });
+        // Seconds of silence before a run's agent counts as stalled (the agent's default otherwise).
+        if let Some(secs) = std::env::var("PORTHOLE_STALL_AFTER").ok().and_then(|v| v.parse::<u64>().ok()) {
+            s["stall_after"] = json!(secs);
+        }
         let url = if network == "netns" {
             let idx = Self::pick_net_index(ms).await?;
             s["net_index"] = json!(idx);

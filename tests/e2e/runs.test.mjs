@@ -1,0 +1,149 @@
+// Agent runs end to end: `porthole run start` on a local repository with the scripted demo
+// agent (it opens the repository's web app in the machine's browser, clicks through it with
+// /v1/computer, edits NOTES.md, writes tasks.json and commits). Two runs on one repository in
+// parallel must each come back with their own commit and nothing else; the transcript, file
+// changes and task progress are on the timeline; an idle agent produces `stalled`; bad input is
+// refused before anything is created.
+
+import { test, describe, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { agentBin, tmpDir, waitFor } from './harness.mjs';
+
+const TARGET = process.env.CARGO_TARGET_DIR || '/work/target';
+const CLI = process.env.PORTHOLE_CLI_BIN || path.join(TARGET, 'debug', 'porthole');
+const DEMO = fileURLToPath(new URL('../../packaging/demo/', import.meta.url));
+
+function run(cmd, args, { env = {}, cwd } = {}) {
+  return new Promise((resolve) => {
+    execFile(cmd, args, { env: { ...process.env, ...env }, cwd, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+      resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr });
+    });
+  });
+}
+
+describe('agent runs', { timeout: 15 * 60 * 1000 }, () => {
+  let home, repo;
+  const env = () => ({ PORTHOLE_HOME: home, PORTHOLE_AGENT_BIN: agentBin(), PORTHOLE_STALL_AFTER: '4' });
+  const porthole = (...args) => run(CLI, args, { env: env() });
+  const git = (...args) => run('git', ['-C', repo, ...args]);
+  const json = async (...args) => {
+    const r = await porthole(...args, '--json');
+    assert.equal(r.code, 0, `porthole ${args.join(' ')} failed: ${r.stderr}`);
+    return JSON.parse(r.stdout);
+  };
+  const agentEvents = async (machine) => {
+    const list = await json('machine', 'list');
+    const m = list.find((x) => x.name === machine);
+    const token = (await porthole('machine', 'token', machine)).stdout.trim();
+    const res = await fetch(`${m.agent_url}/v1/events?after=0&limit=10000`, { headers: { Authorization: `Bearer ${token}` } });
+    return (await res.json()).events;
+  };
+
+  before(async () => {
+    home = tmpDir('porthole-e2e-runs-');
+    repo = path.join(home, 'repo');
+    mkdirSync(path.join(repo, '.porthole'), { recursive: true });
+    cpSync(path.join(DEMO, 'webapp'), path.join(repo, 'webapp'), { recursive: true });
+    cpSync(path.join(DEMO, 'demo-agent.py'), path.join(repo, 'demo-agent.py'));
+    writeFileSync(path.join(repo, 'README.md'), '# app under test\n');
+    writeFileSync(path.join(repo, '.porthole', 'environment.json'), JSON.stringify({
+      name: 'runs-test',
+      start: 'python3 -m http.server 8080 --bind 127.0.0.1 --directory webapp',
+      ports: [{ port: 8080, name: 'web' }],
+    }, null, 2));
+    for (const args of [['init', '-q', '-b', 'main'], ['add', '-A'], ['-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-q', '-m', 'base']]) {
+      const r = await git(...args);
+      assert.equal(r.code, 0, r.stderr);
+    }
+  });
+
+  after(async () => {
+    const list = await porthole('machine', 'list', '--json');
+    for (const m of JSON.parse(list.stdout || '[]')) await porthole('machine', 'destroy', m.name);
+    await git('worktree', 'prune');
+    if (!process.env.PORTHOLE_E2E_KEEP) rmSync(home, { recursive: true, force: true });
+  });
+
+  test('bad input is refused before anything is created', async () => {
+    const cases = [
+      [['--repo', path.join(home, 'nope'), '--task', 't', '--agent', 'python3 demo-agent.py'], /not found/],
+      [['--repo', repo, '--branch', 'no-such-branch', '--task', 't', '--agent', 'python3 demo-agent.py'], /base branch 'no-such-branch' does not exist/],
+      [['--repo', repo, '--task', 't', '--agent', 'no-such-agent-binary --go'], /agent command 'no-such-agent-binary' was not found/],
+      [['--repo', repo, '--task', '', '--agent', 'python3 demo-agent.py'], /--task must not be empty/],
+    ];
+    for (const [args, re] of cases) {
+      const r = await porthole('run', 'start', ...args);
+      assert.notEqual(r.code, 0, `expected failure for ${args.join(' ')}`);
+      assert.match(r.stderr, re);
+    }
+    writeFileSync(path.join(repo, 'README.md'), '# dirty\n');
+    const dirty = await porthole('run', 'start', '--repo', repo, '--task', 't', '--agent', 'python3 demo-agent.py');
+    assert.notEqual(dirty.code, 0);
+    assert.match(dirty.stderr, /uncommitted changes/);
+    await git('checkout', 'README.md');
+    assert.deepEqual(await json('run', 'list'), [], 'no run was recorded');
+    assert.deepEqual(await json('machine', 'list'), [], 'no machine was left');
+    const branches = (await git('branch', '--list', 'porthole/*')).stdout.trim();
+    assert.equal(branches, '', 'no branch was created');
+  });
+
+  test('two runs on one repository in parallel: each branch gets its own commit and nothing else', async () => {
+    const tasks = ['add the first note', 'add the second note'];
+    const runs = await Promise.all(tasks.map((t) => json('run', 'start', '--repo', repo, '--task', t, '--agent', 'python3 demo-agent.py')));
+    for (const r of runs) {
+      assert.match(r.id, /^r[0-9a-f]{8}$/);
+      assert.equal(r.branch, `porthole/${r.id}`);
+      assert.equal(r.status, 'running');
+    }
+    assert.notEqual(runs[0].machine, runs[1].machine);
+    for (const [i, r] of runs.entries()) {
+      await waitFor(async () => (await git('log', '--format=%s', `main..${r.branch}`)).stdout.trim().length > 0,
+        { timeout: 180000, interval: 1000, message: `a commit on ${r.branch}` });
+      const files = (await git('diff', '--name-only', `main...${r.branch}`)).stdout.trim().split('\n');
+      assert.deepEqual(files, ['NOTES.md'], `${r.branch} changes only NOTES.md`);
+      const notes = (await git('show', `${r.branch}:NOTES.md`)).stdout;
+      assert.ok(notes.includes(tasks[i]) && !notes.includes(tasks[1 - i]), `${r.branch} has its own note: ${notes}`);
+
+      const evs = await waitFor(async () => {
+        const e = await agentEvents(r.machine);
+        return e.some((x) => x.kind === 'tasks') && e.some((x) => x.kind === 'commit') ? e : null;
+      }, { timeout: 30000, interval: 1000, message: `tasks and commit events on ${r.machine}` });
+      const transcript = evs.filter((e) => e.kind === 'terminal' && e.data.name === 'agent').map((e) => e.data.text).join('');
+      assert.match(transcript, new RegExp(`task: ${tasks[i]}`), 'the transcript is on the timeline');
+      assert.ok(evs.some((e) => e.kind === 'action' && e.actor === 'agent' && e.data.action === 'left_click'), 'the agent clicked through the page');
+      assert.ok(evs.some((e) => e.kind === 'files' && e.data.changed.some((c) => c.includes('NOTES.md'))), 'file changes are on the timeline');
+      const t = evs.filter((e) => e.kind === 'tasks').pop();
+      assert.equal(t.data.total, 2);
+      assert.equal(t.data.done, 1);
+      for (let k = 1; k < evs.length; k++) assert.ok(evs[k].t_ms >= evs[k - 1].t_ms && evs[k].seq === evs[k - 1].seq + 1);
+
+      const c = await json('run', 'collect', r.id);
+      assert.equal(c.branch, r.branch);
+      assert.equal(c.commits, 1);
+      assert.ok(existsSync(c.patch) && readFileSync(c.patch, 'utf8').includes('NOTES.md'), 'a patch file is the fallback');
+      assert.match(readFileSync(c.summary, 'utf8'), new RegExp(tasks[i]));
+    }
+    for (const r of runs) {
+      const s = await json('run', 'stop', r.id);
+      assert.equal(s.status, 'stopped');
+    }
+    const after = await json('machine', 'list');
+    assert.deepEqual(after.filter((m) => m.name.startsWith('run-')), [], 'stopped runs leave no machine');
+    for (const r of runs) assert.equal((await git('rev-parse', '--verify', '--quiet', r.branch)).code, 0, 'the branch survives the machine');
+  });
+
+  test('an idle agent produces a stalled event', async () => {
+    const r = await json('run', 'start', '--repo', repo, '--task', 'think forever', '--agent', 'env DEMO_IDLE=1 python3 demo-agent.py');
+    const evs = await waitFor(async () => {
+      const e = await agentEvents(r.machine);
+      return e.some((x) => x.kind === 'stalled' && x.data.state === 'stalled') ? e : null;
+    }, { timeout: 60000, interval: 1000, message: 'a stalled event (PORTHOLE_STALL_AFTER=4)' });
+    const s = evs.find((x) => x.kind === 'stalled');
+    assert.ok(s.data.idle_ms >= 4000, `idle_ms ${s.data.idle_ms}`);
+    await json('run', 'stop', r.id);
+  });
+});
