@@ -36,6 +36,11 @@ pub struct App {
     pub input: Input,
     pub hub: StreamHub,
     pub screenshots: crate::computer::Screenshotter,
+    /// A second X connection for action thumbnails: the "after" one waits for the screen to
+    /// settle, and must not hold up the next action's screen queries meanwhile.
+    pub thumbs: crate::computer::Screenshotter,
+    /// And one for the "before" grabs, so they never queue behind an "after" that is settling.
+    pub thumbs_before: crate::computer::Screenshotter,
     /// Secret values by name: exported to commands, redacted from everything that leaves.
     pub secrets: Mutex<std::collections::HashMap<String, String>>,
     pub started: Instant,

@@ -264,6 +264,16 @@ impl Screenshotter {
 
     /// Waits for the screen to settle, then grabs it (RGB, real screen size).
     pub fn grab(&self, settle: bool) -> Result<Rgb, String> {
+        let raw = self.grab_raw(settle)?;
+        let mut rgb = Vec::with_capacity((raw.width * raw.height * 3) as usize);
+        for px in raw.bgrx.chunks_exact(4).take((raw.width * raw.height) as usize) {
+            rgb.extend_from_slice(&[px[2], px[1], px[0]]);
+        }
+        Ok(Rgb { width: raw.width, height: raw.height, pixels: rgb })
+    }
+
+    /// The screen as X gives it (BGRx), with no conversion: cheap enough to take inline.
+    pub fn grab_raw(&self, settle: bool) -> Result<Raw, String> {
         let mut g = self.conn.lock().unwrap();
         let r = self.grab_inner(&mut g, settle);
         if r.is_err() {
@@ -272,7 +282,7 @@ impl Screenshotter {
         r
     }
 
-    fn grab_inner(&self, g: &mut Option<Shot>, settle: bool) -> Result<Rgb, String> {
+    fn grab_inner(&self, g: &mut Option<Shot>, settle: bool) -> Result<Raw, String> {
         use std::os::fd::AsRawFd;
         use x11rb::connection::Connection;
         use x11rb::protocol::damage::ConnectionExt as _;
@@ -317,17 +327,19 @@ impl Screenshotter {
         if img.data.len() < (w * h * 4) as usize {
             return Err(format!("unexpected image depth {} ({} bytes)", img.depth, img.data.len()));
         }
-        let mut rgb = Vec::with_capacity((w * h * 3) as usize);
-        for px in img.data.chunks_exact(4).take((w * h) as usize) {
-            rgb.extend_from_slice(&[px[2], px[1], px[0]]);
-        }
-        Ok(Rgb { width: w, height: h, pixels: rgb })
+        Ok(Raw { width: w, height: h, bgrx: img.data })
     }
+}
+
+pub struct Raw {
+    pub width: u32,
+    pub height: u32,
+    pub bgrx: Vec<u8>,
 }
 
 /// Averages `f`x`f` blocks (f chosen so the width is at most `max_w`): a thumbnail costs
 /// about a millisecond this way, against ~150 ms for a filtered resize in a debug build.
-pub fn box_downscale(src: &Rgb, max_w: u32) -> Rgb {
+pub fn box_downscale(src: &Raw, max_w: u32) -> Rgb {
     let f = src.width.div_ceil(max_w).max(1);
     let (w, h) = (src.width / f, src.height / f);
     let mut out = Vec::with_capacity((w * h * 3) as usize);
@@ -336,14 +348,15 @@ pub fn box_downscale(src: &Rgb, max_w: u32) -> Rgb {
         for x in 0..w {
             let mut acc = [0u32; 3];
             for dy in 0..f {
-                let row = ((y * f + dy) * src.width + x * f) as usize * 3;
+                let row = ((y * f + dy) * src.width + x * f) as usize * 4;
                 for dx in 0..f as usize {
                     for c in 0..3 {
-                        acc[c] += src.pixels[row + dx * 3 + c] as u32;
+                        acc[c] += src.bgrx[row + dx * 4 + c] as u32;
                     }
                 }
             }
-            out.extend(acc.iter().map(|v| (v / n) as u8));
+            // BGRx in, RGB out.
+            out.extend([acc[2], acc[1], acc[0]].iter().map(|v| (v / n) as u8));
         }
     }
     Rgb { width: w, height: h, pixels: out }
@@ -450,7 +463,13 @@ pub async fn perform(app: &Arc<App>, v: &Value, shot: &ShotQuery) -> Result<Valu
         return Err(ApiError::new(StatusCode::CONFLICT, "control_refused", r.0));
     }
     let thumbs = app.cfg.record && !matches!(action, Action::Screenshot | Action::Zoom { .. } | Action::CursorPosition | Action::Wait { .. });
-    let before = if thumbs { thumbnail(app, false).await } else { None };
+    // Only the raw grab happens before the action; shrinking and JPEG come afterwards.
+    let before = if thumbs {
+        let a = app.clone();
+        tokio::task::spawn_blocking(move || a.thumbs_before.grab_raw(false).ok()).await.ok().flatten()
+    } else {
+        None
+    };
     let started = Instant::now();
     let out = run_action(app, &action, shot).await;
     let mut data = v.clone();
@@ -477,8 +496,10 @@ pub async fn perform(app: &Arc<App>, v: &Value, shot: &ShotQuery) -> Result<Valu
         let (a, session, seq) = (app.clone(), app.timeline.session_id(), ev.seq);
         tokio::spawn(async move {
             let dir = crate::recorder::recordings_dir(&a.cfg.data_dir).join(&session).join("thumbs");
-            if let Some(b) = before {
-                let _ = tokio::fs::write(dir.join(format!("{seq}-before.jpg")), b).await;
+            if let Some(raw) = before {
+                if let Ok(Some(b)) = tokio::task::spawn_blocking(move || small_jpeg(&raw)).await {
+                    let _ = tokio::fs::write(dir.join(format!("{seq}-before.jpg")), b).await;
+                }
             }
             if let Some(after) = thumbnail(&a, true).await {
                 let _ = tokio::fs::write(dir.join(format!("{seq}-after.jpg")), after).await;
@@ -492,14 +513,12 @@ pub async fn perform(app: &Arc<App>, v: &Value, shot: &ShotQuery) -> Result<Valu
 /// A small JPEG of the screen for the timeline (320 px wide), or None if the grab fails.
 async fn thumbnail(app: &Arc<App>, settle: bool) -> Option<Vec<u8>> {
     let a = app.clone();
-    tokio::task::spawn_blocking(move || {
-        let rgb = a.screenshots.grab(settle).ok()?;
-        let small = box_downscale(&rgb, 320);
-        encode_image(&small, None, (small.width, small.height), ImageFormat::Jpeg, 70).ok()
-    })
-    .await
-    .ok()
-    .flatten()
+    tokio::task::spawn_blocking(move || small_jpeg(&a.thumbs.grab_raw(settle).ok()?)).await.ok().flatten()
+}
+
+fn small_jpeg(raw: &Raw) -> Option<Vec<u8>> {
+    let small = box_downscale(raw, 320);
+    encode_image(&small, None, (small.width, small.height), ImageFormat::Jpeg, 70).ok()
 }
 
 type ActionOut = (Option<String>, Option<String>, Option<(i32, i32)>);

@@ -126,6 +126,8 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
     let app = Arc::new(App {
         input: Input::spawn(p.cfg.display.clone()),
         screenshots: Screenshotter::new(p.cfg.display.clone()),
+        thumbs: Screenshotter::new(p.cfg.display.clone()),
+        thumbs_before: Screenshotter::new(p.cfg.display.clone()),
         secrets: Mutex::new(p.secrets),
         cfg: p.cfg,
         timeline,
