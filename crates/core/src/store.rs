@@ -51,6 +51,87 @@ impl Store {
 mod tests {
     use super::*;
 
+    /// Child mode for the crash test: write sessions and their events in transactions forever.
+    async fn writer(path: &Path) {
+        let s = Store::open(path).await.unwrap();
+        sqlx::query("INSERT INTO sessions (id, machine, started_at, state) VALUES ('s', 'm', 1, 'running')").execute(&s.pool).await.unwrap();
+        for seq in 1.. {
+            let mut tx = s.pool.begin().await.unwrap();
+            sqlx::query("INSERT INTO events (session_id, seq, t_ms, actor, kind, data) VALUES ('s', ?, ?, 'agent', 'action', '{}')")
+                .bind(seq)
+                .bind(seq * 10)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            sqlx::query("UPDATE sessions SET last_seq = ? WHERE id = 's'").bind(seq).execute(&mut *tx).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn survives_kill_9_mid_write() {
+        if let Ok(p) = std::env::var("PORTHOLE_STORE_CRASH_CHILD") {
+            writer(Path::new(&p)).await;
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("crash.db");
+        // Re-run this very test in a child process as the writer, then kill it mid-write.
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "store::tests::survives_kill_9_mid_write", "--nocapture"])
+            .env("PORTHOLE_STORE_CRASH_CHILD", &p)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let s = Store::open(&p).await.unwrap();
+        let (ok,): (String,) = sqlx::query_as("PRAGMA integrity_check").fetch_one(&s.pool).await.unwrap();
+        assert_eq!(ok, "ok");
+        let (n, max): (i64, Option<i64>) = sqlx::query_as("SELECT COUNT(*), MAX(seq) FROM events").fetch_one(&s.pool).await.unwrap();
+        let (last,): (i64,) = sqlx::query_as("SELECT last_seq FROM sessions WHERE id = 's'").fetch_one(&s.pool).await.unwrap();
+        assert!(n > 0, "the writer wrote something before the kill");
+        // Every committed transaction is whole: the counter and the rows agree.
+        assert_eq!((n, max), (last, Some(last)));
+        assert_eq!(s.mark_interrupted("m").await.unwrap(), 1, "the running session is marked interrupted");
+    }
+
+    #[tokio::test]
+    async fn reads_go_on_while_a_sync_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("c.db")).await.unwrap();
+        sqlx::query("INSERT INTO sessions (id, machine, started_at, state) VALUES ('s', 'm', 1, 'running')").execute(&s.pool).await.unwrap();
+        let w = s.clone();
+        let writer = tokio::spawn(async move {
+            for page in 0..50i64 {
+                let mut tx = w.pool.begin().await.unwrap();
+                for k in 0..100i64 {
+                    let seq = page * 100 + k + 1;
+                    sqlx::query("INSERT INTO events (session_id, seq, t_ms, actor, kind, data) VALUES ('s', ?, ?, 'agent', 'action', '{}')")
+                        .bind(seq)
+                        .bind(seq)
+                        .execute(&mut *tx)
+                        .await
+                        .unwrap();
+                }
+                tx.commit().await.unwrap();
+            }
+        });
+        let mut reads = 0;
+        let mut last = 0;
+        while !writer.is_finished() {
+            let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM events").fetch_one(&s.pool).await.unwrap();
+            assert_eq!(n % 100, 0, "a reader never sees half a page");
+            assert!(n >= last, "counts only grow");
+            last = n;
+            reads += 1;
+        }
+        writer.await.unwrap();
+        assert!(reads > 1, "reads ran during the writes");
+    }
+
     #[tokio::test]
     async fn migrates_from_empty_and_reopens() {
         let dir = tempfile::tempdir().unwrap();
