@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { agentBin, freePort, sleep, startBusyScreen, startXvfb, tmpDir, waitFor } from './harness.mjs';
+import { agentBin, freePort, sleep, spawnGroup, startBusyScreen, startXvfb, tmpDir, waitFor } from './harness.mjs';
+import http from 'node:http';
 
 const ffprobe = (...args) => new Promise((resolve, reject) => {
   execFile('ffprobe', ['-v', 'error', ...args], (err, stdout, stderr) => (err ? reject(new Error(stderr || err.message)) : resolve(stdout)));
@@ -61,6 +62,73 @@ test('a recording survives kill -9: playable to within 2 s of the kill, events i
   } finally {
     try { process.kill(-agent.pid, 'SIGKILL'); } catch { /* already gone */ }
     await busy.stop().catch(() => {});
+    await xvfb.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+// The timeline and the video share one clock: a click's `action` event at t_ms and the first
+// recorded frame that shows its effect (a full-screen colour change on mousedown) are within
+// two frame intervals (67 ms at 30 fps) of each other.
+test('an action event lines up with the recorded frame that first shows its effect', { timeout: 120000 }, async () => {
+  const dir = tmpDir('porthole-e2e-recpx-');
+  const page = '<!doctype html><body style="margin:0;height:100vh;background:#000" onmousedown="document.body.style.background=\'#f00\'"></body>';
+  const server = http.createServer((_, res) => { res.setHeader('content-type', 'text/html'); res.end(page); });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  const xvfb = await startXvfb({ width: 1280, height: 800, log: path.join(dir, 'xvfb.log') });
+  const chrome = spawnGroup('chromium', ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--kiosk', `--user-data-dir=${path.join(dir, 'chrome')}`, `http://127.0.0.1:${server.address().port}/`],
+  { env: { DISPLAY: xvfb.display }, log: path.join(dir, 'chrome.log') });
+  const token = 'recpx-token';
+  writeFileSync(path.join(dir, 'token'), token, { mode: 0o600 });
+  const port = await freePort();
+  const data = path.join(dir, 'data');
+  const agent = spawn(agentBin(), ['serve', '--display', xvfb.display, '--listen', `127.0.0.1:${port}`, '--token-file', path.join(dir, 'token'), '--data-dir', data], { stdio: 'ignore', detached: true });
+  const url = `http://127.0.0.1:${port}`;
+  const auth = { Authorization: `Bearer ${token}` };
+  const pixel = async (file, x, y) => new Promise((resolve, reject) => {
+    execFile('ffmpeg', ['-v', 'error', '-i', file, '-fps_mode', 'passthrough', '-vf', `crop=2:2:${x}:${y}`, '-f', 'rawvideo', '-pix_fmt', 'rgb24', '-'], { encoding: 'buffer', maxBuffer: 1 << 26 },
+      (err, out) => (err ? reject(err) : resolve(out)));
+  });
+  try {
+    await waitFor(async () => (await fetch(`${url}/v1/health`)).ok, { timeout: 30000, message: 'agent health' });
+    // Wait until the page is up: the screen is black where the page is.
+    await waitFor(async () => {
+      const png = Buffer.from(await (await fetch(`${url}/v1/screenshot?settle=0`, { headers: auth })).arrayBuffer());
+      writeFileSync(path.join(dir, 's.png'), png);
+      const p = await pixel(path.join(dir, 's.png'), 100, 700);
+      return p[0] < 30 && p[1] < 30 && p[2] < 30; // (2x2 crop: 4:2:0 cannot crop one pixel)
+    }, { timeout: 60000, interval: 500, message: 'the black test page in Chromium' });
+    await sleep(500);
+    const r = await fetch(`${url}/v1/computer`, { method: 'POST', headers: auth, body: JSON.stringify({ action: 'left_click', coordinate: [900, 200] }) });
+    assert.equal(r.status, 200);
+    const events = (await (await fetch(`${url}/v1/events?after=0`, { headers: auth })).json()).events;
+    const click = events.find((e) => e.kind === 'action' && e.data.action === 'left_click');
+    await sleep(2500);
+    const rec = (await (await fetch(`${url}/v1/recordings`, { headers: auth })).json()).recordings[0];
+    process.kill(agent.pid, 'SIGKILL');
+    await sleep(300);
+    const video = path.join(data, 'recordings', rec.id, 'video-0001.mp4');
+    // Every decoded frame's pts (from showinfo, same pass) and a 2x2 patch far from the pointer.
+    const { pts, px } = await new Promise((resolve, reject) => {
+      execFile('ffmpeg', ['-hide_banner', '-i', video, '-fps_mode', 'passthrough', '-vf', 'crop=2:2:100:700,showinfo', '-f', 'rawvideo', '-pix_fmt', 'rgb24', '-'],
+        { encoding: 'buffer', maxBuffer: 1 << 26 }, (err, out, errOut) => {
+          if (err) return reject(err);
+          const t = [...errOut.toString().matchAll(/pts_time:\s*([0-9.]+)/g)].map((m) => Number(m[1]));
+          resolve({ pts: t, px: out });
+        });
+    });
+    assert.equal(px.length, pts.length * 12, 'a 2x2 RGB patch per frame');
+    const first = pts.findIndex((_, i) => px[i * 12] > 200 && px[i * 12 + 1] < 60);
+    assert.ok(first >= 0, 'a recorded frame shows the click\'s effect');
+    const effectMs = pts[first] * 1000;
+    const delta = effectMs - click.t_ms;
+    console.log(`click event t_ms ${click.t_ms}, first frame showing it at ${effectMs.toFixed(1)} ms (${delta.toFixed(1)} ms)`);
+    assert.ok(Math.abs(delta) <= 67, `effect frame at ${effectMs.toFixed(0)} ms, click event at ${click.t_ms} ms: ${delta.toFixed(0)} ms apart (max two frame intervals, 67 ms)`);
+  } finally {
+    try { process.kill(-agent.pid, 'SIGKILL'); } catch { /* gone */ }
+    try { process.kill(-chrome.pid, 'SIGKILL'); } catch { /* gone */ }
+    server.close();
     await xvfb.stop();
     rmSync(dir, { recursive: true, force: true });
   }
