@@ -18,6 +18,23 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// An exclusive `flock` on a file, released when dropped (or when the process dies).
+struct CreateLock {
+    _file: std::fs::File,
+}
+
+impl CreateLock {
+    fn acquire(path: &Path) -> Result<Self> {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(CoreError::io(format!("open {}", path.display())))?;
+        // SAFETY: flock on a descriptor we own; blocks until the other create saved its row.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(CoreError::io("lock machine creation")(std::io::Error::last_os_error()));
+        }
+        Ok(Self { _file: f })
+    }
+}
+
 pub struct LocalSandbox {
     state: StateDir,
 }
@@ -197,7 +214,10 @@ impl LocalSandbox {
         }
         if let Some(idx) = m.spec["net_index"].as_u64() {
             Self::netns_down(idx).await;
-            Self::netns_up(idx).await.map_err(|e| CoreError::Boot { name: m.name.clone(), reason: format!("network namespace: {e}") })?;
+            Self::netns_up(idx).await.map_err(|e| match e {
+                CoreError::Boot { reason, .. } => CoreError::Boot { name: m.name.clone(), reason: format!("network namespace: {reason}") },
+                other => other,
+            })?;
         }
         std::fs::write(mdir.join("init.sh"), Self::init_script(&m.spec)).map_err(CoreError::io("write init.sh"))?;
         let args = self.bwrap_args(m, &m.spec, &mdir, &agent);
@@ -315,6 +335,9 @@ impl Provider for LocalSandbox {
             None if is_root() && which("ip").is_some() => "netns",
             None => "loopback",
         };
+        // Two creates (two CLI processes) must not pick the same display or network index:
+        // hold an exclusive lock from picking until the machine row is saved.
+        let _lock = CreateLock::acquire(&ms.state.root().join(".create.lock"))?;
         let display = Self::pick_display(ms).await?;
         let (w, h) = spec.display_size.unwrap_or((1280, 800));
         let mut s = json!({
@@ -356,6 +379,7 @@ impl Provider for LocalSandbox {
         }
         // Saved before booting, so a concurrent create sees this display and network as taken.
         ms.save(m).await?;
+        drop(_lock);
         self.boot(ms, m).await
     }
 
