@@ -107,13 +107,7 @@ impl StreamRedactor {
     }
 
     fn redact(&self, t: &str) -> String {
-        let mut out = t.to_string();
-        for (name, val) in &self.secrets {
-            if out.contains(val.as_str()) {
-                out = out.replace(val.as_str(), &format!("[REDACTED:{name}]"));
-            }
-        }
-        out
+        crate::events::redact_with(&self.secrets, t)
     }
 
     /// Feeds bytes; returns what can be shown now.

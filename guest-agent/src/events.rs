@@ -10,6 +10,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::broadcast;
 
+/// Replaces each value (longest first) with `[REDACTED:NAME]`.
+pub fn redact_with(secrets: &[(String, String)], text: &str) -> String {
+    let mut out = text.to_string();
+    for (name, val) in secrets {
+        if out.contains(val.as_str()) {
+            out = out.replace(val.as_str(), &format!("[REDACTED:{name}]"));
+        }
+    }
+    out
+}
+
 /// Replaces secret values with `[REDACTED:NAME]` in any text.
 #[derive(Default, Clone)]
 pub struct Redactor {
@@ -25,14 +36,7 @@ impl Redactor {
     }
 
     pub fn redact(&self, text: &str) -> String {
-        let s = self.secrets.lock().unwrap();
-        let mut out = text.to_string();
-        for (name, val) in s.iter() {
-            if out.contains(val.as_str()) {
-                out = out.replace(val.as_str(), &format!("[REDACTED:{name}]"));
-            }
-        }
-        out
+        redact_with(&self.secrets.lock().unwrap(), text)
     }
 
     pub fn redact_value(&self, v: &mut Value) {

@@ -14,17 +14,21 @@ const ffprobe = (...args) => new Promise((resolve, reject) => {
   execFile('ffprobe', ['-v', 'error', ...args], (err, stdout, stderr) => (err ? reject(new Error(stderr || err.message)) : resolve(stdout)));
 });
 
-test('a recording survives kill -9: playable to within 2 s of the kill, events intact', { timeout: 120000 }, async () => {
-  const dir = tmpDir('porthole-e2e-rec-');
-  const xvfb = await startXvfb({ width: 1280, height: 800, log: path.join(dir, 'xvfb.log') });
-  const busy = await startBusyScreen(xvfb.display, { log: path.join(dir, 'busy.log') });
+/** The agent with recording on (the harness's startAgent always passes --no-record). */
+async function startRecordingAgent(dir, display) {
   const token = 'rec-test-token';
   writeFileSync(path.join(dir, 'token'), token, { mode: 0o600 });
   const port = await freePort();
   const data = path.join(dir, 'data');
-  const agent = spawn(agentBin(), ['serve', '--display', xvfb.display, '--listen', `127.0.0.1:${port}`, '--token-file', path.join(dir, 'token'), '--data-dir', data], { stdio: 'ignore', detached: true });
-  const url = `http://127.0.0.1:${port}`;
-  const auth = { Authorization: `Bearer ${token}` };
+  const agent = spawn(agentBin(), ['serve', '--display', display, '--listen', `127.0.0.1:${port}`, '--token-file', path.join(dir, 'token'), '--data-dir', data], { stdio: 'ignore', detached: true });
+  return { agent, url: `http://127.0.0.1:${port}`, auth: { Authorization: `Bearer ${token}` }, data };
+}
+
+test('a recording survives kill -9: playable to within 2 s of the kill, events intact', { timeout: 120000 }, async () => {
+  const dir = tmpDir('porthole-e2e-rec-');
+  const xvfb = await startXvfb({ width: 1280, height: 800, log: path.join(dir, 'xvfb.log') });
+  const busy = await startBusyScreen(xvfb.display, { log: path.join(dir, 'busy.log') });
+  const { agent, url, auth, data } = await startRecordingAgent(dir, xvfb.display);
   try {
     await waitFor(async () => (await fetch(`${url}/v1/health`)).ok, { timeout: 30000, message: 'agent health' });
     const rec = await waitFor(async () => {
@@ -79,13 +83,7 @@ test('an action event lines up with the recorded frame that first shows its effe
   const chrome = spawnGroup('chromium', ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
     '--disable-component-update', '--disable-sync', '--kiosk', `--user-data-dir=${path.join(dir, 'chrome')}`, `http://127.0.0.1:${server.address().port}/`],
   { env: { DISPLAY: xvfb.display }, log: path.join(dir, 'chrome.log') });
-  const token = 'recpx-token';
-  writeFileSync(path.join(dir, 'token'), token, { mode: 0o600 });
-  const port = await freePort();
-  const data = path.join(dir, 'data');
-  const agent = spawn(agentBin(), ['serve', '--display', xvfb.display, '--listen', `127.0.0.1:${port}`, '--token-file', path.join(dir, 'token'), '--data-dir', data], { stdio: 'ignore', detached: true });
-  const url = `http://127.0.0.1:${port}`;
-  const auth = { Authorization: `Bearer ${token}` };
+  const { agent, url, auth, data } = await startRecordingAgent(dir, xvfb.display);
   const pixel = async (file, x, y) => new Promise((resolve, reject) => {
     execFile('ffmpeg', ['-v', 'error', '-i', file, '-fps_mode', 'passthrough', '-vf', `crop=2:2:${x}:${y}`, '-f', 'rawvideo', '-pix_fmt', 'rgb24', '-'], { encoding: 'buffer', maxBuffer: 1 << 26 },
       (err, out) => (err ? reject(err) : resolve(out)));
