@@ -21,6 +21,8 @@ PKGS=(
   chromium chromium-driver fonts-dejavu-core
   # environments and sandboxes
   tmux bubblewrap iproute2 procps psmisc
+  # QEMU VMs and their guest image (packaging/guest-image/build.sh)
+  qemu-system-x86 qemu-utils debootstrap e2fsprogs
   # desktop app (Tauri v2 on WebKitGTK 4.1) and H.264 decoding in WebKitGTK
   libwebkit2gtk-4.1-dev libgtk-3-dev libayatana-appindicator3-dev librsvg2-dev libsoup-3.0-dev
   webkit2gtk-driver gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav
@@ -50,6 +52,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
 else
   echo "install-deps: all ${#PKGS[@]} system packages present"
 fi
+# A newer qemu-utils installed outside apt's sources is removed when Debian's qemu-system-x86
+# comes in (their versions must match): put Debian's back so qemu-img exists.
+if ! command -v qemu-img >/dev/null 2>&1; then $SUDO apt-get install -y -q --no-install-recommends qemu-utils; fi
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps: cargo not found. Install Rust with rustup (https://rustup.rs), then rerun." >&2

@@ -58,11 +58,18 @@ impl App {
     pub fn add_secrets(&self, secrets: std::collections::HashMap<String, String>) {
         let mut all = self.secrets.lock().unwrap();
         all.extend(secrets);
-        self.timeline.redactor.set(all.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.timeline
+            .redactor
+            .set(all.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
 
     /// Applies a control action and records it; returns the new state.
-    pub fn apply_control(&self, action: ControlAction, who: Human, actor: Actor) -> porthole_proto::ControlState {
+    pub fn apply_control(
+        &self,
+        action: ControlAction,
+        who: Human,
+        actor: Actor,
+    ) -> porthole_proto::ControlState {
         let t = self.timeline.now_ms();
         let mut c = self.control.lock().unwrap();
         if c.apply(action, who.clone(), t) {
@@ -72,7 +79,11 @@ impl App {
                 Human::Api => json!("api"),
                 Human::Viewer(v) => json!(v),
             };
-            self.timeline.emit(actor, "control", json!({"action": action, "by": by, "state": st}));
+            self.timeline.emit(
+                actor,
+                "control",
+                json!({"action": action, "by": by, "state": st}),
+            );
             return st;
         }
         c.state()
@@ -85,10 +96,18 @@ impl App {
         let released = self.control.lock().unwrap().viewer_gone(id, t);
         if released {
             let st = self.control.lock().unwrap().state();
-            self.timeline.emit(Actor::System, "control", json!({"action": "release", "by": id, "reason": "viewer left", "state": st}));
+            self.timeline.emit(
+                Actor::System,
+                "control",
+                json!({"action": "release", "by": id, "reason": "viewer left", "state": st}),
+            );
         }
         if existed {
-            self.timeline.emit(Actor::System, "stream", json!({"viewer": id, "state": "closed", "viewers": self.hub.viewer_count()}));
+            self.timeline.emit(
+                Actor::System,
+                "stream",
+                json!({"viewer": id, "state": "closed", "viewers": self.hub.viewer_count()}),
+            );
         }
         existed
     }
@@ -153,7 +172,12 @@ pub fn attach_viewer(app: Arc<App>, viewer: Arc<Viewer>) {
 }
 
 /// Sends events as they happen, plus `clock` and `stats` once a second, until the channel closes.
-async fn feed_viewer(app: Arc<App>, viewer: String, dc: Arc<RTCDataChannel>, codec: crate::encode::Codec) {
+async fn feed_viewer(
+    app: Arc<App>,
+    viewer: String,
+    dc: Arc<RTCDataChannel>,
+    codec: crate::encode::Codec,
+) {
     let mut events = app.timeline.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -213,10 +237,17 @@ async fn handle_message(app: &Arc<App>, viewer: &str, state: &Mutex<InputState>,
     if let Err(refusal) = allowed {
         let mut st = state.lock().unwrap();
         // A refused pointer stream would flood the timeline: one refusal a second is enough.
-        if st.last_refusal.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+        if st
+            .last_refusal
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
             st.last_refusal = Some(Instant::now());
             drop(st);
-            app.timeline.emit(Actor::Human, "refused", json!({"viewer": viewer, "input": input_kind(&m), "reason": refusal.0}));
+            app.timeline.emit(
+                Actor::Human,
+                "refused",
+                json!({"viewer": viewer, "input": input_kind(&m), "reason": refusal.0}),
+            );
         }
         return;
     }
@@ -231,12 +262,19 @@ async fn handle_message(app: &Arc<App>, viewer: &str, state: &Mutex<InputState>,
                 for bit in [1u32, 2, 4] {
                     if changed & bit != 0 {
                         let down = buttons & bit != 0;
-                        actions.push(InputAction::Button { button: button_of(bit), down });
+                        actions.push(InputAction::Button {
+                            button: button_of(bit),
+                            down,
+                        });
                         events.push(json!({"device": "pointer", "x": x, "y": y, "button": button_name(button_of(bit)), "down": down}));
                     }
                 }
                 st.buttons = *buttons;
-                if changed == 0 && st.last_move_event.is_none_or(|t| t.elapsed() >= Duration::from_millis(100)) {
+                if changed == 0
+                    && st
+                        .last_move_event
+                        .is_none_or(|t| t.elapsed() >= Duration::from_millis(100))
+                {
                     st.last_move_event = Some(Instant::now());
                     events.push(json!({"device": "pointer", "x": x, "y": y, "move": true}));
                 }
@@ -245,7 +283,10 @@ async fn handle_message(app: &Arc<App>, viewer: &str, state: &Mutex<InputState>,
                 // Browsers report ~100 px per notch; keep the remainder so trackpads scroll too.
                 st.wheel.0 += dx;
                 st.wheel.1 += dy;
-                let (nx, ny) = ((st.wheel.0 / 100.0).trunc() as i32, (st.wheel.1 / 100.0).trunc() as i32);
+                let (nx, ny) = (
+                    (st.wheel.0 / 100.0).trunc() as i32,
+                    (st.wheel.1 / 100.0).trunc() as i32,
+                );
                 st.wheel.0 -= nx as f64 * 100.0;
                 st.wheel.1 -= ny as f64 * 100.0;
                 if nx != 0 || ny != 0 {
@@ -255,7 +296,10 @@ async fn handle_message(app: &Arc<App>, viewer: &str, state: &Mutex<InputState>,
             }
             ViewerMessage::Key { code, key, down } => match keys::dom_keysym(code, key) {
                 Some(k) => {
-                    actions.push(InputAction::Key { keysym: k, down: *down });
+                    actions.push(InputAction::Key {
+                        keysym: k,
+                        down: *down,
+                    });
                     events.push(json!({"device": "key", "code": code, "key": key, "down": down}));
                 }
                 None => tracing::warn!(viewer, code, key, "no keysym for key"),
@@ -280,7 +324,11 @@ async fn handle_message(app: &Arc<App>, viewer: &str, state: &Mutex<InputState>,
             }
         }
         Err(e) => {
-            app.timeline.emit(Actor::System, "error", json!({"viewer": viewer, "message": e.to_string()}));
+            app.timeline.emit(
+                Actor::System,
+                "error",
+                json!({"viewer": viewer, "message": e.to_string()}),
+            );
         }
     }
 }

@@ -27,7 +27,11 @@ pub struct Refusal(pub String);
 
 impl Default for Control {
     fn default() -> Self {
-        Self { human: None, agent_paused: false, since_t_ms: 0 }
+        Self {
+            human: None,
+            agent_paused: false,
+            since_t_ms: 0,
+        }
     }
 }
 
@@ -38,7 +42,11 @@ impl Control {
             (None, false) => Holder::Agent,
             (None, true) => Holder::Nobody,
         };
-        ControlState { holder, agent_paused: self.agent_paused, since_t_ms: self.since_t_ms }
+        ControlState {
+            holder,
+            agent_paused: self.agent_paused,
+            since_t_ms: self.since_t_ms,
+        }
     }
 
     pub fn human(&self) -> Option<&Human> {
@@ -120,14 +128,24 @@ mod tests {
         assert!(c.viewer_may_act("v1").is_err());
 
         assert!(c.apply(Take, Human::Viewer("v1".into()), 100));
-        assert_eq!(c.state(), ControlState { holder: Holder::Human, agent_paused: false, since_t_ms: 100 });
+        assert_eq!(
+            c.state(),
+            ControlState {
+                holder: Holder::Human,
+                agent_paused: false,
+                since_t_ms: 100
+            }
+        );
         assert!(c.viewer_may_act("v1").is_ok());
         let e = c.viewer_may_act("v2").unwrap_err();
         assert!(e.0.contains("another viewer"), "{e}");
         let e = c.agent_may_act().unwrap_err();
         assert!(e.0.contains("human") && e.0.contains("100"), "{e}");
 
-        assert!(!c.apply(Release, Human::Viewer("v2".into()), 150), "only the holder releases");
+        assert!(
+            !c.apply(Release, Human::Viewer("v2".into()), 150),
+            "only the holder releases"
+        );
         assert!(c.viewer_gone("v1", 200));
         assert_eq!(c.state().holder, Holder::Agent);
         assert_eq!(c.state().since_t_ms, 200);
@@ -135,10 +153,16 @@ mod tests {
         assert!(c.apply(PauseAgent, Human::Api, 300));
         assert_eq!(c.state().holder, Holder::Nobody);
         assert!(c.agent_may_act().unwrap_err().0.contains("paused"));
-        assert!(!c.apply(PauseAgent, Human::Api, 400), "no change, since stays");
+        assert!(
+            !c.apply(PauseAgent, Human::Api, 400),
+            "no change, since stays"
+        );
         assert_eq!(c.state().since_t_ms, 300);
         assert!(c.apply(Take, Human::Api, 500));
-        assert!(c.viewer_may_act("anyone").is_ok(), "API take lets every viewer act");
+        assert!(
+            c.viewer_may_act("anyone").is_ok(),
+            "API take lets every viewer act"
+        );
         assert!(c.apply(Release, Human::Api, 600));
         assert!(c.apply(ResumeAgent, Human::Api, 700));
         assert!(c.agent_may_act().is_ok());

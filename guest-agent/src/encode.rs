@@ -74,7 +74,9 @@ impl Encoder {
             Codec::Vp8 => "libvpx",
         };
         let c = ff::encoder::find_by_name(name).ok_or(EncodeError::Missing(name))?;
-        let mut enc = ff::codec::context::Context::new_with_codec(c).encoder().video()?;
+        let mut enc = ff::codec::context::Context::new_with_codec(c)
+            .encoder()
+            .video()?;
         enc.set_width(width);
         enc.set_height(height);
         enc.set_format(ff::format::Pixel::YUV420P);
@@ -109,7 +111,14 @@ impl Encoder {
         }
         let enc = enc.open_with(opts)?;
         let frame = ff::frame::Video::new(ff::format::Pixel::YUV420P, width, height);
-        Ok(Self { codec, enc, frame, width, height, last_pts: -1 })
+        Ok(Self {
+            codec,
+            enc,
+            frame,
+            width,
+            height,
+            last_pts: -1,
+        })
     }
 
     pub fn codec(&self) -> Codec {
@@ -121,12 +130,21 @@ impl Encoder {
     }
 
     /// Converts and encodes one picture taken `t_us` microseconds into the stream.
-    pub fn encode(&mut self, src: &Frame<'_>, t_us: u64, keyframe: bool) -> Result<Vec<EncodedFrame>, EncodeError> {
+    pub fn encode(
+        &mut self,
+        src: &Frame<'_>,
+        t_us: u64,
+        keyframe: bool,
+    ) -> Result<Vec<EncodedFrame>, EncodeError> {
         self.convert(src)?;
         let pts = ((t_us as i64) * 9 / 100).max(self.last_pts + 1);
         self.last_pts = pts;
         self.frame.set_pts(Some(pts));
-        self.frame.set_kind(if keyframe { ff::picture::Type::I } else { ff::picture::Type::None });
+        self.frame.set_kind(if keyframe {
+            ff::picture::Type::I
+        } else {
+            ff::picture::Type::None
+        });
         self.enc.send_frame(&self.frame)?;
         let mut out = Vec::new();
         let mut pkt = ff::Packet::empty();
@@ -144,16 +162,25 @@ impl Encoder {
     }
 
     fn convert(&mut self, src: &Frame<'_>) -> Result<(), EncodeError> {
-        use yuvutils_rs::{BufferStoreMut, YuvConversionMode, YuvPlanarImageMut, YuvRange, YuvStandardMatrix};
+        use yuvutils_rs::{
+            BufferStoreMut, YuvConversionMode, YuvPlanarImageMut, YuvRange, YuvStandardMatrix,
+        };
         let (w, h) = (self.width, self.height);
         if src.width < w || src.height < h {
-            return Err(EncodeError::Convert(format!("frame {}x{} smaller than encoder {w}x{h}", src.width, src.height)));
+            return Err(EncodeError::Convert(format!(
+                "frame {}x{} smaller than encoder {w}x{h}",
+                src.width, src.height
+            )));
         }
         // SAFETY: the three planes are disjoint allocations owned by self.frame, each
         // linesize*rows bytes; we hold &mut self, so nobody else touches them.
         let (y, u, v, ys, us, vs) = unsafe {
             let f = &*self.frame.as_ptr();
-            let (ys, us, vs) = (f.linesize[0] as usize, f.linesize[1] as usize, f.linesize[2] as usize);
+            let (ys, us, vs) = (
+                f.linesize[0] as usize,
+                f.linesize[1] as usize,
+                f.linesize[2] as usize,
+            );
             let ch = h.div_ceil(2) as usize;
             (
                 std::slice::from_raw_parts_mut(f.data[0], ys * h as usize),
@@ -228,9 +255,14 @@ mod tests {
 
     #[test]
     fn nal_units_split_on_both_start_codes() {
-        let au = [0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 9, 9];
+        let au = [
+            0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 9, 9,
+        ];
         let n = nal_units(&au);
-        assert_eq!(n, vec![&[0x67, 1, 2][..], &[0x68, 3][..], &[0x65, 9, 9][..]]);
+        assert_eq!(
+            n,
+            vec![&[0x67, 1, 2][..], &[0x68, 3][..], &[0x65, 9, 9][..]]
+        );
     }
 
     #[test]
@@ -241,15 +273,28 @@ mod tests {
         for i in 0..6u64 {
             let f = src.capture().unwrap();
             let out = enc.encode(&f, i * 33_000, i == 0 || i == 4).unwrap();
-            assert_eq!(out.len(), 1, "zerolatency: one packet per frame (frame {i})");
-            let types: Vec<u8> = nal_units(&out[0].data).iter().map(|n| n[0] & 0x1f).collect();
+            assert_eq!(
+                out.len(),
+                1,
+                "zerolatency: one packet per frame (frame {i})"
+            );
+            let types: Vec<u8> = nal_units(&out[0].data)
+                .iter()
+                .map(|n| n[0] & 0x1f)
+                .collect();
             kinds.push((out[0].keyframe, types));
         }
-        assert!(kinds[0].0 && kinds[4].0, "forced frames are keyframes: {kinds:?}");
+        assert!(
+            kinds[0].0 && kinds[4].0,
+            "forced frames are keyframes: {kinds:?}"
+        );
         assert!(!kinds[1].0 && !kinds[2].0, "others are not: {kinds:?}");
         for i in [0, 4] {
             let t = &kinds[i].1;
-            assert!(t.contains(&7) && t.contains(&8) && t.contains(&5), "SPS, PPS, IDR in frame {i}: {t:?}");
+            assert!(
+                t.contains(&7) && t.contains(&8) && t.contains(&5),
+                "SPS, PPS, IDR in frame {i}: {t:?}"
+            );
         }
     }
 

@@ -101,9 +101,16 @@ pub struct StreamRedactor {
 
 impl StreamRedactor {
     pub fn new(secrets: &HashMap<String, String>) -> Self {
-        let mut s: Vec<(String, String)> = secrets.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut s: Vec<(String, String)> = secrets
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         s.sort_by(|a, b| b.1.len().cmp(&a.1.len()));
-        Self { secrets: s, bytes: Vec::new() }
+        Self {
+            secrets: s,
+            bytes: Vec::new(),
+        }
     }
 
     fn redact(&self, t: &str) -> String {
@@ -123,7 +130,9 @@ impl StreamRedactor {
                 return self.redact(&s);
             }
         };
-        let text = std::str::from_utf8(&self.bytes[..valid]).expect("checked").to_string();
+        let text = std::str::from_utf8(&self.bytes[..valid])
+            .expect("checked")
+            .to_string();
         // The longest suffix that is a proper prefix of some secret must wait for more bytes.
         let mut hold = 0;
         for (_, v) in &self.secrets {
@@ -171,16 +180,29 @@ fn push_tail(tail: &mut String, s: &str) {
 
 /// Loads `DIR/.porthole/environment.json`, else `DIR/.cursor/environment.json`.
 pub fn load_workspace_env(dir: &Path) -> Result<Option<PortholeEnvironment>, String> {
-    for p in [dir.join(".porthole/environment.json"), dir.join(".cursor/environment.json")] {
+    for p in [
+        dir.join(".porthole/environment.json"),
+        dir.join(".cursor/environment.json"),
+    ] {
         if p.exists() {
-            return porthole_envfile::load_file(&p).map(Some).map_err(|e| format!("{}: {e}", p.display()));
+            return porthole_envfile::load_file(&p)
+                .map(Some)
+                .map_err(|e| format!("{}: {e}", p.display()));
         }
     }
     Ok(None)
 }
 
-fn env_vars(env: &PortholeEnvironment, secrets: &HashMap<String, String>, app: &App) -> HashMap<String, String> {
-    let mut v: HashMap<String, String> = env.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+fn env_vars(
+    env: &PortholeEnvironment,
+    secrets: &HashMap<String, String>,
+    app: &App,
+) -> HashMap<String, String> {
+    let mut v: HashMap<String, String> = env
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     v.extend(secrets.iter().map(|(k, s)| (k.clone(), s.clone())));
     v.insert("DISPLAY".into(), app.cfg.display.clone());
     // Processes in the machine (the coding agent above all) reach their own agent's API.
@@ -188,9 +210,12 @@ fn env_vars(env: &PortholeEnvironment, secrets: &HashMap<String, String>, app: &
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    v.entry("PORTHOLE_AGENT_URL".into()).or_insert(format!("http://{addr}"));
-    v.entry("PORTHOLE_MCP_URL".into()).or_insert(format!("http://{addr}/mcp"));
-    v.entry("PORTHOLE_TOKEN".into()).or_insert(app.cfg.token.clone());
+    v.entry("PORTHOLE_AGENT_URL".into())
+        .or_insert(format!("http://{addr}"));
+    v.entry("PORTHOLE_MCP_URL".into())
+        .or_insert(format!("http://{addr}/mcp"));
+    v.entry("PORTHOLE_TOKEN".into())
+        .or_insert(app.cfg.token.clone());
     v
 }
 
@@ -205,7 +230,16 @@ pub fn apply(app: Arc<App>, env: PortholeEnvironment, workspace: PathBuf) {
             name: env.name.clone(),
             workspace: Some(workspace.clone()),
             steps: Vec::new(),
-            ports: env.ports.iter().map(|p| PortStatus { port: p.port, name: p.name.clone(), listening: false, since_t_ms: None }).collect(),
+            ports: env
+                .ports
+                .iter()
+                .map(|p| PortStatus {
+                    port: p.port,
+                    name: p.name.clone(),
+                    listening: false,
+                    since_t_ms: None,
+                })
+                .collect(),
             terminals: Vec::new(),
             tmux_session: None,
             tmux_socket: None,
@@ -221,7 +255,11 @@ pub fn apply(app: Arc<App>, env: PortholeEnvironment, workspace: PathBuf) {
             st.state = if ok { "ready".into() } else { "failed".into() };
             let state = st.state.clone();
             drop(st);
-            app.timeline.emit(Actor::System, "step", json!({"step": "environment", "state": state}));
+            app.timeline.emit(
+                Actor::System,
+                "step",
+                json!({"step": "environment", "state": state}),
+            );
         }
     });
 }
@@ -233,7 +271,12 @@ pub async fn stop_previous(app: &App) {
         // SAFETY: signalling a process group we started.
         unsafe { libc::kill(-pgid, libc::SIGTERM) };
     }
-    let _ = tokio::process::Command::new("tmux").arg("-S").arg(tmux_socket(app)).args(["kill-session", "-t", TMUX_SESSION]).output().await;
+    let _ = tokio::process::Command::new("tmux")
+        .arg("-S")
+        .arg(tmux_socket(app))
+        .args(["kill-session", "-t", TMUX_SESSION])
+        .output()
+        .await;
 }
 
 fn set_step(app: &App, generation: u64, step: Step) {
@@ -247,7 +290,12 @@ fn set_step(app: &App, generation: u64, step: Step) {
     }
 }
 
-async fn run_sequence(app: &Arc<App>, env: &PortholeEnvironment, ws: &Path, generation: u64) -> bool {
+async fn run_sequence(
+    app: &Arc<App>,
+    env: &PortholeEnvironment,
+    ws: &Path,
+    generation: u64,
+) -> bool {
     let secrets = app.secrets.lock().unwrap().clone();
     let vars = env_vars(env, &secrets, app);
     let step = |name: &str, state: StepState, message: Option<String>| Step {
@@ -261,8 +309,16 @@ async fn run_sequence(app: &Arc<App>, env: &PortholeEnvironment, ws: &Path, gene
     };
     if env.snapshot.is_some() {
         // The machine provider restores snapshots before the agent starts; nothing to do here.
-        let s = step("snapshot", StepState::Skipped, Some("restored by the machine provider".into()));
-        app.timeline.emit(Actor::System, "step", json!({"step": "snapshot", "state": "skipped", "message": s.message}));
+        let s = step(
+            "snapshot",
+            StepState::Skipped,
+            Some("restored by the machine provider".into()),
+        );
+        app.timeline.emit(
+            Actor::System,
+            "step",
+            json!({"step": "snapshot", "state": "skipped", "message": s.message}),
+        );
         set_step(app, generation, s);
     }
     if let Some(b) = &env.build {
@@ -271,19 +327,35 @@ async fn run_sequence(app: &Arc<App>, env: &PortholeEnvironment, ws: &Path, gene
             Some(e) => format!("build {} with {} is not run by the agent yet; the provider builds images", b.dockerfile, e.display()),
             None => format!("build ({}) is not supported on this machine: no container engine (docker or podman) is installed", b.dockerfile),
         };
-        app.timeline.emit(Actor::System, "step", json!({"step": "build", "state": "unsupported", "message": msg}));
-        set_step(app, generation, step("build", StepState::Unsupported, Some(msg)));
+        app.timeline.emit(
+            Actor::System,
+            "step",
+            json!({"step": "build", "state": "unsupported", "message": msg}),
+        );
+        set_step(
+            app,
+            generation,
+            step("build", StepState::Unsupported, Some(msg)),
+        );
     }
     if let Some(cmd) = &env.install {
         let started = Instant::now();
         let mut s = step("install", StepState::Running, None);
         set_step(app, generation, s.clone());
-        app.timeline.emit(Actor::System, "step", json!({"step": "install", "state": "running", "command": cmd}));
+        app.timeline.emit(
+            Actor::System,
+            "step",
+            json!({"step": "install", "state": "running", "command": cmd}),
+        );
         let (code, tail) = run_step(app, "install", cmd, ws, &vars, &secrets, true).await;
         s.exit_code = code;
         s.duration_ms = Some(started.elapsed().as_millis() as u64);
         s.log_tail = tail;
-        s.state = if code == Some(0) { StepState::Done } else { StepState::Failed };
+        s.state = if code == Some(0) {
+            StepState::Done
+        } else {
+            StepState::Failed
+        };
         app.timeline.emit(
             Actor::System,
             "step",
@@ -297,16 +369,34 @@ async fn run_sequence(app: &Arc<App>, env: &PortholeEnvironment, ws: &Path, gene
     }
     if let Some(cmd) = &env.start {
         let mut s = step("start", StepState::Running, None);
-        app.timeline.emit(Actor::System, "step", json!({"step": "start", "state": "running", "command": cmd}));
-        let (a, cmd2, ws2, vars2, sec2) = (app.clone(), cmd.clone(), ws.to_path_buf(), vars.clone(), secrets.clone());
+        app.timeline.emit(
+            Actor::System,
+            "step",
+            json!({"step": "start", "state": "running", "command": cmd}),
+        );
+        let (a, cmd2, ws2, vars2, sec2) = (
+            app.clone(),
+            cmd.clone(),
+            ws.to_path_buf(),
+            vars.clone(),
+            secrets.clone(),
+        );
         tokio::spawn(async move {
             let (code, tail) = run_step(&a, "start", &cmd2, &ws2, &vars2, &sec2, false).await;
-            a.timeline.emit(Actor::System, "step", json!({"step": "start", "state": "exited", "exit_code": code}));
+            a.timeline.emit(
+                Actor::System,
+                "step",
+                json!({"step": "start", "state": "exited", "exit_code": code}),
+            );
             let mut st = a.env.lock().unwrap();
             if let Some(s) = st.steps.iter_mut().find(|s| s.name == "start") {
                 s.exit_code = code;
                 s.log_tail = tail;
-                s.state = if code == Some(0) { StepState::Done } else { StepState::Failed };
+                s.state = if code == Some(0) {
+                    StepState::Done
+                } else {
+                    StepState::Failed
+                };
             }
         });
         s.state = StepState::Running;
@@ -314,8 +404,16 @@ async fn run_sequence(app: &Arc<App>, env: &PortholeEnvironment, ws: &Path, gene
     }
     if !env.terminals.is_empty() {
         if let Err(e) = start_terminals(app, env, ws, &vars, generation).await {
-            app.timeline.emit(Actor::System, "error", json!({"step": "terminals", "message": e}));
-            set_step(app, generation, step("terminals", StepState::Failed, Some(e)));
+            app.timeline.emit(
+                Actor::System,
+                "error",
+                json!({"step": "terminals", "message": e}),
+            );
+            set_step(
+                app,
+                generation,
+                step("terminals", StepState::Failed, Some(e)),
+            );
             return false;
         }
     }
@@ -326,7 +424,11 @@ async fn run_sequence(app: &Arc<App>, env: &PortholeEnvironment, ws: &Path, gene
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(bin)).find(|p| p.is_file())
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(bin))
+        .find(|p| p.is_file())
 }
 
 /// Runs one step's shell command, streaming its output as `terminal` events.
@@ -340,7 +442,14 @@ async fn run_step(
     blocking: bool,
 ) -> (Option<i32>, String) {
     let mut c = tokio::process::Command::new("sh");
-    c.arg("-c").arg(cmd).current_dir(ws).envs(vars).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    c.arg("-c")
+        .arg(cmd)
+        .current_dir(ws)
+        .envs(vars)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
     let mut child = match c.spawn() {
         Ok(c) => c,
         Err(e) => return (None, format!("could not start: {e}")),
@@ -352,7 +461,11 @@ async fn run_step(
     }
     let tail = Arc::new(Mutex::new(String::new()));
     let mut readers = Vec::new();
-    for out in [Box::new(child.stdout.take().expect("piped")) as Box<dyn tokio::io::AsyncRead + Unpin + Send>, Box::new(child.stderr.take().expect("piped"))] {
+    for out in [
+        Box::new(child.stdout.take().expect("piped"))
+            as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+        Box::new(child.stderr.take().expect("piped")),
+    ] {
         let (a, n, t, sec) = (app.clone(), name.to_string(), tail.clone(), secrets.clone());
         readers.push(tokio::spawn(async move { pump(a, n, out, t, sec).await }));
     }
@@ -364,7 +477,13 @@ async fn run_step(
     (status, t)
 }
 
-async fn pump(app: Arc<App>, name: String, mut r: Box<dyn tokio::io::AsyncRead + Unpin + Send>, tail: Arc<Mutex<String>>, secrets: HashMap<String, String>) {
+async fn pump(
+    app: Arc<App>,
+    name: String,
+    mut r: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    tail: Arc<Mutex<String>>,
+    secrets: HashMap<String, String>,
+) {
     let mut red = StreamRedactor::new(&secrets);
     let mut buf = vec![0u8; 8192];
     loop {
@@ -389,7 +508,8 @@ fn emit_text(app: &App, name: &str, s: &str, tail: &Mutex<String>) {
         return;
     }
     push_tail(&mut tail.lock().unwrap(), s);
-    app.timeline.emit(Actor::System, "terminal", json!({"name": name, "text": s}));
+    app.timeline
+        .emit(Actor::System, "terminal", json!({"name": name, "text": s}));
 }
 
 /// The agent's own tmux server (in its data dir), so agents sharing a host never touch each
@@ -399,18 +519,37 @@ pub fn tmux_socket(app: &App) -> PathBuf {
 }
 
 async fn tmux(app: &App, args: &[&str]) -> Result<String, String> {
-    let out = tokio::process::Command::new("tmux").arg("-S").arg(tmux_socket(app)).args(args).output().await.map_err(|e| format!("tmux: {e} (is tmux installed?)"))?;
+    let out = tokio::process::Command::new("tmux")
+        .arg("-S")
+        .arg(tmux_socket(app))
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| format!("tmux: {e} (is tmux installed?)"))?;
     if !out.status.success() {
-        return Err(format!("tmux {}: {}", args.first().unwrap_or(&""), String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!(
+            "tmux {}: {}",
+            args.first().unwrap_or(&""),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn terminal_name(t: &porthole_envfile::Terminal, i: usize) -> String {
-    t.name.clone().filter(|n| !n.trim().is_empty()).unwrap_or_else(|| format!("terminal-{}", i + 1))
+    t.name
+        .clone()
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| format!("terminal-{}", i + 1))
 }
 
-async fn start_terminals(app: &Arc<App>, env: &PortholeEnvironment, ws: &Path, vars: &HashMap<String, String>, generation: u64) -> Result<(), String> {
+async fn start_terminals(
+    app: &Arc<App>,
+    env: &PortholeEnvironment,
+    ws: &Path,
+    vars: &HashMap<String, String>,
+    generation: u64,
+) -> Result<(), String> {
     let dir = app.cfg.data_dir.join("terminals");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let wsd = ws.to_string_lossy().to_string();
@@ -425,10 +564,15 @@ async fn start_terminals(app: &Arc<App>, env: &PortholeEnvironment, ws: &Path, v
         // must not touch the disk before redaction.
         let fifo = dir.join(format!("{window}.fifo"));
         let _ = std::fs::remove_file(&fifo);
-        let cpath = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
+        let cpath =
+            std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
         // SAFETY: valid NUL-terminated path.
         if unsafe { libc::mkfifo(cpath.as_ptr(), 0o600) } != 0 {
-            return Err(format!("mkfifo {}: {}", fifo.display(), std::io::Error::last_os_error()));
+            return Err(format!(
+                "mkfifo {}: {}",
+                fifo.display(),
+                std::io::Error::last_os_error()
+            ));
         }
         // Read-write so the reader never sees EOF between writers (pane restarts).
         let rx = tokio::net::unix::pipe::OpenOptions::new()
@@ -438,9 +582,26 @@ async fn start_terminals(app: &Arc<App>, env: &PortholeEnvironment, ws: &Path, v
         // The command waits until the pane's output is piped, so its first lines are kept.
         let command = format!("tmux -S '{sock}' wait-for {gate}; {}", t.command);
         let mut args: Vec<String> = if i == 0 {
-            vec!["new-session".into(), "-d".into(), "-s".into(), TMUX_SESSION.into(), "-x".into(), "200".into(), "-y".into(), "50".into(), "-n".into(), window.clone()]
+            vec![
+                "new-session".into(),
+                "-d".into(),
+                "-s".into(),
+                TMUX_SESSION.into(),
+                "-x".into(),
+                "200".into(),
+                "-y".into(),
+                "50".into(),
+                "-n".into(),
+                window.clone(),
+            ]
         } else {
-            vec!["new-window".into(), "-t".into(), TMUX_SESSION.into(), "-n".into(), window.clone()]
+            vec![
+                "new-window".into(),
+                "-t".into(),
+                TMUX_SESSION.into(),
+                "-n".into(),
+                window.clone(),
+            ]
         };
         args.extend(["-c".into(), wsd.clone()]);
         for (k, v) in vars {
@@ -451,11 +612,36 @@ async fn start_terminals(app: &Arc<App>, env: &PortholeEnvironment, ws: &Path, v
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         tmux(app, &refs).await?;
         let target = format!("{TMUX_SESSION}:{window}");
-        tmux(app, &["set-option", "-w", "-t", &target, "remain-on-exit", "on"]).await?;
-        tmux(app, &["pipe-pane", "-o", "-t", &target, &format!("cat > '{}'", fifo.display())]).await?;
+        tmux(
+            app,
+            &["set-option", "-w", "-t", &target, "remain-on-exit", "on"],
+        )
+        .await?;
+        tmux(
+            app,
+            &[
+                "pipe-pane",
+                "-o",
+                "-t",
+                &target,
+                &format!("cat > '{}'", fifo.display()),
+            ],
+        )
+        .await?;
         tmux(app, &["wait-for", "-S", &gate]).await?;
-        app.timeline.emit(Actor::System, "step", json!({"step": format!("terminal:{name}"), "state": "running", "window": target}));
-        statuses.push(TerminalStatus { name: name.clone(), command: t.command.clone(), window: target.clone(), running: true, exit_status: None, log_tail: String::new() });
+        app.timeline.emit(
+            Actor::System,
+            "step",
+            json!({"step": format!("terminal:{name}"), "state": "running", "window": target}),
+        );
+        statuses.push(TerminalStatus {
+            name: name.clone(),
+            command: t.command.clone(),
+            window: target.clone(),
+            running: true,
+            exit_status: None,
+            log_tail: String::new(),
+        });
         tokio::spawn(follow_terminal(app.clone(), name, target, rx, generation));
     }
     let mut st = app.env.lock().unwrap();
@@ -468,7 +654,13 @@ async fn start_terminals(app: &Arc<App>, env: &PortholeEnvironment, ws: &Path, v
 }
 
 /// Streams a terminal's output (redacted) and watches its pane for exit.
-async fn follow_terminal(app: Arc<App>, name: String, target: String, mut rx: tokio::net::unix::pipe::Receiver, generation: u64) {
+async fn follow_terminal(
+    app: Arc<App>,
+    name: String,
+    target: String,
+    mut rx: tokio::net::unix::pipe::Receiver,
+    generation: u64,
+) {
     let secrets = app.secrets.lock().unwrap().clone();
     let mut red = StreamRedactor::new(&secrets);
     let mut reported_exit = false;
@@ -477,7 +669,8 @@ async fn follow_terminal(app: Arc<App>, name: String, target: String, mut rx: to
     let emit = |s: &str| {
         if !s.is_empty() {
             update_terminal(&app, &name, |t| push_tail(&mut t.log_tail, s));
-            app.timeline.emit(Actor::System, "terminal", json!({"name": name, "text": s}));
+            app.timeline
+                .emit(Actor::System, "terminal", json!({"name": name, "text": s}));
         }
     };
     loop {
@@ -529,10 +722,21 @@ fn update_terminal(app: &App, name: &str, f: impl FnOnce(&mut TerminalStatus)) {
 
 /// Restarts a terminal whose command exited (or kills and restarts a running one).
 pub async fn restart_terminal(app: &App, name: &str) -> Result<(), String> {
-    let target = app.env.lock().unwrap().terminals.iter().find(|t| t.name == name).map(|t| t.window.clone());
+    let target = app
+        .env
+        .lock()
+        .unwrap()
+        .terminals
+        .iter()
+        .find(|t| t.name == name)
+        .map(|t| t.window.clone());
     let target = target.ok_or_else(|| format!("no terminal named '{name}'"))?;
     tmux(app, &["respawn-pane", "-k", "-t", &target]).await?;
-    app.timeline.emit(Actor::System, "step", json!({"step": format!("terminal:{name}"), "state": "running", "restarted": true}));
+    app.timeline.emit(
+        Actor::System,
+        "step",
+        json!({"step": format!("terminal:{name}"), "state": "running", "restarted": true}),
+    );
     Ok(())
 }
 
@@ -544,7 +748,11 @@ pub fn listening_ports() -> Vec<u16> {
             for line in s.lines().skip(1) {
                 let cols: Vec<&str> = line.split_whitespace().collect();
                 if cols.len() > 3 && cols[3] == "0A" {
-                    if let Some(port) = cols[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) {
+                    if let Some(port) = cols[1]
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| u16::from_str_radix(p, 16).ok())
+                    {
                         out.push(port);
                     }
                 }
@@ -585,7 +793,8 @@ mod tests {
 
     #[test]
     fn redactor_catches_secrets_split_across_chunks() {
-        let secrets: HashMap<String, String> = [("TOKEN".to_string(), "hunter2-secret".to_string())].into();
+        let secrets: HashMap<String, String> =
+            [("TOKEN".to_string(), "hunter2-secret".to_string())].into();
         let mut r = StreamRedactor::new(&secrets);
         let mut out = String::new();
         for chunk in ["token is hun", "ter2-se", "cret and é", "\n"] {

@@ -29,7 +29,10 @@ pub struct Redactor {
 
 impl Redactor {
     pub fn set(&self, secrets: impl IntoIterator<Item = (String, String)>) {
-        let mut v: Vec<(String, String)> = secrets.into_iter().filter(|(_, val)| !val.is_empty()).collect();
+        let mut v: Vec<(String, String)> = secrets
+            .into_iter()
+            .filter(|(_, val)| !val.is_empty())
+            .collect();
         // Longest first, so a secret containing another is replaced whole.
         v.sort_by(|a, b| b.1.len().cmp(&a.1.len()));
         *self.secrets.lock().unwrap() = v;
@@ -73,13 +76,20 @@ pub struct Timeline {
 }
 
 fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 pub fn new_session_id() -> String {
     // Time-ordered, so recordings sort by start: yyyymmddThhmmss would need a date crate;
     // unix ms in hex plus randomness is as sortable and shorter.
-    format!("s{:011x}{:06x}", unix_ms(), rand::random::<u32>() & 0xff_ffff)
+    format!(
+        "s{:011x}{:06x}",
+        unix_ms(),
+        rand::random::<u32>() & 0xff_ffff
+    )
 }
 
 impl Timeline {
@@ -87,7 +97,13 @@ impl Timeline {
         let (tx, _) = broadcast::channel(1024);
         let sink = open_sink(record_root.as_deref(), &session_id);
         Self {
-            log: Arc::new(Mutex::new(Log { sink, session_id, started: Instant::now(), started_at_unix_ms: unix_ms(), events: Vec::new() })),
+            log: Arc::new(Mutex::new(Log {
+                sink,
+                session_id,
+                started: Instant::now(),
+                started_at_unix_ms: unix_ms(),
+                events: Vec::new(),
+            })),
             record_root,
             tx,
             redactor: Redactor::default(),
@@ -98,7 +114,13 @@ impl Timeline {
     pub fn restart(&self, session_id: String) {
         let sink = open_sink(self.record_root.as_deref(), &session_id);
         let mut l = self.log.lock().unwrap();
-        *l = Log { sink, session_id, started: Instant::now(), started_at_unix_ms: unix_ms(), events: Vec::new() };
+        *l = Log {
+            sink,
+            session_id,
+            started: Instant::now(),
+            started_at_unix_ms: unix_ms(),
+            events: Vec::new(),
+        };
     }
 
     pub fn session_id(&self) -> String {
@@ -128,7 +150,13 @@ impl Timeline {
             let mut l = self.log.lock().unwrap();
             let t_ms = l.started.elapsed().as_millis() as u64;
             let seq = l.events.len() as u64 + 1;
-            let ev = Event { seq, t_ms, actor, kind: kind.to_string(), data };
+            let ev = Event {
+                seq,
+                t_ms,
+                actor,
+                kind: kind.to_string(),
+                data,
+            };
             if let Some(f) = l.sink.as_mut() {
                 use std::io::Write;
                 // One write per line: after a crash the file ends on a whole event.
@@ -151,7 +179,10 @@ impl Timeline {
         let l = self.log.lock().unwrap();
         let start = (after as usize).min(l.events.len());
         let events: Vec<Event> = l.events[start..].iter().take(limit).cloned().collect();
-        let next = events.last().map(|e| e.seq).unwrap_or(after.max(start as u64));
+        let next = events
+            .last()
+            .map(|e| e.seq)
+            .unwrap_or(after.max(start as u64));
         (events, next)
     }
 
@@ -162,8 +193,12 @@ impl Timeline {
 
 fn open_sink(root: Option<&std::path::Path>, session_id: &str) -> Option<std::fs::File> {
     let dir = root?.join(session_id);
-    let r = std::fs::create_dir_all(&dir)
-        .and_then(|_| std::fs::OpenOptions::new().create(true).append(true).open(dir.join("events.jsonl")));
+    let r = std::fs::create_dir_all(&dir).and_then(|_| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("events.jsonl"))
+    });
     match r {
         Ok(f) => Some(f),
         Err(e) => {
@@ -181,12 +216,20 @@ mod tests {
     #[test]
     fn events_are_ordered_paged_and_redacted() {
         let t = Timeline::new("s1".into(), None);
-        t.redactor.set([("API_KEY".to_string(), "sk-12345".to_string())]);
+        t.redactor
+            .set([("API_KEY".to_string(), "sk-12345".to_string())]);
         for i in 0..5 {
-            t.emit(Actor::Agent, "action", json!({"i": i, "text": "key sk-12345 here"}));
+            t.emit(
+                Actor::Agent,
+                "action",
+                json!({"i": i, "text": "key sk-12345 here"}),
+            );
         }
         let (all, next) = t.page(0, 1000);
-        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5]
+        );
         assert_eq!(next, 5);
         assert!(all.windows(2).all(|w| w[0].t_ms <= w[1].t_ms));
         assert_eq!(all[0].data["text"], "key [REDACTED:API_KEY] here");

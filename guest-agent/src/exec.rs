@@ -58,11 +58,21 @@ async fn read_capped<R: tokio::io::AsyncRead + Unpin>(mut r: R) -> (Vec<u8>, boo
 }
 
 /// Runs `sh -c command` in a new process group.
-pub async fn run(req: &ExecRequest, extra_env: &HashMap<String, String>) -> Result<ExecResult, String> {
+pub async fn run(
+    req: &ExecRequest,
+    extra_env: &HashMap<String, String>,
+) -> Result<ExecResult, String> {
     let timeout = Duration::from_millis(req.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS));
     let mut cmd = tokio::process::Command::new("sh");
-    cmd.arg("-c").arg(&req.command).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.envs(extra_env).envs(&req.env).process_group(0).kill_on_drop(true);
+    cmd.arg("-c")
+        .arg(&req.command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.envs(extra_env)
+        .envs(&req.env)
+        .process_group(0)
+        .kill_on_drop(true);
     if let Some(cwd) = &req.cwd {
         if !std::path::Path::new(cwd).is_dir() {
             return Err(format!("cwd: {cwd} is not a directory"));
@@ -70,7 +80,9 @@ pub async fn run(req: &ExecRequest, extra_env: &HashMap<String, String>) -> Resu
         cmd.current_dir(cwd);
     }
     let start = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| format!("could not start sh: {e}"))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("could not start sh: {e}"))?;
     let pgid = child.id().map(|p| p as i32);
     let out = tokio::spawn(read_capped(child.stdout.take().expect("piped")));
     let err = tokio::spawn(read_capped(child.stderr.take().expect("piped")));
@@ -86,10 +98,22 @@ pub async fn run(req: &ExecRequest, extra_env: &HashMap<String, String>) -> Resu
     };
     // Background grandchildren may keep the pipes open: bound the wait for their output too.
     let grace = Duration::from_millis(200);
-    let (o, ot) = tokio::time::timeout(grace, out).await.ok().and_then(|r| r.ok()).unwrap_or_default();
-    let (e, et) = tokio::time::timeout(grace, err).await.ok().and_then(|r| r.ok()).unwrap_or_default();
+    let (o, ot) = tokio::time::timeout(grace, out)
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or_default();
+    let (e, et) = tokio::time::timeout(grace, err)
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or_default();
     Ok(ExecResult {
-        exit_code: if timed_out { None } else { status.and_then(|s| s.code()) },
+        exit_code: if timed_out {
+            None
+        } else {
+            status.and_then(|s| s.code())
+        },
         stdout: String::from_utf8_lossy(&o).into_owned(),
         stderr: String::from_utf8_lossy(&e).into_owned(),
         duration_ms: start.elapsed().as_millis() as u64,
@@ -99,7 +123,8 @@ pub async fn run(req: &ExecRequest, extra_env: &HashMap<String, String>) -> Resu
 }
 
 pub async fn handler(State(app): State<Arc<App>>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let req: ExecRequest = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("exec body: {e}")))?;
+    let req: ExecRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("exec body: {e}")))?;
     perform(&app, req).await.map(Json)
 }
 
@@ -109,7 +134,9 @@ pub async fn perform(app: &App, req: ExecRequest) -> Result<Value, ApiError> {
         return Err(ApiError::bad_request("command: must not be empty"));
     }
     if req.timeout_ms.is_some_and(|t| t == 0 || t > MAX_TIMEOUT_MS) {
-        return Err(ApiError::bad_request(format!("timeout_ms: expected 1 to {MAX_TIMEOUT_MS}")));
+        return Err(ApiError::bad_request(format!(
+            "timeout_ms: expected 1 to {MAX_TIMEOUT_MS}"
+        )));
     }
     let secrets = app.secrets.lock().unwrap().clone();
     let r = run(&req, &secrets).await.map_err(ApiError::bad_request)?;
@@ -135,7 +162,12 @@ mod tests {
     use super::*;
 
     fn req(cmd: &str, timeout_ms: Option<u64>) -> ExecRequest {
-        ExecRequest { command: cmd.into(), cwd: None, env: HashMap::new(), timeout_ms }
+        ExecRequest {
+            command: cmd.into(),
+            cwd: None,
+            env: HashMap::new(),
+            timeout_ms,
+        }
     }
 
     #[tokio::test]
@@ -143,7 +175,10 @@ mod tests {
         let mut r = req("echo $A; echo err >&2; exit 3", None);
         r.env.insert("A".into(), "hello".into());
         let out = run(&r, &HashMap::new()).await.unwrap();
-        assert_eq!((out.exit_code, out.stdout.as_str(), out.stderr.as_str()), (Some(3), "hello\n", "err\n"));
+        assert_eq!(
+            (out.exit_code, out.stdout.as_str(), out.stderr.as_str()),
+            (Some(3), "hello\n", "err\n")
+        );
         assert!(!out.truncated && !out.timed_out);
     }
 
@@ -163,7 +198,12 @@ mod tests {
 
     #[tokio::test]
     async fn output_is_capped_and_says_so() {
-        let out = run(&req("head -c 3000000 /dev/zero | tr '\\0' x", None), &HashMap::new()).await.unwrap();
+        let out = run(
+            &req("head -c 3000000 /dev/zero | tr '\\0' x", None),
+            &HashMap::new(),
+        )
+        .await
+        .unwrap();
         assert_eq!(out.stdout.len(), OUTPUT_CAP);
         assert!(out.truncated);
         assert_eq!(out.exit_code, Some(0));

@@ -14,7 +14,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use futures_util::Stream;
-use porthole_proto::{Actor, ControlAction, ErrorBody, ErrorDetail, EventPage, Health, HealthStatus};
+use porthole_proto::{
+    Actor, ControlAction, ErrorBody, ErrorDetail, EventPage, Health, HealthStatus,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -34,7 +36,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -43,7 +49,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -52,8 +63,16 @@ impl From<StreamError> for ApiError {
     fn from(e: StreamError) -> Self {
         match e {
             StreamError::BadOffer(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", m),
-            StreamError::NoViewer(id) => ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no viewer {id}")),
-            other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "stream_error", other.to_string()),
+            StreamError::NoViewer(id) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no viewer {id}"),
+            ),
+            other => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "stream_error",
+                other.to_string(),
+            ),
         }
     }
 }
@@ -67,8 +86,14 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/control", get(control_get).post(control_post))
         .route("/v1/events", get(events_get))
         .route("/v1/events/stream", get(events_stream))
-        .route("/v1/environment", get(environment_get).post(environment_post))
-        .route("/v1/environment/terminals/{name}/restart", post(terminal_restart))
+        .route(
+            "/v1/environment",
+            get(environment_get).post(environment_post),
+        )
+        .route(
+            "/v1/environment/terminals/{name}/restart",
+            post(terminal_restart),
+        )
         .route("/v1/recordings", get(recordings_list))
         .route("/v1/recordings/{id}/video", get(recording_video))
         .route("/v1/recordings/{id}/events", get(recording_events))
@@ -82,7 +107,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/health", get(health))
         .route("/viewer", get(viewer))
         .merge(authed)
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see guest-agent/openapi.yaml") })
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint; see guest-agent/openapi.yaml",
+            )
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(app.clone(), json_errors))
         .with_state(app)
@@ -94,11 +125,19 @@ async fn auth(State(app): AppState, req: Request, next: Next) -> Response {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         // The scheme name is case-insensitive (RFC 7235).
-        .and_then(|v| v.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer ")).map(|_| &v[7..]))
+        .and_then(|v| {
+            v.get(..7)
+                .filter(|p| p.eq_ignore_ascii_case("bearer "))
+                .map(|_| &v[7..])
+        })
         .unwrap_or("");
     // Constant time: a timing side channel must not reveal the token byte by byte.
     if given.is_empty() || !bool::from(given.as_bytes().ct_eq(app.cfg.token.as_bytes())) {
-        let msg = if given.is_empty() { "missing Authorization: Bearer <token>" } else { "wrong token" };
+        let msg = if given.is_empty() {
+            "missing Authorization: Bearer <token>"
+        } else {
+            "wrong token"
+        };
         return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", msg).into_response();
     }
     next.run(req).await
@@ -113,10 +152,18 @@ async fn json_errors(State(app): AppState, req: Request, next: Next) -> Response
     if status.as_u16() < 400 {
         return res;
     }
-    let is_json = res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     let (parts, body) = res.into_parts();
-    let body = axum::body::to_bytes(body, 256 * 1024).await.unwrap_or_default();
-    let text = app.timeline.redactor.redact(String::from_utf8_lossy(&body).trim());
+    let body = axum::body::to_bytes(body, 256 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = app
+        .timeline
+        .redactor
+        .redact(String::from_utf8_lossy(&body).trim());
     if is_json {
         let mut res = Response::from_parts(parts, Body::from(text));
         res.headers_mut().remove(header::CONTENT_LENGTH);
@@ -132,9 +179,17 @@ async fn json_errors(State(app): AppState, req: Request, next: Next) -> Response
         StatusCode::UNAUTHORIZED => "unauthorized",
         _ => "error",
     };
-    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
     // Unprocessable JSON is still the client's fault: keep it a plain 400 as documented.
-    let status = if status == StatusCode::UNPROCESSABLE_ENTITY { StatusCode::BAD_REQUEST } else { status };
+    let status = if status == StatusCode::UNPROCESSABLE_ENTITY {
+        StatusCode::BAD_REQUEST
+    } else {
+        status
+    };
     ApiError::new(status, code, message).into_response()
 }
 
@@ -145,7 +200,11 @@ async fn health(State(app): AppState) -> Json<Health> {
     let a = app.clone();
     let size = tokio::task::spawn_blocking(move || a.screenshots.screen_size()).await;
     let display_info = match size {
-        Ok(Ok((w, h))) => Some(porthole_proto::DisplayInfo { name: app.cfg.display.clone(), width: w, height: h }),
+        Ok(Ok((w, h))) => Some(porthole_proto::DisplayInfo {
+            name: app.cfg.display.clone(),
+            width: w,
+            height: h,
+        }),
         Ok(Err(e)) => {
             problems.push(format!("display {} unreachable: {e}", app.cfg.display));
             None
@@ -162,7 +221,11 @@ async fn health(State(app): AppState) -> Json<Health> {
     }
     problems.extend(crate::computer::health_problems(&app));
     Json(Health {
-        status: if problems.is_empty() { HealthStatus::Ok } else { HealthStatus::Degraded },
+        status: if problems.is_empty() {
+            HealthStatus::Ok
+        } else {
+            HealthStatus::Degraded
+        },
         version: env!("CARGO_PKG_VERSION").to_string(),
         problems,
         session_id: Some(app.timeline.session_id()),
@@ -171,11 +234,24 @@ async fn health(State(app): AppState) -> Json<Health> {
 }
 
 async fn viewer() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], VIEWER_HTML)
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        VIEWER_HTML,
+    )
 }
 
-async fn whep_create(State(app): AppState, headers: HeaderMap, body: String) -> Result<Response, ApiError> {
-    if let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+async fn whep_create(
+    State(app): AppState,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Response, ApiError> {
+    if let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
         if !ct.starts_with("application/sdp") {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -185,23 +261,45 @@ async fn whep_create(State(app): AppState, headers: HeaderMap, body: String) -> 
         }
     }
     if !body.trim_start().starts_with("v=0") {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", "the body is not an SDP offer (it must start with v=0)"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_sdp",
+            "the body is not an SDP offer (it must start with v=0)",
+        ));
     }
     // Negotiation runs in its own task: a panic deep in SDP handling on hostile input must cost
     // this one request, not the agent.
     let a = app.clone();
     let viewer = tokio::spawn(async move { a.hub.add_viewer(body).await })
         .await
-        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", "the offer could not be processed"))??;
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_sdp",
+                "the offer could not be processed",
+            )
+        })??;
     attach_viewer(app.clone(), viewer.clone());
-    let answer = StreamHub::answer_sdp(&viewer).await.ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "stream_error", "no answer"))?;
+    let answer = StreamHub::answer_sdp(&viewer).await.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "stream_error",
+            "no answer",
+        )
+    })?;
     app.timeline.emit(Actor::System, "stream", json!({"viewer": viewer.id, "state": "offered", "codec": viewer.codec.name(), "viewers": app.hub.viewer_count()}));
     let location = format!("/v1/whep/{}", viewer.id);
     let mut res = Response::new(Body::from(answer));
     *res.status_mut() = StatusCode::CREATED;
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/sdp"));
-    h.insert(header::LOCATION, HeaderValue::from_str(&location).expect("ascii id"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/sdp"),
+    );
+    h.insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).expect("ascii id"),
+    );
     Ok(res)
 }
 
@@ -209,26 +307,44 @@ async fn whep_delete(State(app): AppState, Path(id): Path<String>) -> Result<Sta
     if app.drop_viewer(&id).await {
         Ok(StatusCode::OK)
     } else {
-        Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no viewer {id} (already closed?)")))
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no viewer {id} (already closed?)"),
+        ))
     }
 }
 
 /// Trickle ICE is not needed (the answer carries every candidate); say so plainly.
 async fn whep_patch() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "trickle_unsupported", "trickle ICE is not supported; send a complete offer")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "trickle_unsupported",
+        "trickle ICE is not supported; send a complete offer",
+    )
 }
 
 async fn control_get(State(app): AppState) -> Json<porthole_proto::ControlState> {
     Json(app.control.lock().unwrap().state())
 }
 
-async fn control_post(State(app): AppState, body: axum::body::Bytes) -> Result<Json<porthole_proto::ControlState>, ApiError> {
-    let v: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body is not JSON: {e}")))?;
+async fn control_post(
+    State(app): AppState,
+    body: axum::body::Bytes,
+) -> Result<Json<porthole_proto::ControlState>, ApiError> {
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("body is not JSON: {e}")))?;
     let action = v.get("action").and_then(Value::as_str).ok_or_else(|| {
-        ApiError::bad_request(format!("action: missing; expected one of {}", ControlAction::NAMES.join(", ")))
+        ApiError::bad_request(format!(
+            "action: missing; expected one of {}",
+            ControlAction::NAMES.join(", ")
+        ))
     })?;
     let action: ControlAction = serde_json::from_value(json!(action)).map_err(|_| {
-        ApiError::bad_request(format!("action: unknown '{action}'; expected one of {}", ControlAction::NAMES.join(", ")))
+        ApiError::bad_request(format!(
+            "action: unknown '{action}'; expected one of {}",
+            ControlAction::NAMES.join(", ")
+        ))
     })?;
     Ok(Json(app.apply_control(action, Human::Api, Actor::Human)))
 }
@@ -241,7 +357,9 @@ struct EventsQuery {
 }
 
 async fn events_get(State(app): AppState, Query(q): Query<EventsQuery>) -> Json<EventPage> {
-    let (events, next) = app.timeline.page(q.after, q.limit.unwrap_or(1000).clamp(1, 10_000));
+    let (events, next) = app
+        .timeline
+        .page(q.after, q.limit.unwrap_or(1000).clamp(1, 10_000));
     Json(EventPage { events, next })
 }
 
@@ -277,7 +395,10 @@ async fn events_stream(
 }
 
 fn to_sse(e: &porthole_proto::Event) -> Result<SseEvent, std::convert::Infallible> {
-    Ok(SseEvent::default().id(e.seq.to_string()).event(e.kind.clone()).data(serde_json::to_string(e).unwrap_or_default()))
+    Ok(SseEvent::default()
+        .id(e.seq.to_string())
+        .event(e.kind.clone())
+        .data(serde_json::to_string(e).unwrap_or_default()))
 }
 
 /// A stream fed by a task through a small channel (no macro crate needed).
@@ -307,9 +428,18 @@ async fn session_new(State(app): AppState) -> Result<(StatusCode, Json<Value>), 
         crate::recorder::finish_current(&app);
     }
     app.timeline.restart(new_session_id());
-    app.timeline.emit(Actor::System, "session", json!({"state": "started", "previous": old}));
-    if app.cfg.record && !app.recorder_on.swap(true, std::sync::atomic::Ordering::SeqCst) {
-        crate::recorder::spawn(app.clone()).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "recording_failed", e))?;
+    app.timeline.emit(
+        Actor::System,
+        "session",
+        json!({"state": "started", "previous": old}),
+    );
+    if app.cfg.record
+        && !app
+            .recorder_on
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        crate::recorder::spawn(app.clone())
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "recording_failed", e))?;
     }
     Ok((StatusCode::CREATED, Json(session_json(&app))))
 }
@@ -326,53 +456,96 @@ async fn environment_get(State(app): AppState) -> Json<Value> {
 }
 
 /// `{"environment": {...}, "secrets": {"NAME": "value"}, "workspace"?: "/path"}`.
-async fn environment_post(State(app): AppState, body: axum::body::Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let v: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body is not JSON: {e}")))?;
-    let obj = v.as_object().ok_or_else(|| ApiError::bad_request("body: expected an object with \"environment\""))?;
+async fn environment_post(
+    State(app): AppState,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("body is not JSON: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request("body: expected an object with \"environment\""))?;
     for k in obj.keys() {
         if !["environment", "secrets", "workspace"].contains(&k.as_str()) {
-            return Err(ApiError::bad_request(format!("{k}: unknown field; expected environment, secrets, workspace")));
+            return Err(ApiError::bad_request(format!(
+                "{k}: unknown field; expected environment, secrets, workspace"
+            )));
         }
     }
-    let env_v = obj.get("environment").ok_or_else(|| ApiError::bad_request("environment: missing required field"))?;
+    let env_v = obj
+        .get("environment")
+        .ok_or_else(|| ApiError::bad_request("environment: missing required field"))?;
     let problems = porthole_envfile::validate_value(porthole_envfile::Kind::Porthole, env_v);
     if !problems.is_empty() {
-        let lines: Vec<String> = problems.iter().map(|p| format!("environment.{p}")).collect();
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_environment", lines.join("; ")));
+        let lines: Vec<String> = problems
+            .iter()
+            .map(|p| format!("environment.{p}"))
+            .collect();
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_environment",
+            lines.join("; "),
+        ));
     }
-    let env: porthole_envfile::PortholeEnvironment =
-        serde_json::from_value(env_v.clone()).map_err(|e| ApiError::bad_request(format!("environment: {e}")))?;
+    let env: porthole_envfile::PortholeEnvironment = serde_json::from_value(env_v.clone())
+        .map_err(|e| ApiError::bad_request(format!("environment: {e}")))?;
     let mut secrets = std::collections::HashMap::new();
     if let Some(s) = obj.get("secrets") {
-        let so = s.as_object().ok_or_else(|| ApiError::bad_request("secrets: expected an object of NAME: value"))?;
+        let so = s
+            .as_object()
+            .ok_or_else(|| ApiError::bad_request("secrets: expected an object of NAME: value"))?;
         for (k, val) in so {
             // Never echo the value back, even in an error.
-            let val = val.as_str().ok_or_else(|| ApiError::bad_request(format!("secrets.{k}: expected a string")))?;
+            let val = val
+                .as_str()
+                .ok_or_else(|| ApiError::bad_request(format!("secrets.{k}: expected a string")))?;
             secrets.insert(k.clone(), val.to_string());
         }
     }
-    let missing: Vec<&String> = env.secrets.iter().filter(|n| !secrets.contains_key(*n) && !app.secrets.lock().unwrap().contains_key(*n)).collect();
+    let missing: Vec<&String> = env
+        .secrets
+        .iter()
+        .filter(|n| !secrets.contains_key(*n) && !app.secrets.lock().unwrap().contains_key(*n))
+        .collect();
     if !missing.is_empty() {
-        return Err(ApiError::bad_request(format!("secrets: the environment needs {missing:?}, which were not given")));
+        return Err(ApiError::bad_request(format!(
+            "secrets: the environment needs {missing:?}, which were not given"
+        )));
     }
     let ws = match obj.get("workspace").and_then(Value::as_str) {
         Some(w) => std::path::PathBuf::from(w),
-        None => app.cfg.workspace.clone().unwrap_or_else(|| std::env::current_dir().unwrap_or_else(|_| "/".into())),
+        None => app
+            .cfg
+            .workspace
+            .clone()
+            .unwrap_or_else(|| std::env::current_dir().unwrap_or_else(|_| "/".into())),
     };
     if !ws.is_dir() {
-        return Err(ApiError::bad_request(format!("workspace: {} is not a directory", ws.display())));
+        return Err(ApiError::bad_request(format!(
+            "workspace: {} is not a directory",
+            ws.display()
+        )));
     }
     let names: Vec<String> = secrets.keys().cloned().collect();
     app.add_secrets(secrets);
     crate::environment::apply(app.clone(), env, ws);
-    app.timeline.emit(Actor::System, "step", json!({"step": "environment", "state": "applied", "secrets": names}));
+    app.timeline.emit(
+        Actor::System,
+        "step",
+        json!({"step": "environment", "state": "applied", "secrets": names}),
+    );
     let mut v = serde_json::to_value(app.env.lock().unwrap().clone()).unwrap_or_default();
     app.timeline.redactor.redact_value(&mut v);
     Ok((StatusCode::ACCEPTED, Json(v)))
 }
 
-async fn terminal_restart(State(app): AppState, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    crate::environment::restart_terminal(&app, &name).await.map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "not_found", e))?;
+async fn terminal_restart(
+    State(app): AppState,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    crate::environment::restart_terminal(&app, &name)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "not_found", e))?;
     Ok(StatusCode::OK)
 }
 
@@ -383,7 +556,11 @@ async fn recordings_list(State(app): AppState) -> Json<Value> {
 fn recording_dir(app: &App, id: &str) -> Result<std::path::PathBuf, ApiError> {
     let dir = crate::recorder::recordings_dir(&app.cfg.data_dir).join(id);
     if !crate::recorder::valid_id(id) || !dir.join("meta.json").exists() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no recording {id}")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no recording {id}"),
+        ));
     }
     Ok(dir)
 }
@@ -393,14 +570,23 @@ struct PartQuery {
     part: Option<usize>,
 }
 
-async fn recording_video(State(app): AppState, Path(id): Path<String>, Query(q): Query<PartQuery>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn recording_video(
+    State(app): AppState,
+    Path(id): Path<String>,
+    Query(q): Query<PartQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let dir = recording_dir(&app, &id)?;
     let part = q.part.unwrap_or(1);
     let path = crate::recorder::part_path(&dir, part);
-    let mut f = tokio::fs::File::open(&path)
-        .await
-        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("recording {id} has no part {part}")))?;
+    let mut f = tokio::fs::File::open(&path).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("recording {id} has no part {part}"),
+        )
+    })?;
     // The file may still grow (live session): serve what is there now.
     let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
@@ -409,23 +595,38 @@ async fn recording_video(State(app): AppState, Path(id): Path<String>, Query(q):
         Some(r) => match crate::recorder::parse_range(r, len) {
             Some((s, e)) => (StatusCode::PARTIAL_CONTENT, s, e),
             None => {
-                let mut res = ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable", format!("range {r} is outside 0-{len}")).into_response();
-                res.headers_mut().insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes */{len}")).expect("ascii"));
+                let mut res = ApiError::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "range_not_satisfiable",
+                    format!("range {r} is outside 0-{len}"),
+                )
+                .into_response();
+                res.headers_mut().insert(
+                    header::CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("bytes */{len}")).expect("ascii"),
+                );
                 return Ok(res);
             }
         },
     };
     let n = if len == 0 { 0 } else { end - start + 1 };
     let mut buf = vec![0u8; n as usize];
-    f.seek(std::io::SeekFrom::Start(start)).await.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string()))?;
-    f.read_exact(&mut buf).await.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string()))?;
+    f.seek(std::io::SeekFrom::Start(start))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string()))?;
+    f.read_exact(&mut buf)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string()))?;
     let mut res = Response::new(Body::from(buf));
     *res.status_mut() = status;
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if status == StatusCode::PARTIAL_CONTENT {
-        h.insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")).expect("ascii"));
+        h.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")).expect("ascii"),
+        );
     }
     Ok(res)
 }
@@ -439,15 +640,26 @@ struct RecEventsQuery {
     to_ms: Option<u64>,
 }
 
-async fn recording_events(State(app): AppState, Path(id): Path<String>, Query(q): Query<RecEventsQuery>) -> Result<Json<Value>, ApiError> {
+async fn recording_events(
+    State(app): AppState,
+    Path(id): Path<String>,
+    Query(q): Query<RecEventsQuery>,
+) -> Result<Json<Value>, ApiError> {
     let dir = recording_dir(&app, &id)?;
-    let text = tokio::fs::read_to_string(dir.join("events.jsonl")).await.unwrap_or_default();
+    let text = tokio::fs::read_to_string(dir.join("events.jsonl"))
+        .await
+        .unwrap_or_default();
     let limit = q.limit.unwrap_or(1000).clamp(1, 100_000);
     let mut events = Vec::new();
     for line in text.lines() {
         // A torn last line (the agent was killed mid-write) is skipped, not an error.
-        let Ok(e) = serde_json::from_str::<porthole_proto::Event>(line) else { continue };
-        if e.seq <= q.after || q.from_ms.is_some_and(|f| e.t_ms < f) || q.to_ms.is_some_and(|t| e.t_ms > t) {
+        let Ok(e) = serde_json::from_str::<porthole_proto::Event>(line) else {
+            continue;
+        };
+        if e.seq <= q.after
+            || q.from_ms.is_some_and(|f| e.t_ms < f)
+            || q.to_ms.is_some_and(|t| e.t_ms > t)
+        {
             continue;
         }
         events.push(e);
@@ -459,13 +671,26 @@ async fn recording_events(State(app): AppState, Path(id): Path<String>, Query(q)
     Ok(Json(json!({"events": events, "next": next})))
 }
 
-async fn recording_thumb(State(app): AppState, Path((id, name)): Path<(String, String)>) -> Result<Response, ApiError> {
+async fn recording_thumb(
+    State(app): AppState,
+    Path((id, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     let dir = recording_dir(&app, &id)?;
     if !name.ends_with(".jpg") || !crate::recorder::valid_id(name.trim_end_matches(".jpg")) {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no thumbnail {name}")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no thumbnail {name}"),
+        ));
     }
     let bytes = tokio::fs::read(dir.join("thumbs").join(&name))
         .await
-        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no thumbnail {name}")))?;
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no thumbnail {name}"),
+            )
+        })?;
     Ok(([(header::CONTENT_TYPE, "image/jpeg")], bytes).into_response())
 }

@@ -17,11 +17,23 @@ pub enum MouseButton {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum InputAction {
-    MoveTo { x: i32, y: i32 },
-    Button { button: MouseButton, down: bool },
+    MoveTo {
+        x: i32,
+        y: i32,
+    },
+    Button {
+        button: MouseButton,
+        down: bool,
+    },
     /// Wheel notches: positive `dy` scrolls down, positive `dx` right.
-    Scroll { dx: i32, dy: i32 },
-    Key { keysym: u32, down: bool },
+    Scroll {
+        dx: i32,
+        dy: i32,
+    },
+    Key {
+        keysym: u32,
+        down: bool,
+    },
     Text(String),
     Location,
 }
@@ -64,14 +76,25 @@ impl Input {
     /// Runs the actions in order, as one unit; returns the pointer position afterwards.
     pub async fn run(&self, actions: Vec<InputAction>) -> Result<(i32, i32), InputError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send((actions, tx)).map_err(|_| InputError::Failed("input thread stopped".into()))?;
-        rx.await.map_err(|_| InputError::Failed("input thread stopped".into()))?
+        self.tx
+            .send((actions, tx))
+            .map_err(|_| InputError::Failed("input thread stopped".into()))?;
+        rx.await
+            .map_err(|_| InputError::Failed("input thread stopped".into()))?
     }
 }
 
-fn run(display: &str, enigo: &mut Option<Enigo>, actions: &[InputAction]) -> Result<(i32, i32), InputError> {
+fn run(
+    display: &str,
+    enigo: &mut Option<Enigo>,
+    actions: &[InputAction],
+) -> Result<(i32, i32), InputError> {
     if enigo.is_none() {
-        let settings = Settings { x11_display: Some(display.to_string()), linux_delay: 1, ..Default::default() };
+        let settings = Settings {
+            x11_display: Some(display.to_string()),
+            linux_delay: 1,
+            ..Default::default()
+        };
         *enigo = Some(Enigo::new(&settings).map_err(|e| InputError::Unavailable {
             display: display.to_string(),
             message: e.to_string(),
@@ -88,7 +111,14 @@ fn run(display: &str, enigo: &mut Option<Enigo>, actions: &[InputAction]) -> Res
                     MouseButton::Middle => Button::Middle,
                     MouseButton::Right => Button::Right,
                 };
-                f(e.button(b, if *down { Direction::Press } else { Direction::Release }))?
+                f(e.button(
+                    b,
+                    if *down {
+                        Direction::Press
+                    } else {
+                        Direction::Release
+                    },
+                ))?
             }
             InputAction::Scroll { dx, dy } => {
                 if *dy != 0 {
@@ -98,9 +128,14 @@ fn run(display: &str, enigo: &mut Option<Enigo>, actions: &[InputAction]) -> Res
                     f(e.scroll(*dx, Axis::Horizontal))?;
                 }
             }
-            InputAction::Key { keysym, down } => {
-                f(e.key(Key::Other(*keysym), if *down { Direction::Press } else { Direction::Release }))?
-            }
+            InputAction::Key { keysym, down } => f(e.key(
+                Key::Other(*keysym),
+                if *down {
+                    Direction::Press
+                } else {
+                    Direction::Release
+                },
+            ))?,
             InputAction::Text(t) => {
                 if !t.is_empty() {
                     f(e.text(t))?

@@ -6,23 +6,69 @@
 
 /// Named keysyms, by X name (as xdotool and the Anthropic tool spell them) and aliases.
 const NAMED: &[(&str, u32)] = &[
-    ("BackSpace", 0xff08), ("Tab", 0xff09), ("Return", 0xff0d), ("Enter", 0xff0d),
-    ("Escape", 0xff1b), ("Esc", 0xff1b), ("Delete", 0xffff), ("Home", 0xff50),
-    ("Left", 0xff51), ("Up", 0xff52), ("Right", 0xff53), ("Down", 0xff54),
-    ("Page_Up", 0xff55), ("Prior", 0xff55), ("Page_Down", 0xff56), ("Next", 0xff56),
-    ("End", 0xff57), ("Insert", 0xff63), ("Menu", 0xff67), ("Pause", 0xff13),
-    ("Print", 0xff61), ("Scroll_Lock", 0xff14), ("Num_Lock", 0xff7f), ("Caps_Lock", 0xffe5),
-    ("space", 0x20), ("Shift_L", 0xffe1), ("Shift_R", 0xffe2), ("Control_L", 0xffe3),
-    ("Control_R", 0xffe4), ("Alt_L", 0xffe9), ("Alt_R", 0xffea), ("Super_L", 0xffeb),
-    ("Super_R", 0xffec), ("Meta_L", 0xffe7), ("Meta_R", 0xffe8),
-    ("shift", 0xffe1), ("ctrl", 0xffe3), ("control", 0xffe3), ("alt", 0xffe9),
-    ("super", 0xffeb), ("cmd", 0xffeb), ("win", 0xffeb), ("meta", 0xffe7),
-    ("minus", 0x2d), ("plus", 0x2b), ("equal", 0x3d), ("comma", 0x2c), ("period", 0x2e),
-    ("slash", 0x2f), ("backslash", 0x5c), ("semicolon", 0x3b), ("apostrophe", 0x27),
-    ("grave", 0x60), ("bracketleft", 0x5b), ("bracketright", 0x5d),
-    ("KP_Enter", 0xff8d), ("KP_Add", 0xffab), ("KP_Subtract", 0xffad),
-    ("KP_Multiply", 0xffaa), ("KP_Divide", 0xffaf), ("KP_Decimal", 0xffae),
-    ("XF86AudioMute", 0x1008ff12), ("XF86AudioLowerVolume", 0x1008ff11),
+    ("BackSpace", 0xff08),
+    ("Tab", 0xff09),
+    ("Return", 0xff0d),
+    ("Enter", 0xff0d),
+    ("Escape", 0xff1b),
+    ("Esc", 0xff1b),
+    ("Delete", 0xffff),
+    ("Home", 0xff50),
+    ("Left", 0xff51),
+    ("Up", 0xff52),
+    ("Right", 0xff53),
+    ("Down", 0xff54),
+    ("Page_Up", 0xff55),
+    ("Prior", 0xff55),
+    ("Page_Down", 0xff56),
+    ("Next", 0xff56),
+    ("End", 0xff57),
+    ("Insert", 0xff63),
+    ("Menu", 0xff67),
+    ("Pause", 0xff13),
+    ("Print", 0xff61),
+    ("Scroll_Lock", 0xff14),
+    ("Num_Lock", 0xff7f),
+    ("Caps_Lock", 0xffe5),
+    ("space", 0x20),
+    ("Shift_L", 0xffe1),
+    ("Shift_R", 0xffe2),
+    ("Control_L", 0xffe3),
+    ("Control_R", 0xffe4),
+    ("Alt_L", 0xffe9),
+    ("Alt_R", 0xffea),
+    ("Super_L", 0xffeb),
+    ("Super_R", 0xffec),
+    ("Meta_L", 0xffe7),
+    ("Meta_R", 0xffe8),
+    ("shift", 0xffe1),
+    ("ctrl", 0xffe3),
+    ("control", 0xffe3),
+    ("alt", 0xffe9),
+    ("super", 0xffeb),
+    ("cmd", 0xffeb),
+    ("win", 0xffeb),
+    ("meta", 0xffe7),
+    ("minus", 0x2d),
+    ("plus", 0x2b),
+    ("equal", 0x3d),
+    ("comma", 0x2c),
+    ("period", 0x2e),
+    ("slash", 0x2f),
+    ("backslash", 0x5c),
+    ("semicolon", 0x3b),
+    ("apostrophe", 0x27),
+    ("grave", 0x60),
+    ("bracketleft", 0x5b),
+    ("bracketright", 0x5d),
+    ("KP_Enter", 0xff8d),
+    ("KP_Add", 0xffab),
+    ("KP_Subtract", 0xffad),
+    ("KP_Multiply", 0xffaa),
+    ("KP_Divide", 0xffaf),
+    ("KP_Decimal", 0xffae),
+    ("XF86AudioMute", 0x1008ff12),
+    ("XF86AudioLowerVolume", 0x1008ff11),
     ("XF86AudioRaiseVolume", 0x1008ff13),
 ];
 
@@ -184,9 +230,15 @@ mod tests {
     fn xdotool_chords() {
         assert_eq!(parse_chords("ctrl+s").unwrap(), vec![vec![0xffe3, 0x73]]);
         assert_eq!(parse_chords("Return").unwrap(), vec![vec![0xff0d]]);
-        assert_eq!(parse_chords("ctrl+shift+Tab").unwrap(), vec![vec![0xffe3, 0xffe1, 0xff09]]);
+        assert_eq!(
+            parse_chords("ctrl+shift+Tab").unwrap(),
+            vec![vec![0xffe3, 0xffe1, 0xff09]]
+        );
         assert_eq!(parse_chords("ctrl++").unwrap(), vec![vec![0xffe3, 0x2b]]);
-        assert_eq!(parse_chords("Page_Down F12").unwrap(), vec![vec![0xff56], vec![0xffc9]]);
+        assert_eq!(
+            parse_chords("Page_Down F12").unwrap(),
+            vec![vec![0xff56], vec![0xffc9]]
+        );
         assert_eq!(parse_chords("RETURN").unwrap(), vec![vec![0xff0d]]);
         let e = parse_chords("ctrl+frobnicate").unwrap_err();
         assert!(e.contains("'frobnicate'") && e.contains("Return"), "{e}");

@@ -9,7 +9,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "porthole-agent", version, about = "Porthole guest agent: streams and drives an X desktop")]
+#[command(
+    name = "porthole-agent",
+    version,
+    about = "Porthole guest agent: streams and drives an X desktop"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -95,7 +99,9 @@ fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
         }
     }
     let environment = match &a.workspace {
-        Some(w) => porthole_agent::environment::load_workspace_env(w).map_err(anyhow::Error::msg)?,
+        Some(w) => {
+            porthole_agent::environment::load_workspace_env(w).map_err(anyhow::Error::msg)?
+        }
         None => None,
     };
     let secrets = match &a.secrets_file {
@@ -103,7 +109,8 @@ fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
         None => Default::default(),
     };
     let data_dir = a.data_dir.unwrap_or_else(serve::default_data_dir);
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     Ok(Prepared {
         cfg: Config {
             display: a.display,
@@ -117,7 +124,11 @@ fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
         },
         listen: a.listen,
         secrets,
-        ice: IceConfig { ice_servers: a.ice_servers, public_ip: a.public_ip, udp_port: a.udp_port },
+        ice: IceConfig {
+            ice_servers: a.ice_servers,
+            public_ip: a.public_ip,
+            udp_port: a.udp_port,
+        },
         idle: a.idle,
         environment,
         stall_after: std::time::Duration::from_secs(a.stall_after),
@@ -145,7 +156,10 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Serve(a) => {
             let p = prepare(a)?;
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
             rt.block_on(serve::run(p))
         }
     }

@@ -7,11 +7,13 @@ use crate::computer::{perform, ShotQuery, ACTIONS};
 use crate::exec::ExecRequest;
 use crate::http::ApiError;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListToolsResult,
-    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
-use rmcp::transport::streamable_http_server::{session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::transport::streamable_http_server::{
+    session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService,
+};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -69,7 +71,11 @@ fn tools(app: &App) -> Vec<Tool> {
 }
 
 fn tool_error(e: ApiError) -> CallToolResponse {
-    CallToolResult::error(vec![ContentBlock::text(format!("{}: {}", e.code, e.message))]).into()
+    CallToolResult::error(vec![ContentBlock::text(format!(
+        "{}: {}",
+        e.code, e.message
+    ))])
+    .into()
 }
 
 fn result(v: Value) -> CallToolResponse {
@@ -81,7 +87,11 @@ fn result(v: Value) -> CallToolResponse {
         content.push(ContentBlock::image(img.to_string(), "image/png"));
     }
     if content.is_empty() {
-        content.push(ContentBlock::text(if v.get("exit_code").is_some() { v.to_string() } else { "done".into() }));
+        content.push(ContentBlock::text(if v.get("exit_code").is_some() {
+            v.to_string()
+        } else {
+            "done".into()
+        }));
     }
     CallToolResult::success(content).into()
 }
@@ -89,22 +99,37 @@ fn result(v: Value) -> CallToolResponse {
 impl ServerHandler for Mcp {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_server_info(
-            Implementation::new("porthole-agent", env!("CARGO_PKG_VERSION")).with_title("Porthole guest agent"),
+            Implementation::new("porthole-agent", env!("CARGO_PKG_VERSION"))
+                .with_title("Porthole guest agent"),
         )
     }
 
-    async fn list_tools(&self, _r: Option<PaginatedRequestParams>, _c: RequestContext<RoleServer>) -> Result<ListToolsResult, McpError> {
+    async fn list_tools(
+        &self,
+        _r: Option<PaginatedRequestParams>,
+        _c: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
         Ok(ListToolsResult::with_all_items(tools(&self.app)))
     }
 
-    async fn call_tool(&self, req: CallToolRequestParams, _c: RequestContext<RoleServer>) -> Result<CallToolResponse, McpError> {
+    async fn call_tool(
+        &self,
+        req: CallToolRequestParams,
+        _c: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
         let args = Value::Object(req.arguments.unwrap_or_default());
         Ok(match req.name.as_ref() {
             "computer" => match perform(&self.app, &args, &ShotQuery::default()).await {
                 Ok(v) => result(v),
                 Err(e) => tool_error(e),
             },
-            "screenshot" => match perform(&self.app, &json!({"action": "screenshot"}), &ShotQuery::default()).await {
+            "screenshot" => match perform(
+                &self.app,
+                &json!({"action": "screenshot"}),
+                &ShotQuery::default(),
+            )
+            .await
+            {
                 Ok(v) => result(v),
                 Err(e) => tool_error(e),
             },
@@ -115,7 +140,12 @@ impl ServerHandler for Mcp {
                 },
                 Err(e) => tool_error(ApiError::bad_request(format!("exec arguments: {e}"))),
             },
-            other => return Err(McpError::invalid_params(format!("unknown tool '{other}'; tools are computer, exec, screenshot"), None)),
+            other => {
+                return Err(McpError::invalid_params(
+                    format!("unknown tool '{other}'; tools are computer, exec, screenshot"),
+                    None,
+                ))
+            }
         })
     }
 }
@@ -126,5 +156,9 @@ pub fn service(app: Arc<App>) -> StreamableHttpService<Mcp, LocalSessionManager>
     let mut cfg = StreamableHttpServerConfig::default();
     cfg.allowed_hosts = vec![];
     cfg.max_request_body_bytes = crate::http::MAX_BODY;
-    StreamableHttpService::new(move || Ok(Mcp { app: app.clone() }), Arc::new(LocalSessionManager::default()), cfg)
+    StreamableHttpService::new(
+        move || Ok(Mcp { app: app.clone() }),
+        Arc::new(LocalSessionManager::default()),
+        cfg,
+    )
 }

@@ -18,7 +18,9 @@ use tokio::sync::broadcast;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
-    Capture { keyframe: bool },
+    Capture {
+        keyframe: bool,
+    },
     /// Sleep until this instant unless something changes first (`None`: until woken).
     Wait(Option<Instant>),
 }
@@ -63,7 +65,8 @@ impl FramePolicy {
 
     fn tokens_at(&self, now: Instant) -> f64 {
         match self.refilled_at {
-            Some(t) => (self.tokens + now.saturating_duration_since(t).as_secs_f64() * self.rate).min(self.burst),
+            Some(t) => (self.tokens + now.saturating_duration_since(t).as_secs_f64() * self.rate)
+                .min(self.burst),
             None => self.burst,
         }
     }
@@ -193,7 +196,9 @@ impl Pipeline {
     pub fn demand(&self) -> DemandGuard {
         self.shared.demand.fetch_add(1, Ordering::SeqCst);
         self.request_keyframe();
-        DemandGuard { shared: self.shared.clone() }
+        DemandGuard {
+            shared: self.shared.clone(),
+        }
     }
 
     pub fn active(&self) -> bool {
@@ -218,15 +223,20 @@ impl Pipeline {
     pub fn stats(&self) -> PipelineStats {
         let now = Instant::now();
         let recent = self.shared.recent.lock().unwrap();
-        let window: Vec<&FrameRecord> =
-            recent.iter().filter(|r| now.duration_since(r.at) <= Duration::from_secs(1)).collect();
+        let window: Vec<&FrameRecord> = recent
+            .iter()
+            .filter(|r| now.duration_since(r.at) <= Duration::from_secs(1))
+            .collect();
         let mut cpu: Vec<u64> = window.iter().map(|r| r.cpu_us).collect();
         cpu.sort_unstable();
         let (frames, keyframes, width, height) = *self.shared.totals.lock().unwrap();
         PipelineStats {
             fps: window.len() as f64,
             bitrate_kbps: window.iter().map(|r| r.bytes).sum::<usize>() as f64 * 8.0 / 1000.0,
-            cpu_ms_p50: cpu.get(cpu.len() / 2).map(|&c| c as f64 / 1000.0).unwrap_or(0.0),
+            cpu_ms_p50: cpu
+                .get(cpu.len() / 2)
+                .map(|&c| c as f64 / 1000.0)
+                .unwrap_or(0.0),
             frames,
             keyframes: keyframes.max(window.iter().filter(|r| r.keyframe).count() as u64),
             width,
@@ -241,7 +251,10 @@ impl Pipeline {
 }
 
 fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-pointer; CLOCK_THREAD_CPUTIME_ID always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
@@ -273,7 +286,10 @@ fn run(s: Arc<Shared>, open: SourceFactory) {
                 Err(e) => {
                     report(&s, format!("capture unavailable: {e}"));
                     // Retry once a second (or sooner when demand changes).
-                    crate::capture::poll_readable(&[s.waker.raw_fd()], Some(Instant::now() + Duration::from_secs(1)));
+                    crate::capture::poll_readable(
+                        &[s.waker.raw_fd()],
+                        Some(Instant::now() + Duration::from_secs(1)),
+                    );
                     s.waker.drain();
                     continue;
                 }
@@ -334,12 +350,19 @@ fn run(s: Arc<Shared>, open: SourceFactory) {
         let out = enc.encode(&frame, t_us, keyframe);
         policy.captured(captured_at, keyframe);
         let cpu = thread_cpu().saturating_sub(cpu0);
-        let since_previous = last_capture.map(|l| captured_at - l).unwrap_or(Duration::from_millis(33));
+        let since_previous = last_capture
+            .map(|l| captured_at - l)
+            .unwrap_or(Duration::from_millis(33));
         last_capture = Some(captured_at);
         match out {
             Ok(frames) => {
                 for f in frames {
-                    let rec = FrameRecord { at: captured_at, cpu_us: cpu.as_micros() as u64, bytes: f.data.len(), keyframe: f.keyframe };
+                    let rec = FrameRecord {
+                        at: captured_at,
+                        cpu_us: cpu.as_micros() as u64,
+                        bytes: f.data.len(),
+                        keyframe: f.keyframe,
+                    };
                     {
                         let mut r = s.recent.lock().unwrap();
                         r.push_back(rec);
@@ -352,7 +375,12 @@ fn run(s: Arc<Shared>, open: SourceFactory) {
                         t.2 = f.width;
                         t.3 = f.height;
                     }
-                    let _ = s.tx.send(Arc::new(Packet { frame: f, captured_at, since_previous, cpu }));
+                    let _ = s.tx.send(Arc::new(Packet {
+                        frame: f,
+                        captured_at,
+                        since_previous,
+                        cpu,
+                    }));
                 }
                 if s.problem.lock().unwrap().is_some() {
                     *s.problem.lock().unwrap() = None;
@@ -396,7 +424,10 @@ mod tests {
                 (Decision::Wait(Some(a)), Decision::Wait(Some(b))) => a.max(b) - a.min(b) < ms(1),
                 (g, w) => g == w,
             };
-            assert!(same, "step {i} at {at} ms after {ev}: got {got:?}, want {want:?}");
+            assert!(
+                same,
+                "step {i} at {at} ms after {ev}: got {got:?}, want {want:?}"
+            );
             if let Decision::Capture { keyframe } = got {
                 p.captured(now, keyframe);
             }
@@ -410,17 +441,17 @@ mod tests {
         let cap = |k| Decision::Capture { keyframe: k };
         check(
             &[
-                (0, "", cap(true)),          // first frame is a keyframe
-                (1, "", at(2000)),           // still screen: sleep until the keyframe is due
-                (10, "dirty", cap(false)),   // a burst of two: the repaint after a move goes at once
-                (12, "dirty", at(40)),       // bucket spent: the 25 fps rate holds the third back
+                (0, "", cap(true)),        // first frame is a keyframe
+                (1, "", at(2000)),         // still screen: sleep until the keyframe is due
+                (10, "dirty", cap(false)), // a burst of two: the repaint after a move goes at once
+                (12, "dirty", at(40)),     // bucket spent: the 25 fps rate holds the third back
                 (40, "", cap(false)),
                 (50, "dirty", at(80)),
                 (80, "", cap(false)),
-                (100, "pli", at(120)),       // PLI: keyframe as soon as the rate allows
+                (100, "pli", at(120)), // PLI: keyframe as soon as the rate allows
                 (120, "", cap(true)),
                 (121, "", at(2120)),
-                (2120, "", cap(true)),       // still screen: one keyframe every 2 s
+                (2120, "", cap(true)), // still screen: one keyframe every 2 s
                 (2121, "", at(4120)),
             ],
             t0,
@@ -432,7 +463,9 @@ mod tests {
         let p = Pipeline::spawn(
             Codec::H264,
             30,
-            Box::new(|| Ok(Box::new(SyntheticSource::new(320, 240, Some(ms(10)))) as Box<dyn FrameSource>)),
+            Box::new(|| {
+                Ok(Box::new(SyntheticSource::new(320, 240, Some(ms(10)))) as Box<dyn FrameSource>)
+            }),
         )
         .unwrap();
         std::thread::sleep(ms(200));
@@ -440,12 +473,18 @@ mod tests {
         let mut a = p.subscribe();
         let mut b = p.subscribe();
         let guard = p.demand();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let first = a.recv().await.unwrap();
             assert!(first.frame.keyframe, "a new viewer starts on a keyframe");
             let same = b.recv().await.unwrap();
-            assert!(Arc::ptr_eq(&first, &same), "both subscribers get the same encoded packet");
+            assert!(
+                Arc::ptr_eq(&first, &same),
+                "both subscribers get the same encoded packet"
+            );
             for _ in 0..5 {
                 let p = a.recv().await.unwrap();
                 assert!(p.since_previous > Duration::ZERO);

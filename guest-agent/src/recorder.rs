@@ -48,7 +48,11 @@ pub fn part_path(dir: &Path, part: usize) -> PathBuf {
 
 /// A valid recording id: what `new_session_id` makes, nothing that could climb out of the dir.
 pub fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 struct Mp4 {
@@ -60,8 +64,15 @@ struct Mp4 {
 }
 
 impl Mp4 {
-    fn open(path: &Path, width: u32, height: u32, keyframe: &[u8], started: Instant) -> Result<Self, String> {
-        let mut out = ff::format::output_as(path, "mp4").map_err(|e| format!("{}: {e}", path.display()))?;
+    fn open(
+        path: &Path,
+        width: u32,
+        height: u32,
+        keyframe: &[u8],
+        started: Instant,
+    ) -> Result<Self, String> {
+        let mut out =
+            ff::format::output_as(path, "mp4").map_err(|e| format!("{}: {e}", path.display()))?;
         {
             let codec = ff::encoder::find(ff::codec::Id::H264);
             let mut st = out.add_stream(codec).map_err(|e| e.to_string())?;
@@ -93,13 +104,27 @@ impl Mp4 {
         opts.set("movflags", "frag_keyframe+empty_moov+default_base_moof");
         opts.set("frag_duration", "1000000");
         opts.set("flush_packets", "1");
-        out.write_header_with(opts).map_err(|e| format!("mp4 header: {e}"))?;
-        Ok(Self { out, started, width, height, last_pts: -1 })
+        out.write_header_with(opts)
+            .map_err(|e| format!("mp4 header: {e}"))?;
+        Ok(Self {
+            out,
+            started,
+            width,
+            height,
+            last_pts: -1,
+        })
     }
 
     fn write(&mut self, p: &Packet) -> Result<(), String> {
-        let tb = self.out.stream(0).map(|s| s.time_base()).unwrap_or(ff::Rational(1, 90_000));
-        let us = p.captured_at.saturating_duration_since(self.started).as_micros() as i64;
+        let tb = self
+            .out
+            .stream(0)
+            .map(|s| s.time_base())
+            .unwrap_or(ff::Rational(1, 90_000));
+        let us = p
+            .captured_at
+            .saturating_duration_since(self.started)
+            .as_micros() as i64;
         let pts = (us * tb.1 as i64 / 1_000_000 / tb.0.max(1) as i64).max(self.last_pts + 1);
         self.last_pts = pts;
         let mut pkt = ff::Packet::copy(&p.frame.data);
@@ -109,7 +134,9 @@ impl Mp4 {
         if p.frame.keyframe {
             pkt.set_flags(ff::packet::Flags::KEY);
         }
-        pkt.write(&mut self.out).map(|_| ()).map_err(|e| format!("mp4 write: {e}"))
+        pkt.write(&mut self.out)
+            .map(|_| ())
+            .map_err(|e| format!("mp4 write: {e}"))
     }
 
     fn finish(mut self) {
@@ -118,7 +145,10 @@ impl Mp4 {
 }
 
 fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn write_meta(dir: &Path, m: &Meta) -> std::io::Result<()> {
@@ -228,7 +258,11 @@ fn report(app: &App, msg: String) {
     if p.as_deref() != Some(msg.as_str()) {
         *p = Some(msg.clone());
         drop(p);
-        app.timeline.emit(Actor::System, "error", json!({"source": "recording", "message": msg}));
+        app.timeline.emit(
+            Actor::System,
+            "error",
+            json!({"source": "recording", "message": msg}),
+        );
     }
 }
 
@@ -248,10 +282,17 @@ pub fn list(app: &App) -> Vec<RecordingInfo> {
     let root = recordings_dir(&app.cfg.data_dir);
     let current = app.timeline.session_id();
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(&root) else { return out };
+    let Ok(rd) = std::fs::read_dir(&root) else {
+        return out;
+    };
     for e in rd.flatten() {
         let dir = e.path();
-        let Some(meta) = std::fs::read_to_string(dir.join("meta.json")).ok().and_then(|t| serde_json::from_str::<Meta>(&t).ok()) else { continue };
+        let Some(meta) = std::fs::read_to_string(dir.join("meta.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Meta>(&t).ok())
+        else {
+            continue;
+        };
         let mut bytes = 0;
         let mut parts = 0;
         for f in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
@@ -273,12 +314,23 @@ pub fn list(app: &App) -> Vec<RecordingInfo> {
             // Never closed: the agent died. Its length is the last event's time.
             let last = std::fs::read_to_string(dir.join("events.jsonl"))
                 .ok()
-                .and_then(|t| t.lines().last().and_then(|l| serde_json::from_str::<porthole_proto::Event>(l).ok()))
+                .and_then(|t| {
+                    t.lines()
+                        .last()
+                        .and_then(|l| serde_json::from_str::<porthole_proto::Event>(l).ok())
+                })
                 .map(|e| e.t_ms)
                 .unwrap_or(0);
             ("interrupted", last)
         };
-        out.push(RecordingInfo { id: meta.id, started_at: meta.started_at_unix_ms, duration_ms, bytes, state: state.into(), parts });
+        out.push(RecordingInfo {
+            id: meta.id,
+            started_at: meta.started_at_unix_ms,
+            duration_ms,
+            bytes,
+            state: state.into(),
+            parts,
+        });
     }
     out.sort_by_key(|r| r.started_at);
     out
@@ -300,7 +352,10 @@ pub fn parse_range(h: &str, len: u64) -> Option<(u64, u64)> {
             (len.saturating_sub(n), len.checked_sub(1)?)
         }
         (s, "") => (s.parse().ok()?, len.checked_sub(1)?),
-        (s, e) => (s.parse().ok()?, e.parse::<u64>().ok()?.min(len.checked_sub(1)?)),
+        (s, e) => (
+            s.parse().ok()?,
+            e.parse::<u64>().ok()?.min(len.checked_sub(1)?),
+        ),
     };
     (start <= end && start < len).then_some((start, end))
 }

@@ -20,8 +20,13 @@ pub enum ConfigError {
     #[error("token file {0} is empty")]
     EmptyToken(PathBuf),
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("secrets file {path} is readable by group or others (mode {mode:o}); run: chmod 600 {path}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "secrets file {path} is readable by group or others (mode {mode:o}); run: chmod 600 {path}"
+    )]
     SecretsMode { path: PathBuf, mode: u32 },
     #[error("secrets file {path}: {message}")]
     SecretsFormat { path: PathBuf, message: String },
@@ -38,7 +43,10 @@ pub enum ConfigError {
 pub fn parse_size(s: &str) -> Result<(u32, u32), ConfigError> {
     let err = || ConfigError::DisplaySize(s.to_string());
     let (w, h) = s.split_once(['x', 'X']).ok_or_else(err)?;
-    let (w, h): (u32, u32) = (w.trim().parse().map_err(|_| err())?, h.trim().parse().map_err(|_| err())?);
+    let (w, h): (u32, u32) = (
+        w.trim().parse().map_err(|_| err())?,
+        h.trim().parse().map_err(|_| err())?,
+    );
     if !(16..=8192).contains(&w) || !(16..=8192).contains(&h) {
         return Err(err());
     }
@@ -48,7 +56,10 @@ pub fn parse_size(s: &str) -> Result<(u32, u32), ConfigError> {
 pub fn read_token(file: Option<&Path>) -> Result<String, ConfigError> {
     match file {
         Some(p) => {
-            let t = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.into(), source })?;
+            let t = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.into(),
+                source,
+            })?;
             let t = t.trim().to_string();
             if t.is_empty() {
                 return Err(ConfigError::EmptyToken(p.into()));
@@ -64,28 +75,47 @@ pub fn read_token(file: Option<&Path>) -> Result<String, ConfigError> {
 
 /// Reads a JSON object of NAME → value; refused unless only the owner can read it.
 pub fn read_secrets(p: &Path) -> Result<HashMap<String, String>, ConfigError> {
-    let meta = std::fs::metadata(p).map_err(|source| ConfigError::Read { path: p.into(), source })?;
+    let meta = std::fs::metadata(p).map_err(|source| ConfigError::Read {
+        path: p.into(),
+        source,
+    })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(ConfigError::SecretsMode { path: p.into(), mode });
+        return Err(ConfigError::SecretsMode {
+            path: p.into(),
+            mode,
+        });
     }
-    let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.into(), source })?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ConfigError::SecretsFormat {
+    let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
         path: p.into(),
-        // serde's message can quote the input; give only the position so no value leaks.
-        message: format!("not valid JSON (line {}, column {})", e.line(), e.column()),
+        source,
     })?;
-    let obj = v.as_object().ok_or_else(|| ConfigError::SecretsFormat { path: p.into(), message: "expected a JSON object of NAME: value".into() })?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ConfigError::SecretsFormat {
+            path: p.into(),
+            // serde's message can quote the input; give only the position so no value leaks.
+            message: format!("not valid JSON (line {}, column {})", e.line(), e.column()),
+        })?;
+    let obj = v.as_object().ok_or_else(|| ConfigError::SecretsFormat {
+        path: p.into(),
+        message: "expected a JSON object of NAME: value".into(),
+    })?;
     let mut out = HashMap::new();
     for (k, val) in obj {
-        let s = val.as_str().ok_or_else(|| ConfigError::SecretsFormat { path: p.into(), message: format!("{k}: expected a string value") })?;
+        let s = val.as_str().ok_or_else(|| ConfigError::SecretsFormat {
+            path: p.into(),
+            message: format!("{k}: expected a string value"),
+        })?;
         out.insert(k.clone(), s.to_string());
     }
     Ok(out)
 }
 
 pub fn validate_display(d: &str) -> Result<(), ConfigError> {
-    let rest = d.split_once(':').map(|(_, r)| r).ok_or_else(|| ConfigError::Display(d.into()))?;
+    let rest = d
+        .split_once(':')
+        .map(|(_, r)| r)
+        .ok_or_else(|| ConfigError::Display(d.into()))?;
     let num = rest.split('.').next().unwrap_or("");
     if num.is_empty() || !num.chars().all(|c| c.is_ascii_digit()) {
         return Err(ConfigError::Display(d.into()));
@@ -97,7 +127,9 @@ pub fn default_data_dir() -> PathBuf {
     if let Some(s) = std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
         return PathBuf::from(s).join("porthole-agent");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
     home.join(".local/state/porthole-agent")
 }
 
@@ -115,12 +147,17 @@ pub struct Prepared {
 /// Builds the app and serves until the listener fails or a signal arrives.
 pub async fn run(p: Prepared) -> anyhow::Result<()> {
     use anyhow::Context;
-    let listener = tokio::net::TcpListener::bind(p.listen).await.with_context(|| format!("cannot listen on {}", p.listen))?;
+    let listener = tokio::net::TcpListener::bind(p.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", p.listen))?;
     let display = p.cfg.display.clone();
     let source: crate::pipeline::SourceFactory =
         Box::new(move || X11Source::open(&display).map(|s| Box::new(s) as Box<dyn FrameSource>));
     let hub = StreamHub::new(p.ice, p.cfg.max_fps, source).context("webrtc setup")?;
-    let record_root = p.cfg.record.then(|| crate::recorder::recordings_dir(&p.cfg.data_dir));
+    let record_root = p
+        .cfg
+        .record
+        .then(|| crate::recorder::recordings_dir(&p.cfg.data_dir));
     let timeline = Timeline::new(new_session_id(), record_root);
     timeline.redactor.set(p.secrets.clone());
     let app = Arc::new(App {
@@ -140,11 +177,18 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
         recorder_on: false.into(),
     });
     if app.cfg.record && !p.idle {
-        app.recorder_on.store(true, std::sync::atomic::Ordering::SeqCst);
-        crate::recorder::spawn(app.clone()).map_err(anyhow::Error::msg).context("recorder")?;
+        app.recorder_on
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        crate::recorder::spawn(app.clone())
+            .map_err(anyhow::Error::msg)
+            .context("recorder")?;
     }
     if !p.idle {
-        app.timeline.emit(porthole_proto::Actor::System, "session", serde_json::json!({"state": "started"}));
+        app.timeline.emit(
+            porthole_proto::Actor::System,
+            "session",
+            serde_json::json!({"state": "started"}),
+        );
     }
     if let Some(ws) = app.cfg.workspace.clone() {
         crate::watch::spawn(app.clone(), ws, p.stall_after);
@@ -156,7 +200,9 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
     let router = crate::http::router(app.clone());
     axum::serve(listener, router)
         .with_graceful_shutdown(async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("signal handler");
             tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
         })
         .await
@@ -165,7 +211,12 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
         crate::recorder::finish_current(&app);
     }
     crate::environment::stop_previous(&app).await;
-    let _ = tokio::process::Command::new("tmux").arg("-S").arg(crate::environment::tmux_socket(&app)).arg("kill-server").output().await;
+    let _ = tokio::process::Command::new("tmux")
+        .arg("-S")
+        .arg(crate::environment::tmux_socket(&app))
+        .arg("kill-server")
+        .output()
+        .await;
     for p in app.hub.pipelines() {
         p.shutdown();
     }

@@ -27,7 +27,9 @@ use webrtc::rtp::codecs::{h264::H264Payloader, vp8::Vp8Payloader};
 use webrtc::rtp::extension::playout_delay_extension::PlayoutDelayExtension;
 use webrtc::rtp::extension::HeaderExtension;
 use webrtc::rtp::packetizer::Payloader;
-use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RTPCodecType};
+use webrtc::rtp_transceiver::rtp_codec::{
+    RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RTPCodecType,
+};
 use webrtc::rtp_transceiver::RTCPFeedback;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::TrackLocal;
@@ -91,7 +93,10 @@ pub struct StreamHub {
 fn feedback() -> Vec<RTCPFeedback> {
     [("nack", ""), ("nack", "pli"), ("ccm", "fir")]
         .iter()
-        .map(|(t, p)| RTCPFeedback { typ: t.to_string(), parameter: p.to_string() })
+        .map(|(t, p)| RTCPFeedback {
+            typ: t.to_string(),
+            parameter: p.to_string(),
+        })
         .collect()
 }
 
@@ -118,14 +123,18 @@ fn capability(codec: Codec) -> RTCRtpCodecCapability {
 pub fn choose_codec(offer_sdp: &str) -> Result<Codec, StreamError> {
     let lower = offer_sdp.to_ascii_lowercase();
     if !lower.lines().any(|l| l.starts_with("m=video")) {
-        return Err(StreamError::BadOffer("the offer has no video m-line (add a recvonly video transceiver)".into()));
+        return Err(StreamError::BadOffer(
+            "the offer has no video m-line (add a recvonly video transceiver)".into(),
+        ));
     }
     if lower.contains(" h264/90000") {
         Ok(Codec::H264)
     } else if lower.contains(" vp8/90000") {
         Ok(Codec::Vp8)
     } else {
-        Err(StreamError::BadOffer("the offer has neither H264 nor VP8 video".into()))
+        Err(StreamError::BadOffer(
+            "the offer has neither H264 nor VP8 video".into(),
+        ))
     }
 }
 
@@ -133,33 +142,67 @@ impl StreamHub {
     pub fn new(ice: IceConfig, max_fps: u32, source: SourceFactory) -> Result<Self, StreamError> {
         let mut m = MediaEngine::default();
         // Both common constrained-baseline profile ids, so Chromium and Firefox match exactly.
-        for (pt, fmtp) in [(102u8, H264_FMTP), (106, "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f")] {
+        for (pt, fmtp) in [
+            (102u8, H264_FMTP),
+            (
+                106,
+                "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
+            ),
+        ] {
             let mut cap = capability(Codec::H264);
             cap.sdp_fmtp_line = fmtp.into();
-            m.register_codec(RTCRtpCodecParameters { capability: cap, payload_type: pt, ..Default::default() }, RTPCodecType::Video)?;
+            m.register_codec(
+                RTCRtpCodecParameters {
+                    capability: cap,
+                    payload_type: pt,
+                    ..Default::default()
+                },
+                RTPCodecType::Video,
+            )?;
         }
         m.register_codec(
-            RTCRtpCodecParameters { capability: capability(Codec::Vp8), payload_type: 96, ..Default::default() },
+            RTCRtpCodecParameters {
+                capability: capability(Codec::Vp8),
+                payload_type: 96,
+                ..Default::default()
+            },
             RTPCodecType::Video,
         )?;
-        m.register_header_extension(RTCRtpHeaderExtensionCapability { uri: PLAYOUT_DELAY_URI.into() }, RTPCodecType::Video, None)?;
+        m.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: PLAYOUT_DELAY_URI.into(),
+            },
+            RTPCodecType::Video,
+            None,
+        )?;
         let registry = register_default_interceptors(Registry::new(), &mut m)?;
         let mut s = SettingEngine::default();
         s.set_include_loopback_candidate(true);
         s.set_ice_multicast_dns_mode(webrtc::ice::mdns::MulticastDnsMode::QueryOnly);
         if let Some(ip) = &ice.public_ip {
-            s.set_nat_1to1_ips(vec![ip.clone()], webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType::Host);
+            s.set_nat_1to1_ips(
+                vec![ip.clone()],
+                webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType::Host,
+            );
         }
         if let Some(port) = ice.udp_port {
             let sock = std::net::UdpSocket::bind(("0.0.0.0", port))
                 .map_err(|e| StreamError::Internal(format!("UDP port {port}: {e}")))?;
-            sock.set_nonblocking(true).map_err(|e| StreamError::Internal(e.to_string()))?;
-            let sock = tokio::net::UdpSocket::from_std(sock).map_err(|e| StreamError::Internal(e.to_string()))?;
-            s.set_udp_network(webrtc::ice::udp_network::UDPNetwork::Muxed(webrtc::ice::udp_mux::UDPMuxDefault::new(
-                webrtc::ice::udp_mux::UDPMuxParams::new(sock),
-            )));
+            sock.set_nonblocking(true)
+                .map_err(|e| StreamError::Internal(e.to_string()))?;
+            let sock = tokio::net::UdpSocket::from_std(sock)
+                .map_err(|e| StreamError::Internal(e.to_string()))?;
+            s.set_udp_network(webrtc::ice::udp_network::UDPNetwork::Muxed(
+                webrtc::ice::udp_mux::UDPMuxDefault::new(webrtc::ice::udp_mux::UDPMuxParams::new(
+                    sock,
+                )),
+            ));
         }
-        let api = APIBuilder::new().with_media_engine(m).with_interceptor_registry(registry).with_setting_engine(s).build();
+        let api = APIBuilder::new()
+            .with_media_engine(m)
+            .with_interceptor_registry(registry)
+            .with_setting_engine(s)
+            .build();
         Ok(Self {
             api,
             ice,
@@ -181,17 +224,31 @@ impl StreamHub {
             return Ok(o.clone());
         }
         let src = self.source.clone();
-        let pipeline = Pipeline::spawn(codec, self.max_fps, Box::new(move || src())).map_err(|e| StreamError::Internal(e.to_string()))?;
-        let track = Arc::new(TrackLocalStaticRTP::new(capability(codec), "screen".into(), "porthole".into()));
+        let pipeline = Pipeline::spawn(codec, self.max_fps, Box::new(move || src()))
+            .map_err(|e| StreamError::Internal(e.to_string()))?;
+        let track = Arc::new(TrackLocalStaticRTP::new(
+            capability(codec),
+            "screen".into(),
+            "porthole".into(),
+        ));
         let clock = Arc::new(Mutex::new(None));
         tokio::spawn(packetize(pipeline.clone(), track.clone(), clock.clone()));
-        let o = Arc::new(Outbound { pipeline, track, clock });
+        let o = Arc::new(Outbound {
+            pipeline,
+            track,
+            clock,
+        });
         map.insert(codec, o.clone());
         Ok(o)
     }
 
     pub fn pipelines(&self) -> Vec<Pipeline> {
-        self.outbound.lock().unwrap().values().map(|o| o.pipeline.clone()).collect()
+        self.outbound
+            .lock()
+            .unwrap()
+            .values()
+            .map(|o| o.pipeline.clone())
+            .collect()
     }
 
     /// Something changed the screen (our own input): capture now on every running pipeline.
@@ -204,7 +261,11 @@ impl StreamHub {
     }
 
     pub fn clock(&self, codec: Codec) -> Option<ClockPoint> {
-        self.outbound.lock().unwrap().get(&codec).and_then(|o| *o.clock.lock().unwrap())
+        self.outbound
+            .lock()
+            .unwrap()
+            .get(&codec)
+            .and_then(|o| *o.clock.lock().unwrap())
     }
 
     pub fn viewer_count(&self) -> usize {
@@ -219,13 +280,24 @@ impl StreamHub {
     /// milliseconds on a LAN), so no trickle is needed.
     pub async fn add_viewer(&self, offer_sdp: String) -> Result<Arc<Viewer>, StreamError> {
         let codec = choose_codec(&offer_sdp)?;
-        let offer = RTCSessionDescription::offer(offer_sdp).map_err(|e| StreamError::BadOffer(e.to_string()))?;
+        let offer = RTCSessionDescription::offer(offer_sdp)
+            .map_err(|e| StreamError::BadOffer(e.to_string()))?;
         let ice_servers = if self.ice.ice_servers.is_empty() {
             vec![]
         } else {
-            vec![RTCIceServer { urls: self.ice.ice_servers.clone(), ..Default::default() }]
+            vec![RTCIceServer {
+                urls: self.ice.ice_servers.clone(),
+                ..Default::default()
+            }]
         };
-        let pc = Arc::new(self.api.new_peer_connection(RTCConfiguration { ice_servers, ..Default::default() }).await?);
+        let pc = Arc::new(
+            self.api
+                .new_peer_connection(RTCConfiguration {
+                    ice_servers,
+                    ..Default::default()
+                })
+                .await?,
+        );
         match self.negotiate(&pc, codec, offer).await {
             Ok(v) => Ok(v),
             Err(e) => {
@@ -235,9 +307,16 @@ impl StreamHub {
         }
     }
 
-    async fn negotiate(&self, pc: &Arc<RTCPeerConnection>, codec: Codec, offer: RTCSessionDescription) -> Result<Arc<Viewer>, StreamError> {
+    async fn negotiate(
+        &self,
+        pc: &Arc<RTCPeerConnection>,
+        codec: Codec,
+        offer: RTCSessionDescription,
+    ) -> Result<Arc<Viewer>, StreamError> {
         let out = self.outbound(codec)?;
-        let sender = pc.add_track(out.track.clone() as Arc<dyn TrackLocal + Send + Sync>).await?;
+        let sender = pc
+            .add_track(out.track.clone() as Arc<dyn TrackLocal + Send + Sync>)
+            .await?;
         let pipeline = out.pipeline.clone();
         // PLI/FIR from this viewer → keyframe for all (they share the encode). Reading RTCP also
         // drives the interceptors (NACK responder, reports).
@@ -251,13 +330,23 @@ impl StreamHub {
                 }
             }
         });
-        pc.set_remote_description(offer).await.map_err(|e| StreamError::BadOffer(e.to_string()))?;
-        let answer = pc.create_answer(None).await.map_err(|e| StreamError::BadOffer(e.to_string()))?;
+        pc.set_remote_description(offer)
+            .await
+            .map_err(|e| StreamError::BadOffer(e.to_string()))?;
+        let answer = pc
+            .create_answer(None)
+            .await
+            .map_err(|e| StreamError::BadOffer(e.to_string()))?;
         let mut gathered = pc.gathering_complete_promise().await;
         pc.set_local_description(answer).await?;
         let _ = tokio::time::timeout(Duration::from_secs(2), gathered.recv()).await;
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let viewer = Arc::new(Viewer { id: id.clone(), codec, pc: pc.clone(), _demand: out.pipeline.demand() });
+        let viewer = Arc::new(Viewer {
+            id: id.clone(),
+            codec,
+            pc: pc.clone(),
+            _demand: out.pipeline.demand(),
+        });
         self.viewers.lock().unwrap().insert(id, viewer.clone());
         Ok(viewer)
     }
@@ -268,13 +357,22 @@ impl StreamHub {
 
     /// Drops a viewer; its pipeline stops when it was the last one.
     pub async fn remove_viewer(&self, id: &str) -> Result<(), StreamError> {
-        let v = self.viewers.lock().unwrap().remove(id).ok_or_else(|| StreamError::NoViewer(id.to_string()))?;
+        let v = self
+            .viewers
+            .lock()
+            .unwrap()
+            .remove(id)
+            .ok_or_else(|| StreamError::NoViewer(id.to_string()))?;
         let _ = v.pc.close().await;
         Ok(())
     }
 }
 
-async fn packetize(pipeline: Pipeline, track: Arc<TrackLocalStaticRTP>, clock: Arc<Mutex<Option<ClockPoint>>>) {
+async fn packetize(
+    pipeline: Pipeline,
+    track: Arc<TrackLocalStaticRTP>,
+    clock: Arc<Mutex<Option<ClockPoint>>>,
+) {
     let mut rx = pipeline.subscribe();
     let mut payloader: Box<dyn Payloader + Send> = match pipeline.codec() {
         Codec::H264 => Box::new(H264Payloader::default()),
@@ -284,7 +382,10 @@ async fn packetize(pipeline: Pipeline, track: Arc<TrackLocalStaticRTP>, clock: A
     let base_ts: u32 = rand::random();
     let mut seq: u16 = rand::random();
     let ssrc = 0; // each binding writes its own SSRC
-    let ext = [HeaderExtension::PlayoutDelay(PlayoutDelayExtension { min_delay: 0, max_delay: 0 })];
+    let ext = [HeaderExtension::PlayoutDelay(PlayoutDelayExtension {
+        min_delay: 0,
+        max_delay: 0,
+    })];
     loop {
         let pkt = match rx.recv().await {
             Ok(p) => p,
@@ -295,7 +396,9 @@ async fn packetize(pipeline: Pipeline, track: Arc<TrackLocalStaticRTP>, clock: A
             }
             Err(_) => return,
         };
-        let ts = base_ts.wrapping_add((pkt.captured_at.saturating_duration_since(epoch).as_micros() as u64 * 9 / 100) as u32);
+        let ts = base_ts.wrapping_add(
+            (pkt.captured_at.saturating_duration_since(epoch).as_micros() as u64 * 9 / 100) as u32,
+        );
         let payloads = match payloader.payload(MTU, &pkt.frame.data) {
             Ok(p) => p,
             Err(e) => {
@@ -321,7 +424,10 @@ async fn packetize(pipeline: Pipeline, track: Arc<TrackLocalStaticRTP>, clock: A
                 tracing::debug!("write_rtp: {e}");
             }
         }
-        *clock.lock().unwrap() = Some(ClockPoint { captured_at: pkt.captured_at, rtp_timestamp: ts });
+        *clock.lock().unwrap() = Some(ClockPoint {
+            captured_at: pkt.captured_at,
+            rtp_timestamp: ts,
+        });
     }
 }
 
@@ -336,8 +442,14 @@ mod tests {
         let vp8 = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n";
         assert_eq!(choose_codec(vp8).unwrap(), Codec::Vp8);
         let audio = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n";
-        assert!(choose_codec(audio).unwrap_err().to_string().contains("no video"));
+        assert!(choose_codec(audio)
+            .unwrap_err()
+            .to_string()
+            .contains("no video"));
         let av1 = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 45\r\na=rtpmap:45 AV1/90000\r\n";
-        assert!(choose_codec(av1).unwrap_err().to_string().contains("neither H264 nor VP8"));
+        assert!(choose_codec(av1)
+            .unwrap_err()
+            .to_string()
+            .contains("neither H264 nor VP8"));
     }
 }

@@ -9,19 +9,40 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 async fn git(ws: &Path, args: &[&str]) -> Option<String> {
-    let out = tokio::process::Command::new("git").arg("-C").arg(ws).args(args).output().await.ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+    let out = tokio::process::Command::new("git")
+        .arg("-C")
+        .arg(ws)
+        .args(args)
+        .output()
+        .await
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim_end().to_string())
 }
 
 /// Summarises a `tasks.json` (`[{"id","content","status","blockedBy":[]}]`).
 pub fn summarize_tasks(v: &Value) -> Value {
     let tasks = v.as_array().cloned().unwrap_or_default();
-    let done: Vec<&Value> = tasks.iter().filter(|t| matches!(t["status"].as_str(), Some("done" | "completed" | "complete"))).collect();
+    let done: Vec<&Value> = tasks
+        .iter()
+        .filter(|t| {
+            matches!(
+                t["status"].as_str(),
+                Some("done" | "completed" | "complete")
+            )
+        })
+        .collect();
     let done_ids: Vec<&str> = done.iter().filter_map(|t| t["id"].as_str()).collect();
     let blocked: Vec<Value> = tasks
         .iter()
         .filter(|t| !done.contains(t))
-        .filter(|t| t["blockedBy"].as_array().is_some_and(|b| b.iter().any(|d| d.as_str().is_some_and(|d| !done_ids.contains(&d)))))
+        .filter(|t| {
+            t["blockedBy"].as_array().is_some_and(|b| {
+                b.iter()
+                    .any(|d| d.as_str().is_some_and(|d| !done_ids.contains(&d)))
+            })
+        })
         .filter_map(|t| t["id"].as_str().map(|s| json!(s)))
         .collect();
     let items: Vec<Value> = tasks

@@ -25,7 +25,10 @@ pub struct UiError {
 
 impl From<CoreError> for UiError {
     fn from(e: CoreError) -> Self {
-        Self { code: e.code().into(), message: e.to_string() }
+        Self {
+            code: e.code().into(),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -107,7 +110,12 @@ async fn machine_health(s: State<'_, AppState>, name: String) -> Res<Value> {
 }
 
 #[tauri::command]
-async fn live_start(s: State<'_, AppState>, name: String, on_frame: Channel<InvokeResponseBody>, on_event: Channel<Value>) -> Res<Value> {
+async fn live_start(
+    s: State<'_, AppState>,
+    name: String,
+    on_frame: Channel<InvokeResponseBody>,
+    on_event: Channel<Value>,
+) -> Res<Value> {
     if let Some(old) = s.lives.lock().await.remove(&name) {
         old.close().await;
     }
@@ -126,7 +134,9 @@ async fn live_start(s: State<'_, AppState>, name: String, on_frame: Channel<Invo
     .await?;
     s.lives.lock().await.insert(name.clone(), Arc::new(live));
     let d = m.spec.clone();
-    Ok(json!({"sessionId": session["id"], "codec": "H264", "width": d["width"].as_u64().unwrap_or(1280), "height": d["height"].as_u64().unwrap_or(800)}))
+    Ok(
+        json!({"sessionId": session["id"], "codec": "H264", "width": d["width"].as_u64().unwrap_or(1280), "height": d["height"].as_u64().unwrap_or(800)}),
+    )
 }
 
 #[tauri::command]
@@ -140,20 +150,29 @@ async fn live_stop(s: State<'_, AppState>, name: String) -> Res<()> {
 #[tauri::command]
 async fn live_input(s: State<'_, AppState>, name: String, msg: Value) -> Res<()> {
     let live = s.lives.lock().await.get(&name).cloned();
-    let live = live.ok_or_else(|| UiError { code: "not_connected".into(), message: format!("no live view of {name}; open it first") })?;
+    let live = live.ok_or_else(|| UiError {
+        code: "not_connected".into(),
+        message: format!("no live view of {name}; open it first"),
+    })?;
     Ok(live.send(&msg).await?)
 }
 
 #[tauri::command]
 async fn control(s: State<'_, AppState>, name: String, action: String) -> Res<Value> {
     let m = s.ms.get(&name).await?;
-    Ok(s.ms.client(&m)?.post("/v1/control", &json!({"action": action})).await?)
+    Ok(s.ms
+        .client(&m)?
+        .post("/v1/control", &json!({"action": action}))
+        .await?)
 }
 
 #[tauri::command]
 async fn events(s: State<'_, AppState>, name: String, after: u64) -> Res<Value> {
     let m = s.ms.get(&name).await?;
-    Ok(s.ms.client(&m)?.get(&format!("/v1/events?after={after}")).await?)
+    Ok(s.ms
+        .client(&m)?
+        .get(&format!("/v1/events?after={after}"))
+        .await?)
 }
 
 #[tauri::command]
@@ -161,7 +180,9 @@ async fn sessions_list(s: State<'_, AppState>) -> Res<Vec<Value>> {
     let mut list = porthole_core::sync::local_sessions(&s.ms.store).await?;
     for v in list.iter_mut() {
         let id = v["id"].as_str().unwrap_or_default().to_string();
-        v["thumbnail"] = porthole_core::sync::thumbnail_data_url(&s.ms, &id).map(Value::String).unwrap_or(Value::Null);
+        v["thumbnail"] = porthole_core::sync::thumbnail_data_url(&s.ms, &id)
+            .map(Value::String)
+            .unwrap_or(Value::Null);
     }
     Ok(list)
 }
@@ -180,26 +201,49 @@ fn part_path(ms: &Machines, session: &str) -> std::path::PathBuf {
 #[tauri::command]
 async fn replay_open(s: State<'_, AppState>, session_id: String) -> Res<Value> {
     let ix = Index::open(&part_path(&s.ms, &session_id))?;
-    Ok(json!({"sessionId": session_id, "duration_ms": ix.duration_ms(), "codec": "H264", "width": ix.width, "height": ix.height, "keyframes_ms": ix.keyframes_ms()}))
+    Ok(
+        json!({"sessionId": session_id, "duration_ms": ix.duration_ms(), "codec": "H264", "width": ix.width, "height": ix.height, "keyframes_ms": ix.keyframes_ms()}),
+    )
 }
 
 #[tauri::command]
 async fn replay_events(s: State<'_, AppState>, session_id: String) -> Res<Value> {
-    Ok(serde_json::to_value(porthole_core::sync::events(&s.ms.store, &session_id, None, None).await?).unwrap_or_default())
+    Ok(serde_json::to_value(
+        porthole_core::sync::events(&s.ms.store, &session_id, None, None).await?,
+    )
+    .unwrap_or_default())
 }
 
 #[tauri::command]
-async fn replay_play(s: State<'_, AppState>, session_id: String, from_ms: u64, speed: f64, on_frame: Channel<InvokeResponseBody>) -> Res<()> {
+async fn replay_play(
+    s: State<'_, AppState>,
+    session_id: String,
+    from_ms: u64,
+    speed: f64,
+    on_frame: Channel<InvokeResponseBody>,
+) -> Res<()> {
     let stop = Arc::new(AtomicBool::new(false));
-    if let Some(old) = s.replays.lock().await.insert(session_id.clone(), stop.clone()) {
+    if let Some(old) = s
+        .replays
+        .lock()
+        .await
+        .insert(session_id.clone(), stop.clone())
+    {
         old.store(true, Ordering::SeqCst);
     }
     let path = part_path(&s.ms, &session_id);
     let speed = speed.clamp(0.25, 8.0);
     // Returns when playback ends or is stopped (the UI's player waits on it).
-    tokio::task::spawn_blocking(move || porthole_core::replay::play(&path, from_ms, speed, &stop, |f| on_frame.send(InvokeResponseBody::Raw(f.to_wire())).is_ok()))
-        .await
-        .map_err(|e| UiError { code: "replay_failed".into(), message: e.to_string() })??;
+    tokio::task::spawn_blocking(move || {
+        porthole_core::replay::play(&path, from_ms, speed, &stop, |f| {
+            on_frame.send(InvokeResponseBody::Raw(f.to_wire())).is_ok()
+        })
+    })
+    .await
+    .map_err(|e| UiError {
+        code: "replay_failed".into(),
+        message: e.to_string(),
+    })??;
     Ok(())
 }
 
@@ -212,14 +256,31 @@ async fn replay_stop(s: State<'_, AppState>, session_id: String) -> Res<()> {
 }
 
 #[tauri::command]
-async fn export_evidence(s: State<'_, AppState>, session_id: String, out_dir: String, from_ms: Option<u64>, to_ms: Option<u64>) -> Res<Value> {
-    let r = porthole_core::export::export(&s.ms, &session_id, std::path::Path::new(&out_dir), from_ms, to_ms).await?;
+async fn export_evidence(
+    s: State<'_, AppState>,
+    session_id: String,
+    out_dir: String,
+    from_ms: Option<u64>,
+    to_ms: Option<u64>,
+) -> Res<Value> {
+    let r = porthole_core::export::export(
+        &s.ms,
+        &session_id,
+        std::path::Path::new(&out_dir),
+        from_ms,
+        to_ms,
+    )
+    .await?;
     Ok(json!({"dir": r.dir, "html": r.html, "summary": r.summary}))
 }
 
 #[tauri::command]
 fn env_check(text: String, file_name: String) -> Value {
-    serde_json::to_value(porthole_envfile::check_str(std::path::Path::new(&file_name), &text)).unwrap_or_default()
+    serde_json::to_value(porthole_envfile::check_str(
+        std::path::Path::new(&file_name),
+        &text,
+    ))
+    .unwrap_or_default()
 }
 
 #[tauri::command]
@@ -235,12 +296,18 @@ async fn secrets_list(s: State<'_, AppState>) -> Res<Value> {
 
 #[tauri::command]
 async fn secret_set(s: State<'_, AppState>, name: String, scope: String, value: String) -> Res<()> {
-    Ok(porthole_core::vault::Vault::open(&s.ms).await?.set(&name, &scope, &value).await?)
+    Ok(porthole_core::vault::Vault::open(&s.ms)
+        .await?
+        .set(&name, &scope, &value)
+        .await?)
 }
 
 #[tauri::command]
 async fn secret_delete(s: State<'_, AppState>, name: String, scope: String) -> Res<()> {
-    porthole_core::vault::Vault::open(&s.ms).await?.delete(&name, &scope).await?;
+    porthole_core::vault::Vault::open(&s.ms)
+        .await?
+        .delete(&name, &scope)
+        .await?;
     Ok(())
 }
 
@@ -270,18 +337,27 @@ async fn run_start(s: State<'_, AppState>, req: RunReq) -> Res<Value> {
         env: req.env_path.filter(|p| !p.is_empty()).map(Into::into),
         provider: ProviderKind::Local,
     };
-    let r = porthole_core::runs::Runs::new(s.ms.clone()).start(spec).await?;
+    let r = porthole_core::runs::Runs::new(s.ms.clone())
+        .start(spec)
+        .await?;
     Ok(serde_json::to_value(r).unwrap_or_default())
 }
 
 #[tauri::command]
 async fn run_stop(s: State<'_, AppState>, id: String) -> Res<Value> {
-    Ok(serde_json::to_value(porthole_core::runs::Runs::new(s.ms.clone()).stop(&id).await?).unwrap_or_default())
+    Ok(serde_json::to_value(
+        porthole_core::runs::Runs::new(s.ms.clone())
+            .stop(&id)
+            .await?,
+    )
+    .unwrap_or_default())
 }
 
 #[tauri::command]
 async fn run_collect(s: State<'_, AppState>, id: String) -> Res<Value> {
-    Ok(porthole_core::runs::Runs::new(s.ms.clone()).collect(&id).await?)
+    Ok(porthole_core::runs::Runs::new(s.ms.clone())
+        .collect(&id)
+        .await?)
 }
 
 #[tauri::command]
@@ -291,12 +367,18 @@ fn app_version() -> String {
 
 pub fn run() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .init();
     tauri::Builder::default()
         .setup(|app| {
             let ms = tauri::async_runtime::block_on(Machines::open(StateDir::from_env()))?;
-            app.manage(AppState { ms, lives: Mutex::new(HashMap::new()), replays: Mutex::new(HashMap::new()) });
+            app.manage(AppState {
+                ms,
+                lives: Mutex::new(HashMap::new()),
+                replays: Mutex::new(HashMap::new()),
+            });
             Ok(())
         })
         .invoke_handler(tauri::generate_handler![

@@ -13,11 +13,12 @@
 import { describe, it, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import {
   existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync,
 } from 'node:fs';
 import http from 'node:http';
+import os from 'node:os';
 import path from 'node:path';
 import {
   agentBin, spawnGroup, killGroup, tmpDir, tail, freePort, waitFor, sleep,
@@ -886,4 +887,119 @@ describe('porthole machines (CLI end to end)', { timeout: 90 * 60 * 1000 }, () =
       await assertNoNewNamespaces(w, nsBefore, 'after destroying the pool machines');
       assert.deepEqual(machineDirEntries(w), [], 'machines/ is not empty');
     }));
+
+  // 7 ----------------------------------------------------------------------------------------
+  // QEMU under TCG here (PVM-backed /dev/kvm cannot boot a stock kernel). One VM at a time on
+  // these 2-core machines: the source is stopped before its snapshot is restored.
+  it('7. qemu: image cached by its recipe, boot, frame, action, memory snapshot → clone with a fresh ' +
+    'identity, disk snapshot → cold clone, stop, destroy; bad input; nothing left',
+  { timeout: 30 * 60 * 1000 }, worldTest('7', async (w, t) => {
+    const images = process.env.PORTHOLE_IMAGE_DIR || path.join(os.homedir(), '.cache', 'porthole', 'images');
+    const env = { PORTHOLE_IMAGE_DIR: images };
+    const recipe = createHash('sha256').update(readFileSync(new URL('../../packaging/guest-image/build.sh', import.meta.url))).digest('hex');
+    const create = async (args) => {
+      const r = await w.ph(['machine', 'create', '--provider', 'qemu', ...args, '--json'], { env, timeout: 20 * 60 * 1000 });
+      assert.equal(r.code, 0, `expected exit 0:\n${fmtRun(r.cmdline, r)}`);
+      return JSON.parse(r.stdout);
+    };
+    const qemuProcs = () => procsMentioning(w.home).filter((p) => /qemu-system/.test(p.cmd));
+
+    // Bad input first (cheap): no QEMU on PATH, a damaged cached image.
+    let r = await w.ph(['machine', 'create', '--provider', 'qemu', '--name', 'noq'], { env: { ...env, PATH: '/nonexistent' } });
+    assertOneLineError(r, /qemu-system-x86_64 is not installed/, 'qemu missing');
+    const badImages = path.join(w.home, 'bad-images');
+    mkdirSync(path.join(badImages, recipe), { recursive: true });
+    for (const f of ['vmlinuz', 'initrd.img']) writeFileSync(path.join(badImages, recipe, f), 'x');
+    writeFileSync(path.join(badImages, recipe, 'recipe.sha256'), `${recipe}\n`);
+    writeFileSync(path.join(badImages, recipe, 'rootfs.qcow2'), 'truncated');
+    r = await w.ph(['machine', 'create', '--provider', 'qemu', '--name', 'badimg'], { env: { PORTHOLE_IMAGE_DIR: badImages } });
+    assertOneLineError(r, /damaged.*rootfs\.qcow2/, 'damaged image');
+    assert.deepEqual(await w.list(), [], 'failed creates left machines');
+    assert.deepEqual(machineDirEntries(w), [], 'failed creates left machine dirs');
+
+    // Cold boot (builds the image first when this recipe has none cached).
+    let t0 = Date.now();
+    const q1 = await create(['--name', 'q1']);
+    t.diagnostic(`q1 cold create ${Date.now() - t0} ms, accel ${q1.spec.accel} (${q1.spec.accel_reason})`);
+    assertMachineShape(q1, { name: 'q1', provider: 'qemu' });
+    // As root: a tap device, the agent at 10.215.N.2 (browsers on this host can reach WebRTC).
+    assert.equal(q1.spec.network, 'tap', JSON.stringify(q1.spec));
+    assert.match(q1.agent_url, new RegExp(`^http://10\\.215\\.${q1.spec.tap_index}\\.2:7300$`));
+    assert.ok(existsSync(`/sys/class/net/phq${q1.spec.tap_index}`), 'no tap device for q1');
+    assert.ok(['tcg', 'kvm'].includes(q1.spec.accel), `accel: ${JSON.stringify(q1.spec)}`);
+    assert.equal(readFileSync(path.join(images, recipe, 'recipe.sha256'), 'utf8').trim(), recipe,
+      'the cached image is not stamped with the hash of packaging/guest-image/build.sh');
+    const tok1 = await w.token('q1');
+    assert.equal((await agentApi(q1.agent_url, null, '/v1/control')).status, 401);
+
+    await computer(q1.agent_url, tok1, { action: 'mouse_move', coordinate: [321, 123] });
+    const pos = await computer(q1.agent_url, tok1, { action: 'cursor_position' });
+    assert.match(String(pos.output), /X=321,\s*Y=123/, `cursor_position: ${JSON.stringify(pos)}`);
+
+    // A frame over WebRTC through the forwarded UDP port.
+    const browser = await launchChromium();
+    try {
+      const page = await openViewer(browser, { url: q1.agent_url, token: tok1 });
+      let st;
+      await waitFor(async () => { st = await viewerStats(page); return st.framesDecoded > 0; },
+        { timeout: 90000, interval: 250, message: 'framesDecoded > 0 from the VM' })
+        .catch((e) => { throw new Error(`${e.message}; stats ${JSON.stringify(st)}\n${page.logLines.slice(-20).join('\n')}`); });
+      t.diagnostic(`q1 viewer: ${JSON.stringify(st)}`);
+      await page.evaluate(() => window.porthole.disconnect()).catch(() => {});
+    } finally {
+      await browser.close().catch(() => {});
+    }
+
+    const id1 = await execIn(q1.agent_url, tok1, 'echo hi > /root/marker; hostname; cat /etc/machine-id; pgrep -x Xvfb');
+    assert.equal(id1.exit_code, 0, JSON.stringify(id1));
+    const [host1, mid1, xvfb1] = id1.stdout.trim().split('\n');
+    assert.equal(host1, 'q1');
+
+    const session1 = await agentOk(q1.agent_url, tok1, '/v1/sessions/current');
+    assert.ok(session1.id, JSON.stringify(session1));
+    t0 = Date.now();
+    const snap = await w.ok(['machine', 'snapshot', 'q1', '--name', 'warm', '--json'], { env });
+    t.diagnostic(`memory snapshot ${Date.now() - t0} ms`);
+    assert.equal(snap.spec.kind, 'memory', JSON.stringify(snap));
+    assert.ok(await agentAnswers(q1.agent_url), 'q1 keeps running after its snapshot');
+    const stopped = await w.ok(['machine', 'stop', 'q1', '--json'], { env });
+    assert.equal(stopped.status, 'stopped');
+    await waitFor(async () => qemuProcs().length === 0, { timeout: 30000, message: 'q1 QEMU to exit after stop' });
+
+    t0 = Date.now();
+    const q2 = await create(['--name', 'q2', '--from-snapshot', 'warm']);
+    t.diagnostic(`q2 from memory snapshot ${Date.now() - t0} ms`);
+    assertMachineShape(q2, { name: 'q2', provider: 'qemu' });
+    const tok2 = await w.token('q2');
+    assert.notEqual(tok2, tok1, 'a clone must get its own token');
+    assert.equal((await agentApi(q2.agent_url, tok1, '/v1/control')).status, 401, "the clone accepts its source's token");
+    const id2 = await execIn(q2.agent_url, tok2, 'cat /root/marker; hostname; cat /etc/machine-id; pgrep -x Xvfb');
+    const [marker2, host2, mid2, xvfb2] = id2.stdout.trim().split('\n');
+    assert.equal(marker2, 'hi', `marker on the clone: ${JSON.stringify(id2)}`);
+    assert.equal(host2, 'q2', 'the clone keeps its source hostname');
+    assert.notEqual(mid2, mid1, 'the clone keeps its source machine-id');
+    assert.equal(xvfb2, xvfb1, 'the desktop was not resumed warm (a new Xvfb process)');
+    const rec = await agentOk(q2.agent_url, tok2, '/v1/recordings');
+    assert.ok(!rec.recordings.some((x) => x.id === session1.id),
+      `the clone shows its source's recording ${session1.id}: ${JSON.stringify(rec)}`);
+
+    // Disk snapshot → a cold boot on an overlay chain.
+    await w.ok(['machine', 'snapshot', 'q2', '--name', 'disk', '--disk-only', '--json'], { env });
+    await w.ok(['machine', 'destroy', 'q2'], { env });
+    t0 = Date.now();
+    // Unprivileged mode: QEMU's user network, the agent on a forwarded loopback port.
+    const q3 = await create(['--name', 'q3', '--from-snapshot', 'disk', '--network', 'loopback']);
+    assert.match(q3.agent_url, /^http:\/\/127\.0\.0\.1:\d+$/, JSON.stringify(q3));
+    t.diagnostic(`q3 from disk snapshot ${Date.now() - t0} ms`);
+    const tok3 = await w.token('q3');
+    const id3 = await execIn(q3.agent_url, tok3, 'cat /root/marker; pgrep -x Xvfb');
+    assert.equal(id3.stdout.trim().split('\n')[0], 'hi', JSON.stringify(id3));
+
+    for (const m of await w.list()) await w.ok(['machine', 'destroy', m.name], { env });
+    assert.deepEqual(await w.list(), []);
+    await waitFor(async () => qemuProcs().length === 0, { timeout: 20000, message: 'no QEMU left' });
+    await assertNoProcesses(w, 'after destroying the qemu machines');
+    for (const m of [q1, q2]) assert.ok(!existsSync(`/sys/class/net/phq${m.spec.tap_index}`), `tap phq${m.spec.tap_index} left behind`);
+    assert.deepEqual(machineDirEntries(w), [], 'machines/ is not empty');
+  }));
 });

@@ -8,7 +8,11 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "porthole", version, about = "Watch, steer and replay coding agents in VMs and sandboxes")]
+#[command(
+    name = "porthole",
+    version,
+    about = "Watch, steer and replay coding agents in VMs and sandboxes"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -55,6 +59,9 @@ enum MachineCmd {
         name: String,
         #[arg(long = "name", id = "snap")]
         snap: String,
+        /// QEMU: save only the disk (the default also saves memory, so clones resume warm).
+        #[arg(long)]
+        disk_only: bool,
         #[arg(long)]
         json: bool,
     },
@@ -90,7 +97,8 @@ struct CreateArgs {
     /// Remote host over https: SHA-256 fingerprint of the agent's certificate.
     #[arg(long)]
     fingerprint: Option<String>,
-    /// Local sandbox network: loopback (any user) or netns (root; the default as root).
+    /// Network: loopback (any user) or, as root (the default then), netns for a local sandbox
+    /// and tap for a qemu machine.
     #[arg(long)]
     network: Option<String>,
     /// Start the agent without a session (for a warm pool).
@@ -238,17 +246,27 @@ fn machine_line(m: &Machine) -> String {
         m.provider.as_str(),
         m.status,
         m.agent_url.as_deref().unwrap_or("-"),
-        m.error.as_ref().map(|e| format!("  ({e})")).unwrap_or_default()
+        m.error
+            .as_ref()
+            .map(|e| format!("  ({e})"))
+            .unwrap_or_default()
     )
 }
 
 fn parse_size(s: &str) -> Result<(u32, u32)> {
-    let (w, h) = s.split_once('x').context("--display-size: expected WIDTHxHEIGHT, e.g. 1280x800")?;
-    Ok((w.parse().context("--display-size width")?, h.parse().context("--display-size height")?))
+    let (w, h) = s
+        .split_once('x')
+        .context("--display-size: expected WIDTHxHEIGHT, e.g. 1280x800")?;
+    Ok((
+        w.parse().context("--display-size width")?,
+        h.parse().context("--display-size height")?,
+    ))
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let ms = Machines::open(StateDir::from_env()).await.context("open the porthole state")?;
+    let ms = Machines::open(StateDir::from_env())
+        .await
+        .context("open the porthole state")?;
     match cli.cmd {
         Cmd::Machine(c) => match c {
             MachineCmd::Create(a) => {
@@ -268,36 +286,55 @@ async fn run(cli: Cli) -> Result<()> {
                     extra_binds: vec![],
                 };
                 let m = ms.create(spec).await?;
-                print(a.json, &machine_json(&m), || format!("created {}", machine_line(&m)));
+                print(a.json, &machine_json(&m), || {
+                    format!("created {}", machine_line(&m))
+                });
             }
             MachineCmd::List { json } => {
                 let list = ms.list().await?;
-                print(json, &Value::Array(list.iter().map(machine_json).collect()), || {
-                    if list.is_empty() {
-                        "no machines (create one: porthole machine create --name NAME)".into()
-                    } else {
-                        list.iter().map(machine_line).collect::<Vec<_>>().join("\n")
-                    }
-                });
+                print(
+                    json,
+                    &Value::Array(list.iter().map(machine_json).collect()),
+                    || {
+                        if list.is_empty() {
+                            "no machines (create one: porthole machine create --name NAME)".into()
+                        } else {
+                            list.iter().map(machine_line).collect::<Vec<_>>().join("\n")
+                        }
+                    },
+                );
             }
             MachineCmd::Start(a) => {
                 let m = ms.start(&a.name).await?;
-                print(a.json, &machine_json(&m), || format!("started {}", machine_line(&m)));
+                print(a.json, &machine_json(&m), || {
+                    format!("started {}", machine_line(&m))
+                });
             }
             MachineCmd::Stop(a) => {
                 let m = ms.stop(&a.name).await?;
-                print(a.json, &machine_json(&m), || format!("stopped {}", machine_line(&m)));
+                print(a.json, &machine_json(&m), || {
+                    format!("stopped {}", machine_line(&m))
+                });
             }
             MachineCmd::Destroy(a) => {
                 ms.destroy(&a.name).await?;
-                print(a.json, &json!({"name": a.name, "status": "destroyed"}), || format!("destroyed {}", a.name));
+                print(
+                    a.json,
+                    &json!({"name": a.name, "status": "destroyed"}),
+                    || format!("destroyed {}", a.name),
+                );
             }
             MachineCmd::Token { name } => {
                 let m = ms.get(&name).await?;
                 println!("{}", ms.token(&m)?);
             }
-            MachineCmd::Snapshot { name, snap, json } => {
-                let v = ms.snapshot(&name, &snap).await?;
+            MachineCmd::Snapshot {
+                name,
+                snap,
+                disk_only,
+                json,
+            } => {
+                let v = ms.snapshot_with(&name, &snap, disk_only).await?;
                 print(json, &v, || format!("snapshot {snap} saved from {name}"));
             }
         },
@@ -307,9 +344,15 @@ async fn run(cli: Cli) -> Result<()> {
             let v = c.post("/v1/sessions", &json!({})).await?;
             if let Some(env) = env {
                 let e = porthole_core::environments::load(&env)?;
-                c.post("/v1/environment", &json!({"environment": e})).await?;
+                c.post("/v1/environment", &json!({"environment": e}))
+                    .await?;
             }
-            print(json, &v, || format!("session {} started on {machine}", v["id"].as_str().unwrap_or("?")));
+            print(json, &v, || {
+                format!(
+                    "session {} started on {machine}",
+                    v["id"].as_str().unwrap_or("?")
+                )
+            });
         }
         Cmd::Recordings(c) => match c {
             RecordingsCmd::List { machine, json } => {
@@ -318,7 +361,9 @@ async fn run(cli: Cli) -> Result<()> {
                         let m = ms.get(&name).await?;
                         ms.client(&m)?.get("/v1/recordings").await?
                     }
-                    None => json!({"recordings": porthole_core::sync::local_sessions(&ms.store).await?}),
+                    None => {
+                        json!({"recordings": porthole_core::sync::local_sessions(&ms.store).await?})
+                    }
                 };
                 print(json, &v, || {
                     let rs = v["recordings"].as_array().cloned().unwrap_or_default();
@@ -326,7 +371,15 @@ async fn run(cli: Cli) -> Result<()> {
                         return "no recordings".into();
                     }
                     rs.iter()
-                        .map(|r| format!("{:<24} {:>8} ms {:>10} bytes  {}", r["id"].as_str().unwrap_or("?"), r["duration_ms"], r["bytes"], r["state"].as_str().unwrap_or("")))
+                        .map(|r| {
+                            format!(
+                                "{:<24} {:>8} ms {:>10} bytes  {}",
+                                r["id"].as_str().unwrap_or("?"),
+                                r["duration_ms"],
+                                r["bytes"],
+                                r["state"].as_str().unwrap_or("")
+                            )
+                        })
                         .collect::<Vec<_>>()
                         .join("\n")
                 });
@@ -334,24 +387,53 @@ async fn run(cli: Cli) -> Result<()> {
             RecordingsCmd::Sync { machine, json } => {
                 let m = ms.get(&machine).await?;
                 let report = porthole_core::sync::sync_machine(&ms, &m).await?;
-                print(json, &serde_json::to_value(&report)?, || format!("synced {} sessions, {} new events, {} new bytes", report.sessions, report.events, report.bytes));
+                print(json, &serde_json::to_value(&report)?, || {
+                    format!(
+                        "synced {} sessions, {} new events, {} new bytes",
+                        report.sessions, report.events, report.bytes
+                    )
+                });
             }
-            RecordingsCmd::Export { session, out, from_ms, to_ms, json } => {
+            RecordingsCmd::Export {
+                session,
+                out,
+                from_ms,
+                to_ms,
+                json,
+            } => {
                 let r = porthole_core::export::export(&ms, &session, &out, from_ms, to_ms).await?;
-                print(json, &serde_json::to_value(&r)?, || format!("evidence written to {} (open {})", out.display(), r.html.display()));
+                print(json, &serde_json::to_value(&r)?, || {
+                    format!(
+                        "evidence written to {} (open {})",
+                        out.display(),
+                        r.html.display()
+                    )
+                });
             }
         },
         Cmd::Run(c) => porthole_core_runs(&ms, c).await?,
         Cmd::Pool(c) => match c {
-            PoolCmd::Fill { snapshot, size, json } => {
+            PoolCmd::Fill {
+                snapshot,
+                size,
+                json,
+            } => {
                 let v = porthole_core::pool::fill(&ms, &snapshot, size).await?;
-                print(json, &v, || format!("pool for {snapshot}: {} ready", v["ready"]));
+                print(json, &v, || {
+                    format!("pool for {snapshot}: {} ready", v["ready"])
+                });
             }
-            PoolCmd::Claim { snapshot, name, json } => {
+            PoolCmd::Claim {
+                snapshot,
+                name,
+                json,
+            } => {
                 let (m, timing) = porthole_core::pool::claim(&ms, &snapshot, &name).await?;
                 let mut v = machine_json(&m);
                 v["claim_ms"] = json!(timing);
-                print(json, &v, || format!("claimed {} in {timing} ms", machine_line(&m)));
+                print(json, &v, || {
+                    format!("claimed {} in {timing} ms", machine_line(&m))
+                });
             }
         },
     }
@@ -362,11 +444,31 @@ async fn porthole_core_runs(ms: &Machines, c: porthole_cli_run::RunCmd) -> Resul
     use porthole_cli_run::RunCmd;
     let runs = porthole_core::runs::Runs::new(ms.clone());
     match c {
-        RunCmd::Start { repo, branch, task, agent, env, provider, json } => {
+        RunCmd::Start {
+            repo,
+            branch,
+            task,
+            agent,
+            env,
+            provider,
+            json,
+        } => {
             let r = runs
-                .start(porthole_core::runs::StartSpec { repo, base: branch, task, agent, env, provider: ProviderKind::parse(&provider)? })
+                .start(porthole_core::runs::StartSpec {
+                    repo,
+                    base: branch,
+                    task,
+                    agent,
+                    env,
+                    provider: ProviderKind::parse(&provider)?,
+                })
                 .await?;
-            print(json, &serde_json::to_value(&r)?, || format!("run {} started on {} (branch {})", r.id, r.machine, r.branch));
+            print(json, &serde_json::to_value(&r)?, || {
+                format!(
+                    "run {} started on {} (branch {})",
+                    r.id, r.machine, r.branch
+                )
+            });
         }
         RunCmd::List { json } => {
             let list = runs.list().await?;
@@ -374,20 +476,34 @@ async fn porthole_core_runs(ms: &Machines, c: porthole_cli_run::RunCmd) -> Resul
                 if list.is_empty() {
                     return "no runs".into();
                 }
-                list.iter().map(|r| format!("{:<14} {:<10} {:<24} {}", r.id, r.status, r.branch, r.task)).collect::<Vec<_>>().join("\n")
+                list.iter()
+                    .map(|r| format!("{:<14} {:<10} {:<24} {}", r.id, r.status, r.branch, r.task))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             });
         }
         RunCmd::Show { run, json } => {
             let r = runs.show(&run).await?;
-            print(json, &r, || serde_json::to_string_pretty(&r).unwrap_or_default());
+            print(json, &r, || {
+                serde_json::to_string_pretty(&r).unwrap_or_default()
+            });
         }
         RunCmd::Stop { run, json } => {
             let r = runs.stop(&run).await?;
-            print(json, &serde_json::to_value(&r)?, || format!("run {} stopped", r.id));
+            print(json, &serde_json::to_value(&r)?, || {
+                format!("run {} stopped", r.id)
+            });
         }
         RunCmd::Collect { run, json } => {
             let v = runs.collect(&run).await?;
-            print(json, &v, || format!("branch {} is in {} ({} commits)", v["branch"].as_str().unwrap_or("?"), v["repo"].as_str().unwrap_or("?"), v["commits"]));
+            print(json, &v, || {
+                format!(
+                    "branch {} is in {} ({} commits)",
+                    v["branch"].as_str().unwrap_or("?"),
+                    v["repo"].as_str().unwrap_or("?"),
+                    v["commits"]
+                )
+            });
         }
     }
     Ok(())
@@ -395,11 +511,17 @@ async fn porthole_core_runs(ms: &Machines, c: porthole_cli_run::RunCmd) -> Resul
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     if let Err(e) = rt.block_on(run(cli)) {
         eprintln!("porthole: {e:#}");
         std::process::exit(1);

@@ -17,26 +17,74 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |k: &str, d: u64| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(d);
+    let arg = |k: &str, d: u64| {
+        args.iter()
+            .position(|a| a == k)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
     let (minutes, seeks) = (arg("--minutes", 60), arg("--seeks", 200) as usize);
     let dir = std::env::temp_dir().join("porthole-seek-bench");
     std::fs::create_dir_all(&dir).unwrap();
     let short = dir.join("60s.mp4");
     let long = dir.join(format!("{minutes}min.mp4"));
     let ff = |args: &[&str]| {
-        let ok = Command::new("ffmpeg").args(["-v", "error", "-y"]).args(args).status().expect("ffmpeg").success();
+        let ok = Command::new("ffmpeg")
+            .args(["-v", "error", "-y"])
+            .args(args)
+            .status()
+            .expect("ffmpeg")
+            .success();
         assert!(ok, "ffmpeg {args:?}");
     };
     let t = Instant::now();
     if !short.exists() {
-        ff(&["-f", "lavfi", "-i", "testsrc2=size=1280x800:rate=30:duration=60", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
-            "-profile:v", "baseline", "-pix_fmt", "yuv420p", "-g", "60", "-movflags", "frag_keyframe+empty_moov+default_base_moof", "-frag_duration", "1000000", short.to_str().unwrap()]);
+        ff(&[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x800:rate=30:duration=60",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-profile:v",
+            "baseline",
+            "-pix_fmt",
+            "yuv420p",
+            "-g",
+            "60",
+            "-movflags",
+            "frag_keyframe+empty_moov+default_base_moof",
+            "-frag_duration",
+            "1000000",
+            short.to_str().unwrap(),
+        ]);
     }
     if !long.exists() {
-        ff(&["-stream_loop", &(minutes - 1).to_string(), "-i", short.to_str().unwrap(), "-c", "copy",
-            "-movflags", "frag_keyframe+empty_moov+default_base_moof", "-frag_duration", "1000000", long.to_str().unwrap()]);
+        ff(&[
+            "-stream_loop",
+            &(minutes - 1).to_string(),
+            "-i",
+            short.to_str().unwrap(),
+            "-c",
+            "copy",
+            "-movflags",
+            "frag_keyframe+empty_moov+default_base_moof",
+            "-frag_duration",
+            "1000000",
+            long.to_str().unwrap(),
+        ]);
     }
-    println!("synthesized {} ({:.0} MB) in {:.1} s", long.display(), std::fs::metadata(&long).unwrap().len() as f64 / 1e6, t.elapsed().as_secs_f64());
+    println!(
+        "synthesized {} ({:.0} MB) in {:.1} s",
+        long.display(),
+        std::fs::metadata(&long).unwrap().len() as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
 
     let mut opens = Vec::new();
     let mut ix = None;
@@ -46,7 +94,12 @@ fn main() {
         opens.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let ix = ix.unwrap();
-    println!("index: {} samples, {} keyframes, duration {:.1} min", ix.samples.len(), ix.keyframes_ms().len(), ix.duration_ms() as f64 / 60000.0);
+    println!(
+        "index: {} samples, {} keyframes, duration {:.1} min",
+        ix.samples.len(),
+        ix.keyframes_ms().len(),
+        ix.duration_ms() as f64 / 60000.0
+    );
     let mut f = std::fs::File::open(&long).unwrap();
     let mut lat = Vec::new();
     let mut frames = Vec::new();

@@ -34,7 +34,9 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
         if sha2::Sha256::digest(end_entity.as_ref()).as_slice() == self.sha256.as_slice() {
             Ok(rustls::client::danger::ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General("certificate fingerprint does not match the pinned one".into()))
+            Err(rustls::Error::General(
+                "certificate fingerprint does not match the pinned one".into(),
+            ))
         }
     }
     fn verify_tls12_signature(
@@ -43,7 +45,12 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -51,10 +58,17 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -62,7 +76,9 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
 pub fn parse_fingerprint(s: &str) -> Result<Vec<u8>> {
     let hex: String = s.chars().filter(|c| *c != ':').collect();
     if hex.len() != 64 {
-        return Err(CoreError::Invalid(format!("fingerprint {s}: expected a SHA-256 (64 hex digits, colons allowed)")));
+        return Err(CoreError::Invalid(format!(
+            "fingerprint {s}: expected a SHA-256 (64 hex digits, colons allowed)"
+        )));
     }
     (0..32)
         .map(|i| u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16))
@@ -77,7 +93,10 @@ impl AgentClient {
             let _ = rustls::crypto::ring::default_provider().install_default();
         });
         let url = url.trim_end_matches('/').to_string();
-        let mut b = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(120)).no_proxy();
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(120))
+            .no_proxy();
         if url.starts_with("https://") {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -96,12 +115,21 @@ impl AgentClient {
             };
             b = b.tls_backend_preconfigured(cfg);
         }
-        let http = b.build().map_err(|e| CoreError::Invalid(format!("http client: {e}")))?;
-        Ok(Self { url, token: token.to_string(), http })
+        let http = b
+            .build()
+            .map_err(|e| CoreError::Invalid(format!("http client: {e}")))?;
+        Ok(Self {
+            url,
+            token: token.to_string(),
+            http,
+        })
     }
 
     fn err(&self, m: impl std::fmt::Display) -> CoreError {
-        CoreError::Agent { url: self.url.clone(), message: m.to_string() }
+        CoreError::Agent {
+            url: self.url.clone(),
+            message: m.to_string(),
+        }
     }
 
     async fn check(&self, r: reqwest::Response) -> Result<reqwest::Response> {
@@ -119,28 +147,55 @@ impl AgentClient {
     }
 
     pub async fn health(&self) -> Result<Health> {
-        let r = self.http.get(format!("{}/v1/health", self.url)).timeout(Duration::from_secs(3)).send().await.map_err(|e| self.err(describe(&e)))?;
+        let r = self
+            .http
+            .get(format!("{}/v1/health", self.url))
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .map_err(|e| self.err(describe(&e)))?;
         let r = self.check(r).await?;
         r.json().await.map_err(|e| self.err(e))
     }
 
     pub async fn get(&self, path: &str) -> Result<Value> {
-        let r = self.http.get(format!("{}{path}", self.url)).bearer_auth(&self.token).send().await.map_err(|e| self.err(describe(&e)))?;
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| self.err(describe(&e)))?;
         self.check(r).await?.json().await.map_err(|e| self.err(e))
     }
 
     pub async fn get_bytes(&self, path: &str) -> Result<bytes::Bytes> {
-        let r = self.http.get(format!("{}{path}", self.url)).bearer_auth(&self.token).send().await.map_err(|e| self.err(describe(&e)))?;
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| self.err(describe(&e)))?;
         self.check(r).await?.bytes().await.map_err(|e| self.err(e))
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {
-        let r = self.http.post(format!("{}{path}", self.url)).bearer_auth(&self.token).json(body).send().await.map_err(|e| self.err(describe(&e)))?;
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| self.err(describe(&e)))?;
         self.check(r).await?.json().await.map_err(|e| self.err(e))
     }
 
     pub async fn events(&self, after: u64, limit: usize) -> Result<EventPage> {
-        let v = self.get(&format!("/v1/events?after={after}&limit={limit}")).await?;
+        let v = self
+            .get(&format!("/v1/events?after={after}&limit={limit}"))
+            .await?;
         serde_json::from_value(v).map_err(|e| self.err(e))
     }
 
@@ -172,12 +227,23 @@ impl AgentClient {
             .await
             .map_err(|e| self.err(describe(&e)))?;
         let r = self.check(r).await?;
-        let loc = r.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let loc = r
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         Ok((r.text().await.map_err(|e| self.err(e))?, loc))
     }
 
     pub async fn delete(&self, path: &str) -> Result<()> {
-        let r = self.http.delete(format!("{}{path}", self.url)).bearer_auth(&self.token).send().await.map_err(|e| self.err(describe(&e)))?;
+        let r = self
+            .http
+            .delete(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| self.err(describe(&e)))?;
         self.check(r).await.map(|_| ())
     }
 }

@@ -18,7 +18,10 @@ pub struct ExportReport {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// One line describing an event for the timeline and the summary.
@@ -29,39 +32,86 @@ pub fn describe(e: &porthole_proto::Event) -> String {
             let a = d["action"].as_str().unwrap_or("?");
             let mut s = a.to_string();
             if let Some(c) = d["coordinate"].as_array() {
-                s += &format!(" at ({}, {})", c.first().unwrap_or(&0.into()), c.get(1).unwrap_or(&0.into()));
+                s += &format!(
+                    " at ({}, {})",
+                    c.first().unwrap_or(&0.into()),
+                    c.get(1).unwrap_or(&0.into())
+                );
             }
             if let Some(t) = d["text"].as_str() {
                 s += &format!(" \"{}\"", t.chars().take(60).collect::<String>());
             }
             s
         }
-        "terminal" => format!("[{}] {}", d["name"].as_str().unwrap_or(""), d["text"].as_str().unwrap_or("").trim_end().chars().take(160).collect::<String>()),
-        "step" => format!("{} {}{}", d["step"].as_str().unwrap_or(""), d["state"].as_str().unwrap_or(""), d["exit_code"].as_i64().map(|c| format!(" (exit {c})")).unwrap_or_default()),
+        "terminal" => format!(
+            "[{}] {}",
+            d["name"].as_str().unwrap_or(""),
+            d["text"]
+                .as_str()
+                .unwrap_or("")
+                .trim_end()
+                .chars()
+                .take(160)
+                .collect::<String>()
+        ),
+        "step" => format!(
+            "{} {}{}",
+            d["step"].as_str().unwrap_or(""),
+            d["state"].as_str().unwrap_or(""),
+            d["exit_code"]
+                .as_i64()
+                .map(|c| format!(" (exit {c})"))
+                .unwrap_or_default()
+        ),
         "control" => format!("control: {}", d["action"].as_str().unwrap_or("")),
         "refused" => format!("refused: {}", d["reason"].as_str().unwrap_or("")),
         "input" => format!("human {}", d["device"].as_str().unwrap_or("input")),
-        "exec" => format!("exec `{}` → {}", d["command"].as_str().unwrap_or(""), d["exit_code"]),
+        "exec" => format!(
+            "exec `{}` → {}",
+            d["command"].as_str().unwrap_or(""),
+            d["exit_code"]
+        ),
         "port" => format!("port {} {}", d["port"], d["state"].as_str().unwrap_or("")),
         other => other.to_string(),
     }
 }
 
 fn fmt_t(ms: u64) -> String {
-    format!("{:02}:{:02}.{:03}", ms / 60_000, (ms / 1000) % 60, ms % 1000)
+    format!(
+        "{:02}:{:02}.{:03}",
+        ms / 60_000,
+        (ms / 1000) % 60,
+        ms % 1000
+    )
 }
 
-pub async fn export(ms: &Machines, session: &str, out: &Path, from_ms: Option<u64>, to_ms: Option<u64>) -> Result<ExportReport> {
-    let row: Option<(String, i64, i64)> = sqlx::query_as("SELECT machine, started_at, duration_ms FROM sessions WHERE id = ?").bind(session).fetch_optional(&ms.store.pool).await?;
-    let (machine, started_at, duration) =
-        row.ok_or_else(|| CoreError::Invalid(format!("no synced session '{session}': run `porthole recordings sync MACHINE` first")))?;
+pub async fn export(
+    ms: &Machines,
+    session: &str,
+    out: &Path,
+    from_ms: Option<u64>,
+    to_ms: Option<u64>,
+) -> Result<ExportReport> {
+    let row: Option<(String, i64, i64)> =
+        sqlx::query_as("SELECT machine, started_at, duration_ms FROM sessions WHERE id = ?")
+            .bind(session)
+            .fetch_optional(&ms.store.pool)
+            .await?;
+    let (machine, started_at, duration) = row.ok_or_else(|| {
+        CoreError::Invalid(format!(
+            "no synced session '{session}': run `porthole recordings sync MACHINE` first"
+        ))
+    })?;
     if let (Some(a), Some(b)) = (from_ms, to_ms) {
         if a >= b {
-            return Err(CoreError::Invalid(format!("--from-ms {a} must be before --to-ms {b}")));
+            return Err(CoreError::Invalid(format!(
+                "--from-ms {a} must be before --to-ms {b}"
+            )));
         }
     }
     let events = crate::sync::events(&ms.store, session, from_ms, to_ms).await?;
-    std::fs::create_dir_all(out.join("screenshots")).map_err(CoreError::io(format!("create {}", out.display())))?;
+    std::fs::create_dir_all(out.join("screenshots"))
+        .map_err(CoreError::io(format!("create {}", out.display())))?;
     let src = ms.state.recordings().join(session);
     // The clip: part 1, cut by stream copy when a range is asked for.
     let part = src.join("video-0001.mp4");
@@ -79,12 +129,21 @@ pub async fn export(ms: &Machines, session: &str, out: &Path, from_ms: Option<u6
             }
             c.arg("-i").arg(&part);
             if let Some(t) = to_ms {
-                c.args(["-t", &format!("{:.3}", (t - from_ms.unwrap_or(0)) as f64 / 1000.0)]);
+                c.args([
+                    "-t",
+                    &format!("{:.3}", (t - from_ms.unwrap_or(0)) as f64 / 1000.0),
+                ]);
             }
             c.args(["-c", "copy", "-movflags", "+faststart"]).arg(&dst);
-            let o = c.output().await.map_err(CoreError::io("run ffmpeg (is it installed?)"))?;
+            let o = c
+                .output()
+                .await
+                .map_err(CoreError::io("run ffmpeg (is it installed?)"))?;
             if !o.status.success() {
-                return Err(CoreError::Invalid(format!("cutting the clip failed: {}", String::from_utf8_lossy(&o.stderr).trim())));
+                return Err(CoreError::Invalid(format!(
+                    "cutting the clip failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )));
             }
             video = Some(dst);
         }
@@ -100,8 +159,11 @@ pub async fn export(ms: &Machines, session: &str, out: &Path, from_ms: Option<u6
                 let name = format!("{}-{which}.jpg", e.seq);
                 let p = src.join("thumbs").join(&name);
                 if p.exists() {
-                    std::fs::copy(&p, out.join("screenshots").join(&name)).map_err(CoreError::io("copy screenshot"))?;
-                    imgs += &format!("<img src=\"screenshots/{name}\" alt=\"{which}\" title=\"{which}\">");
+                    std::fs::copy(&p, out.join("screenshots").join(&name))
+                        .map_err(CoreError::io("copy screenshot"))?;
+                    imgs += &format!(
+                        "<img src=\"screenshots/{name}\" alt=\"{which}\" title=\"{which}\">"
+                    );
                     shots += 1;
                 }
             }
@@ -116,7 +178,11 @@ pub async fn export(ms: &Machines, session: &str, out: &Path, from_ms: Option<u6
             d = esc(&describe(e)),
         );
     }
-    std::fs::write(out.join("events.json"), serde_json::to_vec_pretty(&events).unwrap_or_default()).map_err(CoreError::io("write events.json"))?;
+    std::fs::write(
+        out.join("events.json"),
+        serde_json::to_vec_pretty(&events).unwrap_or_default(),
+    )
+    .map_err(CoreError::io("write events.json"))?;
     // The environment the machine ran (names of secrets only: values never leave the vault).
     if let Ok(m) = ms.get(&machine).await {
         if let Some(env) = m.spec["env"].as_str() {
@@ -138,7 +204,11 @@ tr.action td{{color:#ffd27f}}tr.terminal td{{color:#b5c0cf;font-family:monospace
         machine = esc(&machine),
         dur = fmt_t(duration as u64),
         n = events.len(),
-        video_tag = if video.is_some() { "<video src=\"video.mp4\" controls muted></video>" } else { "<p>No video recorded.</p>" },
+        video_tag = if video.is_some() {
+            "<video src=\"video.mp4\" controls muted></video>"
+        } else {
+            "<p>No video recorded.</p>"
+        },
     );
     let html_path = out.join("index.html");
     std::fs::write(&html_path, html).map_err(CoreError::io("write index.html"))?;
@@ -150,5 +220,12 @@ tr.action td{{color:#ffd27f}}tr.terminal td{{color:#b5c0cf;font-family:monospace
     );
     let summary_path = out.join("summary.md");
     std::fs::write(&summary_path, summary).map_err(CoreError::io("write summary.md"))?;
-    Ok(ExportReport { dir: out.to_path_buf(), html: html_path, summary: summary_path, events: events.len(), screenshots: shots, video })
+    Ok(ExportReport {
+        dir: out.to_path_buf(),
+        html: html_path,
+        summary: summary_path,
+        events: events.len(),
+        screenshots: shots,
+        video,
+    })
 }

@@ -23,10 +23,12 @@ use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtp::codecs::h264::H264Packet;
 use webrtc::rtp::packetizer::Depacketizer;
-use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTCRtpCodecParameters, RTPCodecType};
+use webrtc::rtp_transceiver::rtp_codec::{
+    RTCRtpCodecCapability, RTCRtpCodecParameters, RTPCodecType,
+};
 use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
-use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
 use webrtc::rtp_transceiver::RTCPFeedback;
+use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
 
 /// One encoded picture for the UI.
 #[derive(Debug, Clone)]
@@ -114,7 +116,11 @@ impl Assembler {
             }
         }
         if !marker {
-            return if lost { Assembled::Lost } else { Assembled::None };
+            return if lost {
+                Assembled::Lost
+            } else {
+                Assembled::None
+            };
         }
         let au = Bytes::from(std::mem::take(&mut self.buf));
         self.ts = None;
@@ -144,16 +150,27 @@ impl LiveSession {
         on_frame: impl Fn(LiveFrame) + Send + Sync + 'static,
         on_event: impl Fn(Event) + Send + Sync + 'static,
     ) -> Result<Self> {
-        let err = |e: webrtc::Error| CoreError::Agent { url: client.url.clone(), message: format!("webrtc: {e}") };
+        let err = |e: webrtc::Error| CoreError::Agent {
+            url: client.url.clone(),
+            message: format!("webrtc: {e}"),
+        };
         let mut m = MediaEngine::default();
-        let fb = [("nack", ""), ("nack", "pli"), ("ccm", "fir")].iter().map(|(t, p)| RTCPFeedback { typ: t.to_string(), parameter: p.to_string() }).collect::<Vec<_>>();
+        let fb = [("nack", ""), ("nack", "pli"), ("ccm", "fir")]
+            .iter()
+            .map(|(t, p)| RTCPFeedback {
+                typ: t.to_string(),
+                parameter: p.to_string(),
+            })
+            .collect::<Vec<_>>();
         m.register_codec(
             RTCRtpCodecParameters {
                 capability: RTCRtpCodecCapability {
                     mime_type: "video/H264".into(),
                     clock_rate: 90_000,
                     channels: 0,
-                    sdp_fmtp_line: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f".into(),
+                    sdp_fmtp_line:
+                        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"
+                            .into(),
                     rtcp_feedback: fb,
                 },
                 payload_type: 102,
@@ -163,12 +180,28 @@ impl LiveSession {
         )
         .map_err(err)?;
         let registry = register_default_interceptors(Registry::new(), &mut m).map_err(err)?;
-        let api = APIBuilder::new().with_media_engine(m).with_interceptor_registry(registry).build();
-        let pc = Arc::new(api.new_peer_connection(RTCConfiguration::default()).await.map_err(err)?);
-        pc.add_transceiver_from_kind(RTPCodecType::Video, Some(RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, send_encodings: vec![] }))
+        let api = APIBuilder::new()
+            .with_media_engine(m)
+            .with_interceptor_registry(registry)
+            .build();
+        let pc = Arc::new(
+            api.new_peer_connection(RTCConfiguration::default())
+                .await
+                .map_err(err)?,
+        );
+        pc.add_transceiver_from_kind(
+            RTPCodecType::Video,
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                send_encodings: vec![],
+            }),
+        )
+        .await
+        .map_err(err)?;
+        let dc = pc
+            .create_data_channel("porthole", None)
             .await
             .map_err(err)?;
-        let dc = pc.create_data_channel("porthole", None).await.map_err(err)?;
         // RTP timestamp ↔ session clock, from the agent's `clock` messages.
         let clock: Arc<Mutex<Option<(u32, u64)>>> = Arc::new(Mutex::new(None));
         let c2 = clock.clone();
@@ -177,7 +210,10 @@ impl LiveSession {
             let (clock, on_event) = (c2.clone(), on_event.clone());
             Box::pin(async move {
                 match serde_json::from_slice::<AgentMessage>(&msg.data) {
-                    Ok(AgentMessage::Clock { t_ms, rtp_timestamp }) => *clock.lock().unwrap() = Some((rtp_timestamp, t_ms)),
+                    Ok(AgentMessage::Clock {
+                        t_ms,
+                        rtp_timestamp,
+                    }) => *clock.lock().unwrap() = Some((rtp_timestamp, t_ms)),
                     Ok(AgentMessage::Event(e)) => on_event(e),
                     _ => {}
                 }
@@ -193,12 +229,23 @@ impl LiveSession {
                     let h = &pkt.header;
                     match asm.push(h.sequence_number, h.timestamp, h.marker, &pkt.payload) {
                         Assembled::Frame(data, keyframe) => {
-                            let t_ms = clock.lock().unwrap().map(|(rtp, t)| (t as i64 + (h.timestamp.wrapping_sub(rtp) as i32 as i64) / 90).max(0) as u64);
-                            on_frame(LiveFrame { data, keyframe, rtp_timestamp: h.timestamp, t_ms });
+                            let t_ms = clock.lock().unwrap().map(|(rtp, t)| {
+                                (t as i64 + (h.timestamp.wrapping_sub(rtp) as i32 as i64) / 90)
+                                    .max(0) as u64
+                            });
+                            on_frame(LiveFrame {
+                                data,
+                                keyframe,
+                                rtp_timestamp: h.timestamp,
+                                t_ms,
+                            });
                         }
                         Assembled::Lost => {
                             if let Some(pc) = pc_weak.upgrade() {
-                                let pli = PictureLossIndication { sender_ssrc: 0, media_ssrc: track.ssrc() };
+                                let pli = PictureLossIndication {
+                                    sender_ssrc: 0,
+                                    media_ssrc: track.ssrc(),
+                                };
                                 let _ = pc.write_rtcp(&[Box::new(pli)]).await;
                             }
                         }
@@ -212,10 +259,21 @@ impl LiveSession {
         let mut gathered = pc.gathering_complete_promise().await;
         pc.set_local_description(offer).await.map_err(err)?;
         let _ = tokio::time::timeout(Duration::from_secs(2), gathered.recv()).await;
-        let sdp = pc.local_description().await.map(|d| d.sdp).unwrap_or_default();
+        let sdp = pc
+            .local_description()
+            .await
+            .map(|d| d.sdp)
+            .unwrap_or_default();
         let (answer, location) = client.whep(&sdp).await?;
-        pc.set_remote_description(RTCSessionDescription::answer(answer).map_err(err)?).await.map_err(err)?;
-        Ok(Self { pc, dc, location, client })
+        pc.set_remote_description(RTCSessionDescription::answer(answer).map_err(err)?)
+            .await
+            .map_err(err)?;
+        Ok(Self {
+            pc,
+            dc,
+            location,
+            client,
+        })
     }
 
     /// Sends a data-channel message (`pointer`, `key`, `control`, ...).
@@ -224,7 +282,10 @@ impl LiveSession {
             .send_text(msg.to_string())
             .await
             .map(|_| ())
-            .map_err(|e| CoreError::Agent { url: self.client.url.clone(), message: format!("data channel: {e}") })
+            .map_err(|e| CoreError::Agent {
+                url: self.client.url.clone(),
+                message: format!("data channel: {e}"),
+            })
     }
 
     pub async fn close(&self) {
@@ -240,7 +301,10 @@ mod tests {
     use super::*;
 
     fn fu_a(nal_type: u8, start: bool, end: bool, body: &[u8]) -> Bytes {
-        let mut v = vec![0x7c, (if start { 0x80 } else { 0 }) | (if end { 0x40 } else { 0 }) | nal_type];
+        let mut v = vec![
+            0x7c,
+            (if start { 0x80 } else { 0 }) | (if end { 0x40 } else { 0 }) | nal_type,
+        ];
         v.extend_from_slice(body);
         Bytes::from(v)
     }
@@ -249,25 +313,51 @@ mod tests {
     fn assembles_on_marker_and_recovers_after_loss() {
         let mut a = Assembler::default();
         // Keyframe: SPS single NAL, then an IDR split in two FU-A fragments.
-        assert!(matches!(a.push(1, 100, false, &Bytes::from_static(&[0x67, 1, 2])), Assembled::None));
-        assert!(matches!(a.push(2, 100, false, &fu_a(5, true, false, &[9, 9])), Assembled::None));
+        assert!(matches!(
+            a.push(1, 100, false, &Bytes::from_static(&[0x67, 1, 2])),
+            Assembled::None
+        ));
+        assert!(matches!(
+            a.push(2, 100, false, &fu_a(5, true, false, &[9, 9])),
+            Assembled::None
+        ));
         match a.push(3, 100, true, &fu_a(5, false, true, &[8])) {
             Assembled::Frame(au, key) => {
                 assert!(key);
-                assert_eq!(&au[..], &[0, 0, 0, 1, 0x67, 1, 2, 0, 0, 0, 1, 0x65, 9, 9, 8]);
+                assert_eq!(
+                    &au[..],
+                    &[0, 0, 0, 1, 0x67, 1, 2, 0, 0, 0, 1, 0x65, 9, 9, 8]
+                );
             }
             _ => panic!("expected a frame"),
         }
         // A delta frame, then a gap (seq 5 missing): dropped until the next keyframe.
-        assert!(matches!(a.push(4, 200, true, &Bytes::from_static(&[0x41, 7, 7, 7])), Assembled::Frame(_, false)));
-        assert!(matches!(a.push(6, 300, true, &Bytes::from_static(&[0x41, 7, 7, 7])), Assembled::Lost));
-        assert!(matches!(a.push(7, 400, true, &Bytes::from_static(&[0x41, 7, 7, 7])), Assembled::Lost));
-        assert!(matches!(a.push(8, 500, true, &Bytes::from_static(&[0x65, 1, 1, 1])), Assembled::Frame(_, true)));
+        assert!(matches!(
+            a.push(4, 200, true, &Bytes::from_static(&[0x41, 7, 7, 7])),
+            Assembled::Frame(_, false)
+        ));
+        assert!(matches!(
+            a.push(6, 300, true, &Bytes::from_static(&[0x41, 7, 7, 7])),
+            Assembled::Lost
+        ));
+        assert!(matches!(
+            a.push(7, 400, true, &Bytes::from_static(&[0x41, 7, 7, 7])),
+            Assembled::Lost
+        ));
+        assert!(matches!(
+            a.push(8, 500, true, &Bytes::from_static(&[0x65, 1, 1, 1])),
+            Assembled::Frame(_, true)
+        ));
     }
 
     #[test]
     fn wire_header() {
-        let f = LiveFrame { data: Bytes::from_static(&[0, 0, 0, 1, 0x65]), keyframe: true, rtp_timestamp: 7, t_ms: Some(1234) };
+        let f = LiveFrame {
+            data: Bytes::from_static(&[0, 0, 0, 1, 0x65]),
+            keyframe: true,
+            rtp_timestamp: 7,
+            t_ms: Some(1234),
+        };
         let w = f.to_wire();
         assert_eq!(w[0], 1);
         assert_eq!(u32::from_le_bytes(w[4..8].try_into().unwrap()), 1234);

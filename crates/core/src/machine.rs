@@ -24,7 +24,9 @@ impl ProviderKind {
             "local" => Ok(Self::Local),
             "qemu" => Ok(Self::Qemu),
             "remote" => Ok(Self::Remote),
-            other => Err(CoreError::Invalid(format!("unknown provider '{other}'; expected local, qemu or remote"))),
+            other => Err(CoreError::Invalid(format!(
+                "unknown provider '{other}'; expected local, qemu or remote"
+            ))),
         }
     }
     pub fn as_str(self) -> &'static str {
@@ -79,8 +81,13 @@ pub struct CreateSpec {
 pub fn valid_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 40
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
     if ok {
         Ok(())
     } else {
@@ -103,7 +110,17 @@ pub struct Machines {
     pub state: StateDir,
 }
 
-type Row = (String, String, String, Option<String>, String, Option<i64>, String, Option<String>, i64);
+type Row = (
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    Option<i64>,
+    String,
+    Option<String>,
+    i64,
+);
 
 fn from_row(r: Row) -> Machine {
     Machine {
@@ -119,7 +136,6 @@ fn from_row(r: Row) -> Machine {
     }
 }
 
-
 impl Machines {
     pub async fn open(state: StateDir) -> Result<Self> {
         let store = Store::open(&state.db()).await?;
@@ -128,7 +144,8 @@ impl Machines {
 
     pub async fn get(&self, name: &str) -> Result<Machine> {
         let r: Option<Row> = sqlx::query_as("SELECT name, provider, status, agent_url, token_path, pid, spec, error, created_at FROM machines WHERE name = ?").bind(name).fetch_optional(&self.store.pool).await?;
-        r.map(from_row).ok_or_else(|| CoreError::NoMachine(name.to_string()))
+        r.map(from_row)
+            .ok_or_else(|| CoreError::NoMachine(name.to_string()))
     }
 
     /// All machines; running ones whose process died are marked failed first.
@@ -154,7 +171,9 @@ impl Machines {
         match m.provider {
             ProviderKind::Local => LocalSandbox::new(self.state.clone()).dead_reason(m),
             ProviderKind::Remote => None,
-            ProviderKind::Qemu => crate::provider::qemu::Qemu::new(self.state.clone()).dead_reason(m),
+            ProviderKind::Qemu => {
+                crate::provider::qemu::Qemu::new(self.state.clone()).dead_reason(m)
+            }
         }
     }
 
@@ -184,11 +203,19 @@ impl Machines {
     pub fn token(&self, m: &Machine) -> Result<String> {
         std::fs::read_to_string(&m.token_path)
             .map(|t| t.trim().to_string())
-            .map_err(CoreError::io(format!("read token {}", m.token_path.display())))
+            .map_err(CoreError::io(format!(
+                "read token {}",
+                m.token_path.display()
+            )))
     }
 
     pub fn client(&self, m: &Machine) -> Result<AgentClient> {
-        let url = m.agent_url.as_deref().ok_or_else(|| CoreError::Invalid(format!("machine '{}' has no agent address (status {})", m.name, m.status)))?;
+        let url = m.agent_url.as_deref().ok_or_else(|| {
+            CoreError::Invalid(format!(
+                "machine '{}' has no agent address (status {})",
+                m.name, m.status
+            ))
+        })?;
         AgentClient::new(url, &self.token(m)?, m.spec["fingerprint"].as_str())
     }
 
@@ -212,9 +239,17 @@ impl Machines {
             created_at: now_ms(),
         };
         let r = match kind {
-            ProviderKind::Local => LocalSandbox::new(self.state.clone()).create(self, &spec, &mut m).await,
+            ProviderKind::Local => {
+                LocalSandbox::new(self.state.clone())
+                    .create(self, &spec, &mut m)
+                    .await
+            }
             ProviderKind::Remote => RemoteHost.create(self, &spec, &mut m).await,
-            ProviderKind::Qemu => crate::provider::qemu::Qemu::new(self.state.clone()).create(self, &spec, &mut m).await,
+            ProviderKind::Qemu => {
+                crate::provider::qemu::Qemu::new(self.state.clone())
+                    .create(self, &spec, &mut m)
+                    .await
+            }
         };
         if let Err(e) = r {
             self.cleanup(&m).await;
@@ -229,9 +264,16 @@ impl Machines {
         let _ = match m.provider {
             ProviderKind::Local => LocalSandbox::new(self.state.clone()).destroy(m).await,
             ProviderKind::Remote => RemoteHost.destroy(m).await,
-            ProviderKind::Qemu => crate::provider::qemu::Qemu::new(self.state.clone()).destroy(m).await,
+            ProviderKind::Qemu => {
+                crate::provider::qemu::Qemu::new(self.state.clone())
+                    .destroy(m)
+                    .await
+            }
         };
-        let _ = sqlx::query("DELETE FROM machines WHERE name = ?").bind(&m.name).execute(&self.store.pool).await;
+        let _ = sqlx::query("DELETE FROM machines WHERE name = ?")
+            .bind(&m.name)
+            .execute(&self.store.pool)
+            .await;
         if m.provider != ProviderKind::Remote || m.token_path.starts_with(self.state.keys()) {
             let _ = std::fs::remove_file(&m.token_path);
         }
@@ -242,7 +284,11 @@ impl Machines {
         match m.provider {
             ProviderKind::Local => LocalSandbox::new(self.state.clone()).stop(&mut m).await?,
             ProviderKind::Remote => RemoteHost.stop(&mut m).await?,
-            ProviderKind::Qemu => crate::provider::qemu::Qemu::new(self.state.clone()).stop(&mut m).await?,
+            ProviderKind::Qemu => {
+                crate::provider::qemu::Qemu::new(self.state.clone())
+                    .stop(&mut m)
+                    .await?
+            }
         }
         m.status = "stopped".into();
         self.save(&m).await?;
@@ -256,9 +302,17 @@ impl Machines {
             return Ok(m);
         }
         let r = match m.provider {
-            ProviderKind::Local => LocalSandbox::new(self.state.clone()).start(self, &mut m).await,
+            ProviderKind::Local => {
+                LocalSandbox::new(self.state.clone())
+                    .start(self, &mut m)
+                    .await
+            }
             ProviderKind::Remote => RemoteHost.start(self, &mut m).await,
-            ProviderKind::Qemu => crate::provider::qemu::Qemu::new(self.state.clone()).start(self, &mut m).await,
+            ProviderKind::Qemu => {
+                crate::provider::qemu::Qemu::new(self.state.clone())
+                    .start(self, &mut m)
+                    .await
+            }
         };
         match r {
             Ok(()) => {
@@ -285,16 +339,30 @@ impl Machines {
     }
 
     pub async fn snapshot(&self, name: &str, snap: &str) -> Result<Value> {
-        valid_name(snap).map_err(|_| CoreError::Invalid(format!("snapshot name '{snap}': use letters, digits, '-' or '_'")))?;
+        self.snapshot_with(name, snap, false).await
+    }
+
+    /// `disk_only` matters for QEMU (a local sandbox's processes never survive a snapshot).
+    pub async fn snapshot_with(&self, name: &str, snap: &str, disk_only: bool) -> Result<Value> {
+        valid_name(snap).map_err(|_| {
+            CoreError::Invalid(format!(
+                "snapshot name '{snap}': use letters, digits, '-' or '_'"
+            ))
+        })?;
         let m = self.get(name).await?;
-        let exists: Option<(String,)> = sqlx::query_as("SELECT name FROM snapshots WHERE name = ?").bind(snap).fetch_optional(&self.store.pool).await?;
+        let exists: Option<(String,)> = sqlx::query_as("SELECT name FROM snapshots WHERE name = ?")
+            .bind(snap)
+            .fetch_optional(&self.store.pool)
+            .await?;
         if exists.is_some() {
-            return Err(CoreError::Invalid(format!("a snapshot named '{snap}' already exists")));
+            return Err(CoreError::Invalid(format!(
+                "a snapshot named '{snap}' already exists"
+            )));
         }
         let dir = self.state.snapshots().join(snap);
         let spec = match m.provider {
             ProviderKind::Local => LocalSandbox::new(self.state.clone()).snapshot(&m, &dir).await?,
-            ProviderKind::Qemu => crate::provider::qemu::Qemu::new(self.state.clone()).snapshot(self, &m, snap, &dir).await?,
+            ProviderKind::Qemu => crate::provider::qemu::Qemu::new(self.state.clone()).snapshot(&m, &dir, !disk_only).await?,
             ProviderKind::Remote => return Err(CoreError::Invalid("remote hosts cannot be snapshotted from here; snapshot them with your cloud's tools".into())),
         };
         sqlx::query("INSERT INTO snapshots (name, machine, provider, path, spec, created_at) VALUES (?, ?, ?, ?, ?, ?)")
@@ -306,24 +374,41 @@ impl Machines {
             .bind(now_ms())
             .execute(&self.store.pool)
             .await?;
-        Ok(json!({"name": snap, "machine": m.name, "provider": m.provider, "path": dir, "spec": spec}))
+        Ok(
+            json!({"name": snap, "machine": m.name, "provider": m.provider, "path": dir, "spec": spec}),
+        )
     }
 
     pub async fn snapshot_info(&self, snap: &str) -> Result<(PathBuf, ProviderKind, Value)> {
         let r: Option<(String, String, String)> =
-            sqlx::query_as("SELECT path, provider, spec FROM snapshots WHERE name = ?").bind(snap).fetch_optional(&self.store.pool).await?;
+            sqlx::query_as("SELECT path, provider, spec FROM snapshots WHERE name = ?")
+                .bind(snap)
+                .fetch_optional(&self.store.pool)
+                .await?;
         let (p, prov, spec) = r.ok_or_else(|| CoreError::NoSnapshot(snap.to_string()))?;
-        Ok((PathBuf::from(p), ProviderKind::parse(&prov)?, serde_json::from_str(&spec).unwrap_or(Value::Null)))
+        Ok((
+            PathBuf::from(p),
+            ProviderKind::parse(&prov)?,
+            serde_json::from_str(&spec).unwrap_or(Value::Null),
+        ))
     }
 
     /// Polls the agent until it is healthy (display up), the process dies, or time runs out.
-    pub async fn wait_ready(&self, m: &Machine, timeout: Duration, alive: impl Fn() -> Option<String>) -> Result<()> {
+    pub async fn wait_ready(
+        &self,
+        m: &Machine,
+        timeout: Duration,
+        alive: impl Fn() -> Option<String>,
+    ) -> Result<()> {
         let client = self.client(m)?;
         let start = Instant::now();
         let mut last;
         loop {
             if let Some(reason) = alive() {
-                return Err(CoreError::Boot { name: m.name.clone(), reason });
+                return Err(CoreError::Boot {
+                    name: m.name.clone(),
+                    reason,
+                });
             }
             match client.health().await {
                 Ok(h) if h.problems.is_empty() => return Ok(()),
@@ -331,7 +416,13 @@ impl Machines {
                 Err(e) => last = e.to_string(),
             }
             if start.elapsed() > timeout {
-                return Err(CoreError::Boot { name: m.name.clone(), reason: format!("the agent was not ready after {}s ({last})", timeout.as_secs()) });
+                return Err(CoreError::Boot {
+                    name: m.name.clone(),
+                    reason: format!(
+                        "the agent was not ready after {}s ({last})",
+                        timeout.as_secs()
+                    ),
+                });
             }
             tokio::time::sleep(Duration::from_millis(15)).await;
         }

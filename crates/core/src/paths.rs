@@ -10,10 +10,18 @@ pub struct StateDir {
 
 impl StateDir {
     pub fn from_env() -> Self {
-        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let var = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         let root = var("PORTHOLE_HOME")
             .or_else(|| var("XDG_DATA_HOME").map(|d| d.join("porthole")))
-            .unwrap_or_else(|| var("HOME").unwrap_or_else(|| PathBuf::from("/tmp")).join(".local/share/porthole"));
+            .unwrap_or_else(|| {
+                var("HOME")
+                    .unwrap_or_else(|| PathBuf::from("/tmp"))
+                    .join(".local/share/porthole")
+            });
         Self { root }
     }
 

@@ -14,7 +14,12 @@ fn pooled(m: &Machine, snapshot: &str) -> bool {
 /// Boots pool machines until `size` are ready.
 pub async fn fill(ms: &Machines, snapshot: &str, size: usize) -> Result<Value> {
     let (_, kind, spec) = ms.snapshot_info(snapshot).await?;
-    let have = ms.list().await?.iter().filter(|m| pooled(m, snapshot)).count();
+    let have = ms
+        .list()
+        .await?
+        .iter()
+        .filter(|m| pooled(m, snapshot))
+        .count();
     let mut created = Vec::new();
     for _ in have..size {
         let name = format!("pool-{snapshot}-{:06x}", rand::random::<u32>() & 0xff_ffff);
@@ -55,7 +60,8 @@ pub async fn claim(ms: &Machines, snapshot: &str, name: &str) -> Result<(Machine
     // The sandbox has its token and directories bound by inode: renaming them is safe.
     std::fs::rename(&m.token_path, &new_token).map_err(CoreError::io("rename token"))?;
     if m.provider == ProviderKind::Local {
-        std::fs::rename(ms.state.machine(&old), ms.state.machine(name)).map_err(CoreError::io("rename machine dir"))?;
+        std::fs::rename(ms.state.machine(&old), ms.state.machine(name))
+            .map_err(CoreError::io("rename machine dir"))?;
     }
     let mut spec = m.spec.clone();
     let size = spec["pool_size"].as_u64().unwrap_or(1);
@@ -76,10 +82,19 @@ pub async fn claim(ms: &Machines, snapshot: &str, name: &str) -> Result<(Machine
 }
 
 fn refill_in_background(snapshot: &str, size: usize) {
-    let Ok(exe) = std::env::current_exe() else { return };
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
     if exe.file_name().is_some_and(|n| n == "porthole") {
         let _ = std::process::Command::new(exe)
-            .args(["pool", "fill", "--snapshot", snapshot, "--size", &size.to_string()])
+            .args([
+                "pool",
+                "fill",
+                "--snapshot",
+                snapshot,
+                "--size",
+                &size.to_string(),
+            ])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -77,13 +77,21 @@ struct Trex {
 fn parse_moov(moov: &[u8], ix: &mut Index) -> Result<Trex> {
     let bad = |m: &str| CoreError::Invalid(format!("{}: {m}", ix.path.display()));
     let mdhd = find(moov, &[b"trak", b"mdia", b"mdhd"]).ok_or_else(|| bad("no mdhd"))?;
-    ix.timescale = if mdhd[0] == 1 { be32(&mdhd[20..]) } else { be32(&mdhd[12..]) };
-    let stsd = find(moov, &[b"trak", b"mdia", b"minf", b"stbl", b"stsd"]).ok_or_else(|| bad("no stsd"))?;
+    ix.timescale = if mdhd[0] == 1 {
+        be32(&mdhd[20..])
+    } else {
+        be32(&mdhd[12..])
+    };
+    let stsd =
+        find(moov, &[b"trak", b"mdia", b"minf", b"stbl", b"stsd"]).ok_or_else(|| bad("no stsd"))?;
     // stsd: version/flags(4) count(4), then sample entries.
     let entries = boxes(&stsd[8..]);
     let (ty, avc1) = entries.first().ok_or_else(|| bad("empty stsd"))?;
     if ty != b"avc1" && ty != b"avc3" {
-        return Err(bad(&format!("codec {} is not H.264", String::from_utf8_lossy(ty))));
+        return Err(bad(&format!(
+            "codec {} is not H.264",
+            String::from_utf8_lossy(ty)
+        )));
     }
     // VisualSampleEntry: 6 reserved + 2 dref + 16 pre-defined, then width/height, ... 78 bytes.
     ix.width = u16::from_be_bytes([avc1[24], avc1[25]]) as u32;
@@ -108,8 +116,16 @@ fn parse_moov(moov: &[u8], ix: &mut Index) -> Result<Trex> {
     }
     let trex = find(moov, &[b"mvex", b"trex"]);
     Ok(match trex {
-        Some(t) => Trex { duration: be32(&t[12..]), size: be32(&t[16..]), flags: be32(&t[20..]) },
-        None => Trex { duration: 0, size: 0, flags: 0 },
+        Some(t) => Trex {
+            duration: be32(&t[12..]),
+            size: be32(&t[16..]),
+            flags: be32(&t[20..]),
+        },
+        None => Trex {
+            duration: 0,
+            size: 0,
+            flags: 0,
+        },
     })
 }
 
@@ -119,7 +135,9 @@ fn is_sync(flags: u32) -> bool {
 }
 
 fn parse_moof(moof: &[u8], moof_start: u64, trex: &Trex, ix: &mut Index) {
-    let Some(traf) = find(moof, &[b"traf"]) else { return };
+    let Some(traf) = find(moof, &[b"traf"]) else {
+        return;
+    };
     let mut base = moof_start;
     let (mut def_dur, mut def_size, mut def_flags) = (trex.duration, trex.size, trex.flags);
     let mut t = 0u64;
@@ -147,7 +165,13 @@ fn parse_moof(moof: &[u8], moof_start: u64, trex: &Trex, ix: &mut Index) {
                     def_flags = be32(&b[p..]);
                 }
             }
-            b"tfdt" => t = if b[0] == 1 { be64(&b[4..]) } else { be32(&b[4..]) as u64 },
+            b"tfdt" => {
+                t = if b[0] == 1 {
+                    be64(&b[4..])
+                } else {
+                    be32(&b[4..]) as u64
+                }
+            }
             b"trun" => {
                 let fl = be32(b) & 0xff_ffff;
                 let n = be32(&b[4..]) as usize;
@@ -165,7 +189,11 @@ fn parse_moof(moof: &[u8], moof_start: u64, trex: &Trex, ix: &mut Index) {
                 for i in 0..n {
                     let mut dur = def_dur;
                     let mut size = def_size;
-                    let mut flags = if i == 0 { first_flags.unwrap_or(def_flags) } else { def_flags };
+                    let mut flags = if i == 0 {
+                        first_flags.unwrap_or(def_flags)
+                    } else {
+                        def_flags
+                    };
                     let mut cto = 0i64;
                     if fl & 0x100 != 0 {
                         dur = be32(&b[p..]);
@@ -184,7 +212,12 @@ fn parse_moof(moof: &[u8], moof_start: u64, trex: &Trex, ix: &mut Index) {
                         p += 4;
                     }
                     let pts = (t as i64 + cto).max(0) as u64;
-                    ix.samples.push(Sample { t_ms: pts * 1000 / ix.timescale.max(1) as u64, offset: off, size, keyframe: is_sync(flags) });
+                    ix.samples.push(Sample {
+                        t_ms: pts * 1000 / ix.timescale.max(1) as u64,
+                        offset: off,
+                        size,
+                        keyframe: is_sync(flags),
+                    });
                     off += size as u64;
                     t += dur as u64;
                 }
@@ -199,12 +232,21 @@ impl Index {
     pub fn open(path: &Path) -> Result<Self> {
         let mut f = File::open(path).map_err(CoreError::io(format!("open {}", path.display())))?;
         let len = f.metadata().map_err(CoreError::io("stat"))?.len();
-        let mut ix = Index { path: path.to_path_buf(), timescale: 0, width: 0, height: 0, parameter_sets: vec![], nal_length_size: 4, samples: vec![] };
+        let mut ix = Index {
+            path: path.to_path_buf(),
+            timescale: 0,
+            width: 0,
+            height: 0,
+            parameter_sets: vec![],
+            nal_length_size: 4,
+            samples: vec![],
+        };
         let mut trex = None;
         let mut pos = 0u64;
         let mut hdr = [0u8; 16];
         while pos + 8 <= len {
-            f.seek(SeekFrom::Start(pos)).map_err(CoreError::io("seek"))?;
+            f.seek(SeekFrom::Start(pos))
+                .map_err(CoreError::io("seek"))?;
             if f.read_exact(&mut hdr[..8]).is_err() {
                 break;
             }
@@ -236,7 +278,10 @@ impl Index {
             pos += size;
         }
         if trex.is_none() {
-            return Err(CoreError::Invalid(format!("{}: not an MP4 recording (no moov)", path.display())));
+            return Err(CoreError::Invalid(format!(
+                "{}: not an MP4 recording (no moov)",
+                path.display()
+            )));
         }
         // Samples whose data lies past the end (the mdat was cut short) cannot be read.
         ix.samples.retain(|s| s.offset + s.size as u64 <= len);
@@ -248,21 +293,30 @@ impl Index {
     }
 
     pub fn keyframes_ms(&self) -> Vec<u64> {
-        self.samples.iter().filter(|s| s.keyframe).map(|s| s.t_ms).collect()
+        self.samples
+            .iter()
+            .filter(|s| s.keyframe)
+            .map(|s| s.t_ms)
+            .collect()
     }
 
     /// Index of the last keyframe at or before `t_ms` (the first sample if none).
     pub fn seek(&self, t_ms: u64) -> usize {
         let n = self.samples.partition_point(|s| s.t_ms <= t_ms);
-        (0..n).rev().find(|&i| self.samples[i].keyframe).unwrap_or(0)
+        (0..n)
+            .rev()
+            .find(|&i| self.samples[i].keyframe)
+            .unwrap_or(0)
     }
 
     /// Reads sample `i` as an Annex-B access unit (parameter sets prepended to keyframes).
     pub fn read(&self, f: &mut File, i: usize) -> Result<Bytes> {
         let s = self.samples[i];
         let mut raw = vec![0u8; s.size as usize];
-        f.seek(SeekFrom::Start(s.offset)).map_err(CoreError::io("seek"))?;
-        f.read_exact(&mut raw).map_err(CoreError::io("read sample"))?;
+        f.seek(SeekFrom::Start(s.offset))
+            .map_err(CoreError::io("seek"))?;
+        f.read_exact(&mut raw)
+            .map_err(CoreError::io("read sample"))?;
         let mut out = Vec::with_capacity(raw.len() + 64);
         if s.keyframe {
             for ps in &self.parameter_sets {
@@ -273,7 +327,9 @@ impl Index {
         let mut p = 0;
         let n = self.nal_length_size;
         while p + n <= raw.len() {
-            let len = raw[p..p + n].iter().fold(0usize, |a, b| (a << 8) | *b as usize);
+            let len = raw[p..p + n]
+                .iter()
+                .fold(0usize, |a, b| (a << 8) | *b as usize);
             p += n;
             if p + len > raw.len() {
                 break;
@@ -304,13 +360,19 @@ pub fn play(
         }
         let s = ix.samples[i];
         if s.t_ms > from_ms {
-            let due = std::time::Duration::from_secs_f64((s.t_ms - from_ms) as f64 / 1000.0 / speed);
+            let due =
+                std::time::Duration::from_secs_f64((s.t_ms - from_ms) as f64 / 1000.0 / speed);
             if let Some(wait) = due.checked_sub(start.elapsed()) {
                 std::thread::sleep(wait);
             }
         }
         let data = ix.read(&mut f, i)?;
-        let frame = crate::live::LiveFrame { data, keyframe: s.keyframe, rtp_timestamp: (s.t_ms * 90) as u32, t_ms: Some(s.t_ms) };
+        let frame = crate::live::LiveFrame {
+            data,
+            keyframe: s.keyframe,
+            rtp_timestamp: (s.t_ms * 90) as u32,
+            t_ms: Some(s.t_ms),
+        };
         if !send(frame) {
             break;
         }
@@ -326,9 +388,35 @@ mod tests {
     fn make(dir: &Path, secs: u32) -> PathBuf {
         let p = dir.join("rec.mp4");
         let st = std::process::Command::new("ffmpeg")
-            .args(["-v", "error", "-y", "-f", "lavfi", "-i", &format!("testsrc=size=320x240:rate=30:duration={secs}")])
-            .args(["-c:v", "libx264", "-preset", "ultrafast", "-profile:v", "baseline", "-pix_fmt", "yuv420p", "-g", "60", "-bf", "0"])
-            .args(["-movflags", "frag_keyframe+empty_moov+default_base_moof", "-frag_duration", "1000000"])
+            .args([
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                &format!("testsrc=size=320x240:rate=30:duration={secs}"),
+            ])
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-profile:v",
+                "baseline",
+                "-pix_fmt",
+                "yuv420p",
+                "-g",
+                "60",
+                "-bf",
+                "0",
+            ])
+            .args([
+                "-movflags",
+                "frag_keyframe+empty_moov+default_base_moof",
+                "-frag_duration",
+                "1000000",
+            ])
             .arg(&p)
             .status()
             .expect("ffmpeg");
@@ -349,7 +437,10 @@ mod tests {
         assert_eq!(ix.seek(0), 0);
         let mut f = File::open(&p).unwrap();
         let au = ix.read(&mut f, ix.seek(4100)).unwrap();
-        assert!(crate::live::is_keyframe(&au), "a seek lands on a keyframe with SPS/PPS");
+        assert!(
+            crate::live::is_keyframe(&au),
+            "a seek lands on a keyframe with SPS/PPS"
+        );
         assert_eq!(&au[..4], &[0, 0, 0, 1]);
         assert_eq!(au[4] & 0x1f, 7);
     }
@@ -363,6 +454,10 @@ mod tests {
         let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
         f.set_len(len * 2 / 3).unwrap();
         let cut = Index::open(&p).unwrap();
-        assert!(!cut.samples.is_empty() && cut.samples.len() < full, "{} of {full}", cut.samples.len());
+        assert!(
+            !cut.samples.is_empty() && cut.samples.len() < full,
+            "{} of {full}",
+            cut.samples.len()
+        );
     }
 }

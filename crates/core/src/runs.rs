@@ -47,7 +47,11 @@ async fn git(dir: &Path, args: &[&str]) -> Result<String> {
         .await
         .map_err(|e| CoreError::Git(format!("git: {e} (is git installed?)")))?;
     if !out.status.success() {
-        return Err(CoreError::Git(format!("git {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(CoreError::Git(format!(
+            "git {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
@@ -56,10 +60,34 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-type RunRow = (String, String, String, String, String, String, String, Option<String>, String, Option<String>, i64);
+type RunRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    i64,
+);
 
 fn from_row(r: RunRow) -> Run {
-    Run { id: r.0, repo: r.1, base: r.2, branch: r.3, task: r.4, agent: r.5, machine: r.6, worktree: r.7, status: r.8, error: r.9, created_at: r.10 }
+    Run {
+        id: r.0,
+        repo: r.1,
+        base: r.2,
+        branch: r.3,
+        task: r.4,
+        agent: r.5,
+        machine: r.6,
+        worktree: r.7,
+        status: r.8,
+        error: r.9,
+        created_at: r.10,
+    }
 }
 
 impl Runs {
@@ -74,7 +102,8 @@ impl Runs {
         .bind(id)
         .fetch_optional(&self.ms.store.pool)
         .await?;
-        r.map(from_row).ok_or_else(|| CoreError::NoRun(id.to_string()))
+        r.map(from_row)
+            .ok_or_else(|| CoreError::NoRun(id.to_string()))
     }
 
     pub async fn list(&self) -> Result<Vec<Run>> {
@@ -87,7 +116,13 @@ impl Runs {
     }
 
     async fn set_status(&self, id: &str, status: &str, error: Option<&str>) -> Result<()> {
-        sqlx::query("UPDATE runs SET status = ?, error = ?, updated_at = ? WHERE id = ?").bind(status).bind(error).bind(now_ms()).bind(id).execute(&self.ms.store.pool).await?;
+        sqlx::query("UPDATE runs SET status = ?, error = ?, updated_at = ? WHERE id = ?")
+            .bind(status)
+            .bind(error)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.ms.store.pool)
+            .await?;
         Ok(())
     }
 
@@ -101,7 +136,9 @@ impl Runs {
             return Err(CoreError::Invalid("--agent must name a command".into()));
         }
         if spec.provider != ProviderKind::Local {
-            return Err(CoreError::Invalid("runs use --provider local in this version".into()));
+            return Err(CoreError::Invalid(
+                "runs use --provider local in this version".into(),
+            ));
         }
         if spec.repo.contains("://") || spec.repo.starts_with("git@") {
             return Err(CoreError::Invalid(format!(
@@ -109,16 +146,40 @@ impl Runs {
                 spec.repo
             )));
         }
-        let repo = std::fs::canonicalize(&spec.repo).map_err(|_| CoreError::Invalid(format!("repository {} not found", spec.repo)))?;
-        let top = git(&repo, &["rev-parse", "--show-toplevel"]).await.map_err(|_| CoreError::Invalid(format!("{} is not a git repository", repo.display())))?;
+        let repo = std::fs::canonicalize(&spec.repo)
+            .map_err(|_| CoreError::Invalid(format!("repository {} not found", spec.repo)))?;
+        let top = git(&repo, &["rev-parse", "--show-toplevel"])
+            .await
+            .map_err(|_| {
+                CoreError::Invalid(format!("{} is not a git repository", repo.display()))
+            })?;
         let repo = PathBuf::from(top);
         let base = match &spec.base {
             Some(b) => b.clone(),
-            None => git(&repo, &["symbolic-ref", "--short", "HEAD"]).await.map_err(|_| CoreError::Invalid("the repository has a detached HEAD; pass --branch BASE".into()))?,
+            None => git(&repo, &["symbolic-ref", "--short", "HEAD"])
+                .await
+                .map_err(|_| {
+                    CoreError::Invalid(
+                        "the repository has a detached HEAD; pass --branch BASE".into(),
+                    )
+                })?,
         };
-        git(&repo, &["rev-parse", "--verify", "--quiet", &format!("{base}^{{commit}}")])
-            .await
-            .map_err(|_| CoreError::Invalid(format!("base branch '{base}' does not exist in {}", repo.display())))?;
+        git(
+            &repo,
+            &[
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("{base}^{{commit}}"),
+            ],
+        )
+        .await
+        .map_err(|_| {
+            CoreError::Invalid(format!(
+                "base branch '{base}' does not exist in {}",
+                repo.display()
+            ))
+        })?;
         let dirty = git(&repo, &["status", "--porcelain", "--untracked-files=no"]).await?;
         if !dirty.is_empty() {
             return Err(CoreError::Invalid(format!(
@@ -126,12 +187,24 @@ impl Runs {
                 repo.display()
             )));
         }
-        let program = spec.agent.split_whitespace().next().unwrap_or_default().to_string();
-        let found = if program.contains('/') { repo.join(&program).is_file() || Path::new(&program).is_file() } else { crate::provider::which(&program).is_some() };
+        let program = spec
+            .agent
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let found = if program.contains('/') {
+            repo.join(&program).is_file() || Path::new(&program).is_file()
+        } else {
+            crate::provider::which(&program).is_some()
+        };
         if !found {
             return Err(CoreError::Invalid(format!("agent command '{program}' was not found in the machine (not on PATH, not a file in the repository)")));
         }
-        let env_path = spec.env.clone().or_else(|| crate::environments::find_in_repo(&repo));
+        let env_path = spec
+            .env
+            .clone()
+            .or_else(|| crate::environments::find_in_repo(&repo));
         let env = match &env_path {
             Some(p) => Some(crate::environments::load(p)?),
             None => None,
@@ -141,8 +214,20 @@ impl Runs {
         let branch = format!("porthole/{id}");
         let dir = self.ms.state.runs().join(&id);
         let worktree = dir.join("worktree");
-        std::fs::create_dir_all(&dir).map_err(CoreError::io(format!("create {}", dir.display())))?;
-        git(&repo, &["worktree", "add", "-b", &branch, &worktree.to_string_lossy(), &base]).await?;
+        std::fs::create_dir_all(&dir)
+            .map_err(CoreError::io(format!("create {}", dir.display())))?;
+        git(
+            &repo,
+            &[
+                "worktree",
+                "add",
+                "-b",
+                &branch,
+                &worktree.to_string_lossy(),
+                &base,
+            ],
+        )
+        .await?;
         let machine = format!("run-{id}");
         let now = now_ms();
         sqlx::query(
@@ -161,21 +246,38 @@ impl Runs {
         .execute(&self.ms.store.pool)
         .await?;
 
-        let r = self.launch(&id, &repo, &worktree, &machine, &spec, env).await;
+        let r = self
+            .launch(&id, &repo, &worktree, &machine, &spec, env)
+            .await;
         if let Err(e) = r {
             // Nothing half-created: the machine, the worktree and the branch go again.
             let _ = self.ms.destroy(&machine).await;
-            let _ = git(&repo, &["worktree", "remove", "--force", &worktree.to_string_lossy()]).await;
+            let _ = git(
+                &repo,
+                &["worktree", "remove", "--force", &worktree.to_string_lossy()],
+            )
+            .await;
             let _ = git(&repo, &["branch", "-D", &branch]).await;
             let _ = std::fs::remove_dir_all(&dir);
-            sqlx::query("DELETE FROM runs WHERE id = ?").bind(&id).execute(&self.ms.store.pool).await?;
+            sqlx::query("DELETE FROM runs WHERE id = ?")
+                .bind(&id)
+                .execute(&self.ms.store.pool)
+                .await?;
             return Err(e);
         }
         self.set_status(&id, "running", None).await?;
         self.get(&id).await
     }
 
-    async fn launch(&self, id: &str, repo: &Path, worktree: &Path, machine: &str, spec: &StartSpec, env: Option<porthole_envfile::PortholeEnvironment>) -> Result<()> {
+    async fn launch(
+        &self,
+        id: &str,
+        repo: &Path,
+        worktree: &Path,
+        machine: &str,
+        spec: &StartSpec,
+        env: Option<porthole_envfile::PortholeEnvironment>,
+    ) -> Result<()> {
         let m = self
             .ms
             .create(CreateSpec {
@@ -190,15 +292,28 @@ impl Runs {
         let client = self.ms.client(&m)?;
         let token = self.ms.token(&m)?;
         // Inside the sandbox the agent listens where the machine spec says.
-        let inner = format!("http://{}", m.spec["listen"].as_str().unwrap_or("127.0.0.1:7300"));
+        let inner = format!(
+            "http://{}",
+            m.spec["listen"].as_str().unwrap_or("127.0.0.1:7300")
+        );
         let home = self.ms.state.machine(machine).join("home");
         let mcp = json!({"mcpServers": {"porthole": {"type": "http", "url": format!("{inner}/mcp"), "headers": {"Authorization": format!("Bearer {token}")}}}});
-        for p in [home.join(".cursor/mcp.json"), home.join(".porthole/mcp.json")] {
-            std::fs::create_dir_all(p.parent().expect("has parent")).map_err(CoreError::io("create mcp dir"))?;
-            std::fs::write(&p, serde_json::to_vec_pretty(&mcp).unwrap_or_default()).map_err(CoreError::io("write mcp config"))?;
+        for p in [
+            home.join(".cursor/mcp.json"),
+            home.join(".porthole/mcp.json"),
+        ] {
+            std::fs::create_dir_all(p.parent().expect("has parent"))
+                .map_err(CoreError::io("create mcp dir"))?;
+            std::fs::write(&p, serde_json::to_vec_pretty(&mcp).unwrap_or_default())
+                .map_err(CoreError::io("write mcp config"))?;
         }
         // Claude Code reads project-scoped servers from its user config.
-        std::fs::write(home.join(".claude.json"), serde_json::to_vec_pretty(&json!({"mcpServers": mcp["mcpServers"]})).unwrap_or_default()).map_err(CoreError::io("write claude config"))?;
+        std::fs::write(
+            home.join(".claude.json"),
+            serde_json::to_vec_pretty(&json!({"mcpServers": mcp["mcpServers"]}))
+                .unwrap_or_default(),
+        )
+        .map_err(CoreError::io("write claude config"))?;
         std::fs::write(home.join("TASK.md"), &spec.task).map_err(CoreError::io("write task"))?;
 
         let mut env = env.unwrap_or_default();
@@ -207,7 +322,10 @@ impl Runs {
             ("PORTHOLE_TASK", spec.task.clone()),
             ("PORTHOLE_AGENT_URL", inner.clone()),
             ("PORTHOLE_MCP_URL", format!("{inner}/mcp")),
-            ("PORTHOLE_MCP_CONFIG", "/home/porthole/.porthole/mcp.json".to_string()),
+            (
+                "PORTHOLE_MCP_CONFIG",
+                "/home/porthole/.porthole/mcp.json".to_string(),
+            ),
             ("PORTHOLE_TOKEN", token.clone()),
             ("GIT_AUTHOR_NAME", "Porthole agent".to_string()),
             ("GIT_AUTHOR_EMAIL", "agent@porthole.invalid".to_string()),
@@ -242,8 +360,22 @@ impl Runs {
     pub async fn show(&self, id: &str) -> Result<Value> {
         let r = self.get(id).await?;
         let repo = PathBuf::from(&r.repo);
-        let commits = git(&repo, &["log", "--format=%h %s", &format!("{}..{}", r.base, r.branch)]).await.unwrap_or_default();
-        let stat = git(&repo, &["diff", "--stat", &format!("{}...{}", r.base, r.branch)]).await.unwrap_or_default();
+        let commits = git(
+            &repo,
+            &[
+                "log",
+                "--format=%h %s",
+                &format!("{}..{}", r.base, r.branch),
+            ],
+        )
+        .await
+        .unwrap_or_default();
+        let stat = git(
+            &repo,
+            &["diff", "--stat", &format!("{}...{}", r.base, r.branch)],
+        )
+        .await
+        .unwrap_or_default();
         let mut v = serde_json::to_value(&r).unwrap_or_default();
         v["commits"] = json!(commits.lines().collect::<Vec<_>>());
         v["diff_stat"] = json!(stat);
@@ -275,10 +407,32 @@ impl Runs {
     pub async fn collect(&self, id: &str) -> Result<Value> {
         let r = self.get(id).await?;
         let repo = PathBuf::from(&r.repo);
-        git(&repo, &["rev-parse", "--verify", "--quiet", &r.branch]).await.map_err(|_| CoreError::Git(format!("branch {} is gone from {}", r.branch, r.repo)))?;
-        let commits = git(&repo, &["log", "--format=%h %s", &format!("{}..{}", r.base, r.branch)]).await?;
-        let stat = git(&repo, &["diff", "--stat", &format!("{}...{}", r.base, r.branch)]).await?;
-        let patch = git(&repo, &["format-patch", "--stdout", &format!("{}..{}", r.base, r.branch)]).await?;
+        git(&repo, &["rev-parse", "--verify", "--quiet", &r.branch])
+            .await
+            .map_err(|_| CoreError::Git(format!("branch {} is gone from {}", r.branch, r.repo)))?;
+        let commits = git(
+            &repo,
+            &[
+                "log",
+                "--format=%h %s",
+                &format!("{}..{}", r.base, r.branch),
+            ],
+        )
+        .await?;
+        let stat = git(
+            &repo,
+            &["diff", "--stat", &format!("{}...{}", r.base, r.branch)],
+        )
+        .await?;
+        let patch = git(
+            &repo,
+            &[
+                "format-patch",
+                "--stdout",
+                &format!("{}..{}", r.base, r.branch),
+            ],
+        )
+        .await?;
         let dir = self.ms.state.runs().join(id);
         std::fs::create_dir_all(&dir).map_err(CoreError::io("create run dir"))?;
         let patch_path = dir.join(format!("{id}.patch"));
@@ -294,6 +448,8 @@ impl Runs {
         );
         let summary_path = dir.join("summary.md");
         std::fs::write(&summary_path, &summary).map_err(CoreError::io("write summary"))?;
-        Ok(json!({"id": id, "repo": r.repo, "branch": r.branch, "commits": n, "patch": patch_path, "summary": summary_path}))
+        Ok(
+            json!({"id": id, "repo": r.repo, "branch": r.branch, "commits": n, "patch": patch_path, "summary": summary_path}),
+        )
     }
 }

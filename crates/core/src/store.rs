@@ -16,13 +16,19 @@ pub struct Store {
 }
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 impl Store {
     pub async fn open(path: &Path) -> Result<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(crate::error::CoreError::io(format!("create {}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(crate::error::CoreError::io(format!(
+                "create {}",
+                dir.display()
+            )))?;
         }
         let opts = SqliteConnectOptions::new()
             .filename(path)
@@ -32,17 +38,22 @@ impl Store {
             .foreign_keys(true)
             // App and CLI share the file: wait for the other's write instead of failing.
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Self { pool })
     }
 
     /// Sessions left `running` by a process that is gone become `interrupted`.
     pub async fn mark_interrupted(&self, machine: &str) -> Result<u64> {
-        let r = sqlx::query("UPDATE sessions SET state = 'interrupted' WHERE machine = ? AND state = 'running'")
-            .bind(machine)
-            .execute(&self.pool)
-            .await?;
+        let r = sqlx::query(
+            "UPDATE sessions SET state = 'interrupted' WHERE machine = ? AND state = 'running'",
+        )
+        .bind(machine)
+        .execute(&self.pool)
+        .await?;
         Ok(r.rows_affected())
     }
 }
@@ -54,7 +65,12 @@ mod tests {
     /// Child mode for the crash test: write sessions and their events in transactions forever.
     async fn writer(path: &Path) {
         let s = Store::open(path).await.unwrap();
-        sqlx::query("INSERT INTO sessions (id, machine, started_at, state) VALUES ('s', 'm', 1, 'running')").execute(&s.pool).await.unwrap();
+        sqlx::query(
+            "INSERT INTO sessions (id, machine, started_at, state) VALUES ('s', 'm', 1, 'running')",
+        )
+        .execute(&s.pool)
+        .await
+        .unwrap();
         for seq in 1.. {
             let mut tx = s.pool.begin().await.unwrap();
             sqlx::query("INSERT INTO events (session_id, seq, t_ms, actor, kind, data) VALUES ('s', ?, ?, 'agent', 'action', '{}')")
@@ -63,7 +79,11 @@ mod tests {
                 .execute(&mut *tx)
                 .await
                 .unwrap();
-            sqlx::query("UPDATE sessions SET last_seq = ? WHERE id = 's'").bind(seq).execute(&mut *tx).await.unwrap();
+            sqlx::query("UPDATE sessions SET last_seq = ? WHERE id = 's'")
+                .bind(seq)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
             tx.commit().await.unwrap();
         }
     }
@@ -78,7 +98,11 @@ mod tests {
         let p = dir.path().join("crash.db");
         // Re-run this very test in a child process as the writer, then kill it mid-write.
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "store::tests::survives_kill_9_mid_write", "--nocapture"])
+            .args([
+                "--exact",
+                "store::tests::survives_kill_9_mid_write",
+                "--nocapture",
+            ])
             .env("PORTHOLE_STORE_CRASH_CHILD", &p)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -88,21 +112,39 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         let s = Store::open(&p).await.unwrap();
-        let (ok,): (String,) = sqlx::query_as("PRAGMA integrity_check").fetch_one(&s.pool).await.unwrap();
+        let (ok,): (String,) = sqlx::query_as("PRAGMA integrity_check")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
         assert_eq!(ok, "ok");
-        let (n, max): (i64, Option<i64>) = sqlx::query_as("SELECT COUNT(*), MAX(seq) FROM events").fetch_one(&s.pool).await.unwrap();
-        let (last,): (i64,) = sqlx::query_as("SELECT last_seq FROM sessions WHERE id = 's'").fetch_one(&s.pool).await.unwrap();
+        let (n, max): (i64, Option<i64>) = sqlx::query_as("SELECT COUNT(*), MAX(seq) FROM events")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+        let (last,): (i64,) = sqlx::query_as("SELECT last_seq FROM sessions WHERE id = 's'")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
         assert!(n > 0, "the writer wrote something before the kill");
         // Every committed transaction is whole: the counter and the rows agree.
         assert_eq!((n, max), (last, Some(last)));
-        assert_eq!(s.mark_interrupted("m").await.unwrap(), 1, "the running session is marked interrupted");
+        assert_eq!(
+            s.mark_interrupted("m").await.unwrap(),
+            1,
+            "the running session is marked interrupted"
+        );
     }
 
     #[tokio::test]
     async fn reads_go_on_while_a_sync_writes() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("c.db")).await.unwrap();
-        sqlx::query("INSERT INTO sessions (id, machine, started_at, state) VALUES ('s', 'm', 1, 'running')").execute(&s.pool).await.unwrap();
+        sqlx::query(
+            "INSERT INTO sessions (id, machine, started_at, state) VALUES ('s', 'm', 1, 'running')",
+        )
+        .execute(&s.pool)
+        .await
+        .unwrap();
         let w = s.clone();
         let writer = tokio::spawn(async move {
             for page in 0..50i64 {
@@ -122,7 +164,10 @@ mod tests {
         let mut reads = 0;
         let mut last = 0;
         while !writer.is_finished() {
-            let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM events").fetch_one(&s.pool).await.unwrap();
+            let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM events")
+                .fetch_one(&s.pool)
+                .await
+                .unwrap();
             assert_eq!(n % 100, 0, "a reader never sees half a page");
             assert!(n >= last, "counts only grow");
             last = n;
@@ -137,13 +182,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.db");
         let s = Store::open(&p).await.unwrap();
-        sqlx::query("INSERT INTO sessions (id, machine, started_at, state) VALUES ('a', 'm', 1, 'running')").execute(&s.pool).await.unwrap();
+        sqlx::query(
+            "INSERT INTO sessions (id, machine, started_at, state) VALUES ('a', 'm', 1, 'running')",
+        )
+        .execute(&s.pool)
+        .await
+        .unwrap();
         drop(s);
         let s = Store::open(&p).await.unwrap();
         assert_eq!(s.mark_interrupted("m").await.unwrap(), 1);
-        let (state,): (String,) = sqlx::query_as("SELECT state FROM sessions WHERE id = 'a'").fetch_one(&s.pool).await.unwrap();
+        let (state,): (String,) = sqlx::query_as("SELECT state FROM sessions WHERE id = 'a'")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
         assert_eq!(state, "interrupted");
-        let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode").fetch_one(&s.pool).await.unwrap();
+        let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
         assert_eq!(mode, "wal");
     }
 }

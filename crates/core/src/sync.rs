@@ -44,14 +44,20 @@ pub async fn sync_machine(ms: &Machines, m: &Machine) -> Result<SyncReport> {
         report.sessions += 1;
         report.events += sync_events(ms, &client, &id).await?;
         let dir = ms.state.recordings().join(&id);
-        std::fs::create_dir_all(dir.join("thumbs")).map_err(CoreError::io(format!("create {}", dir.display())))?;
+        std::fs::create_dir_all(dir.join("thumbs"))
+            .map_err(CoreError::io(format!("create {}", dir.display())))?;
         for part in 1..=r["parts"].as_u64().unwrap_or(0) as u32 {
             let path = dir.join(format!("video-{part:04}.mp4"));
             let have = std::fs::metadata(&path).map(|md| md.len()).unwrap_or(0);
             let bytes = client.video_from(&id, part, have).await?;
             if !bytes.is_empty() {
-                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(CoreError::io(format!("open {}", path.display())))?;
-                f.write_all(&bytes).map_err(CoreError::io(format!("write {}", path.display())))?;
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(CoreError::io(format!("open {}", path.display())))?;
+                f.write_all(&bytes)
+                    .map_err(CoreError::io(format!("write {}", path.display())))?;
                 f.sync_data().map_err(CoreError::io("sync"))?;
                 report.bytes += bytes.len() as u64;
             }
@@ -69,16 +75,27 @@ pub async fn sync_machine(ms: &Machines, m: &Machine) -> Result<SyncReport> {
             .await?;
         }
         sync_thumbs(ms, &client, &id, &dir).await?;
-        sqlx::query("UPDATE sessions SET synced_at = ? WHERE id = ?").bind(now_ms()).bind(&id).execute(&ms.store.pool).await?;
+        sqlx::query("UPDATE sessions SET synced_at = ? WHERE id = ?")
+            .bind(now_ms())
+            .bind(&id)
+            .execute(&ms.store.pool)
+            .await?;
     }
     Ok(report)
 }
 
 async fn sync_events(ms: &Machines, client: &crate::agent::AgentClient, id: &str) -> Result<u64> {
-    let (mut after,): (i64,) = sqlx::query_as("SELECT last_seq FROM sessions WHERE id = ?").bind(id).fetch_one(&ms.store.pool).await?;
+    let (mut after,): (i64,) = sqlx::query_as("SELECT last_seq FROM sessions WHERE id = ?")
+        .bind(id)
+        .fetch_one(&ms.store.pool)
+        .await?;
     let mut added = 0;
     loop {
-        let page = client.get(&format!("/v1/recordings/{id}/events?after={after}&limit=2000")).await?;
+        let page = client
+            .get(&format!(
+                "/v1/recordings/{id}/events?after={after}&limit=2000"
+            ))
+            .await?;
         let events = page["events"].as_array().cloned().unwrap_or_default();
         if events.is_empty() {
             break;
@@ -97,13 +114,22 @@ async fn sync_events(ms: &Machines, client: &crate::agent::AgentClient, id: &str
             added += r.rows_affected();
             after = after.max(e["seq"].as_i64().unwrap_or(after));
         }
-        sqlx::query("UPDATE sessions SET last_seq = ? WHERE id = ?").bind(after).bind(id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE sessions SET last_seq = ? WHERE id = ?")
+            .bind(after)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
     }
     Ok(added)
 }
 
-async fn sync_thumbs(ms: &Machines, client: &crate::agent::AgentClient, id: &str, dir: &std::path::Path) -> Result<()> {
+async fn sync_thumbs(
+    ms: &Machines,
+    client: &crate::agent::AgentClient,
+    id: &str,
+    dir: &std::path::Path,
+) -> Result<()> {
     let rows: Vec<(i64,)> =
         sqlx::query_as("SELECT seq FROM events WHERE session_id = ? AND kind = 'action' AND json_extract(data, '$.thumbs') = 1").bind(id).fetch_all(&ms.store.pool).await?;
     for (seq,) in rows {
@@ -114,8 +140,12 @@ async fn sync_thumbs(ms: &Machines, client: &crate::agent::AgentClient, id: &str
                 continue;
             }
             // A thumbnail may not exist yet (written just after its action): try next sync.
-            if let Ok(bytes) = client.get_bytes(&format!("/v1/recordings/{id}/thumbs/{name}")).await {
-                std::fs::write(&path, &bytes).map_err(CoreError::io(format!("write {}", path.display())))?;
+            if let Ok(bytes) = client
+                .get_bytes(&format!("/v1/recordings/{id}/thumbs/{name}"))
+                .await
+            {
+                std::fs::write(&path, &bytes)
+                    .map_err(CoreError::io(format!("write {}", path.display())))?;
                 sqlx::query("INSERT OR IGNORE INTO thumbnails (session_id, seq, which, path) VALUES (?, ?, ?, ?)")
                     .bind(id)
                     .bind(seq)
@@ -146,7 +176,12 @@ pub async fn local_sessions(store: &Store) -> Result<Vec<Value>> {
 }
 
 /// Events of a stored session, optionally within a time window.
-pub async fn events(store: &Store, session: &str, from_ms: Option<u64>, to_ms: Option<u64>) -> Result<Vec<porthole_proto::Event>> {
+pub async fn events(
+    store: &Store,
+    session: &str,
+    from_ms: Option<u64>,
+    to_ms: Option<u64>,
+) -> Result<Vec<porthole_proto::Event>> {
     let rows: Vec<(i64, i64, String, String, String)> =
         sqlx::query_as("SELECT seq, t_ms, actor, kind, data FROM events WHERE session_id = ? AND t_ms >= ? AND t_ms <= ? ORDER BY seq")
             .bind(session)
@@ -159,7 +194,8 @@ pub async fn events(store: &Store, session: &str, from_ms: Option<u64>, to_ms: O
         .map(|r| porthole_proto::Event {
             seq: r.0 as u64,
             t_ms: r.1 as u64,
-            actor: serde_json::from_value(Value::String(r.2)).unwrap_or(porthole_proto::Actor::System),
+            actor: serde_json::from_value(Value::String(r.2))
+                .unwrap_or(porthole_proto::Actor::System),
             kind: r.3,
             data: serde_json::from_str(&r.4).unwrap_or(Value::Null),
         })
@@ -181,5 +217,8 @@ pub fn thumbnail_data_url(ms: &Machines, session: &str) -> Option<String> {
         .collect();
     names.sort();
     let bytes = std::fs::read(&names.first()?.1).ok()?;
-    Some(format!("data:image/jpeg;base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes)))
+    Some(format!(
+        "data:image/jpeg;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    ))
 }

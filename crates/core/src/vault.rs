@@ -30,8 +30,13 @@ pub struct SecretInfo {
 pub fn valid_secret_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().next().is_some_and(|c| c.is_ascii_uppercase() || c == '_')
-        && name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
     if ok {
         Ok(())
     } else {
@@ -46,16 +51,25 @@ impl Vault {
         let path = dir.join("vault.key");
         let key = match std::fs::read(&path) {
             Ok(k) if k.len() == 32 => k,
-            Ok(_) => return Err(CoreError::Invalid(format!("{} is corrupt (expected 32 bytes)", path.display()))),
+            Ok(_) => {
+                return Err(CoreError::Invalid(format!(
+                    "{} is corrupt (expected 32 bytes)",
+                    path.display()
+                )))
+            }
             Err(_) => {
                 let mut k = vec![0u8; 32];
                 rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut k);
                 std::fs::write(&path, &k).map_err(CoreError::io("write vault key"))?;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(CoreError::io("chmod vault key"))?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(CoreError::io("chmod vault key"))?;
                 k
             }
         };
-        Ok(Self { cipher: ChaCha20Poly1305::new(Key::from_slice(&key)), store: ms.store.clone() })
+        Ok(Self {
+            cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
+            store: ms.store.clone(),
+        })
     }
 
     pub fn backend(&self) -> &'static str {
@@ -65,7 +79,9 @@ impl Vault {
     pub async fn set(&self, name: &str, scope: &str, value: &str) -> Result<()> {
         valid_secret_name(name)?;
         if value.is_empty() {
-            return Err(CoreError::Invalid(format!("secret {name}: the value is empty")));
+            return Err(CoreError::Invalid(format!(
+                "secret {name}: the value is empty"
+            )));
         }
         let mut nonce = [0u8; 12];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut nonce);
@@ -73,7 +89,13 @@ impl Vault {
         let aad = format!("{scope}\0{name}");
         let ct = self
             .cipher
-            .encrypt(Nonce::from_slice(&nonce), chacha20poly1305::aead::Payload { msg: value.as_bytes(), aad: aad.as_bytes() })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                chacha20poly1305::aead::Payload {
+                    msg: value.as_bytes(),
+                    aad: aad.as_bytes(),
+                },
+            )
             .map_err(|_| CoreError::Invalid("encryption failed".into()))?;
         sqlx::query(
             "INSERT INTO secrets (name, scope, nonce, ciphertext, updated_at) VALUES (?, ?, ?, ?, ?)
@@ -90,18 +112,35 @@ impl Vault {
     }
 
     pub async fn delete(&self, name: &str, scope: &str) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM secrets WHERE name = ? AND scope = ?").bind(name).bind(scope).execute(&self.store.pool).await?;
+        let r = sqlx::query("DELETE FROM secrets WHERE name = ? AND scope = ?")
+            .bind(name)
+            .bind(scope)
+            .execute(&self.store.pool)
+            .await?;
         Ok(r.rows_affected() > 0)
     }
 
     pub async fn list(&self) -> Result<Vec<SecretInfo>> {
-        let rows: Vec<(String, String, i64)> = sqlx::query_as("SELECT name, scope, updated_at FROM secrets ORDER BY scope, name").fetch_all(&self.store.pool).await?;
-        Ok(rows.into_iter().map(|(name, scope, updated_at)| SecretInfo { name, scope, updated_at }).collect())
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT name, scope, updated_at FROM secrets ORDER BY scope, name")
+                .fetch_all(&self.store.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, scope, updated_at)| SecretInfo {
+                name,
+                scope,
+                updated_at,
+            })
+            .collect())
     }
 
     /// Values for a machine with this environment: global secrets, overridden by scoped ones.
     pub async fn env_for(&self, env_name: Option<&str>) -> Result<BTreeMap<String, String>> {
-        let rows: Vec<(String, String, Vec<u8>, Vec<u8>)> = sqlx::query_as("SELECT name, scope, nonce, ciphertext FROM secrets ORDER BY scope").fetch_all(&self.store.pool).await?;
+        let rows: Vec<(String, String, Vec<u8>, Vec<u8>)> =
+            sqlx::query_as("SELECT name, scope, nonce, ciphertext FROM secrets ORDER BY scope")
+                .fetch_all(&self.store.pool)
+                .await?;
         let mut out = BTreeMap::new();
         for (name, scope, nonce, ct) in rows {
             if !scope.is_empty() && Some(scope.as_str()) != env_name {
@@ -110,8 +149,18 @@ impl Vault {
             let aad = format!("{scope}\0{name}");
             let pt = self
                 .cipher
-                .decrypt(Nonce::from_slice(&nonce), chacha20poly1305::aead::Payload { msg: &ct, aad: aad.as_bytes() })
-                .map_err(|_| CoreError::Invalid(format!("secret {name} cannot be decrypted (vault key changed?)")))?;
+                .decrypt(
+                    Nonce::from_slice(&nonce),
+                    chacha20poly1305::aead::Payload {
+                        msg: &ct,
+                        aad: aad.as_bytes(),
+                    },
+                )
+                .map_err(|_| {
+                    CoreError::Invalid(format!(
+                        "secret {name} cannot be decrypted (vault key changed?)"
+                    ))
+                })?;
             out.insert(name, String::from_utf8_lossy(&pt).into_owned());
         }
         Ok(out)
@@ -125,19 +174,33 @@ mod tests {
     #[tokio::test]
     async fn values_are_sealed_scoped_and_never_stored_in_clear() {
         let dir = tempfile::tempdir().unwrap();
-        let ms = Machines::open(crate::paths::StateDir::at(dir.path())).await.unwrap();
+        let ms = Machines::open(crate::paths::StateDir::at(dir.path()))
+            .await
+            .unwrap();
         let v = Vault::open(&ms).await.unwrap();
         v.set("API_KEY", "", "sk-global-111").await.unwrap();
         v.set("API_KEY", "web", "sk-web-222").await.unwrap();
         assert!(v.set("bad name", "", "x").await.is_err());
         assert_eq!(v.env_for(None).await.unwrap()["API_KEY"], "sk-global-111");
-        assert_eq!(v.env_for(Some("web")).await.unwrap()["API_KEY"], "sk-web-222");
+        assert_eq!(
+            v.env_for(Some("web")).await.unwrap()["API_KEY"],
+            "sk-web-222"
+        );
         assert_eq!(v.list().await.unwrap().len(), 2);
         // Checkpoint the WAL so the database file holds everything, then grep it.
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&ms.store.pool).await.unwrap();
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&ms.store.pool)
+            .await
+            .unwrap();
         let raw = std::fs::read(dir.path().join("porthole.db")).unwrap();
-        assert!(!raw.windows(11).any(|w| w == b"sk-global-1"), "secret stored in clear");
+        assert!(
+            !raw.windows(11).any(|w| w == b"sk-global-1"),
+            "secret stored in clear"
+        );
         assert!(v.delete("API_KEY", "web").await.unwrap());
-        assert_eq!(v.env_for(Some("web")).await.unwrap()["API_KEY"], "sk-global-111");
+        assert_eq!(
+            v.env_for(Some("web")).await.unwrap()["API_KEY"],
+            "sk-global-111"
+        );
     }
 }

@@ -131,10 +131,18 @@ pub enum ViewerMessage {
         dy: f64,
     },
     /// A key going down or up: DOM `KeyboardEvent.code` and `.key`.
-    Key { code: String, key: String, down: bool },
+    Key {
+        code: String,
+        key: String,
+        down: bool,
+    },
     /// Text to type as is (paste).
-    Text { text: String },
-    Control { action: ControlAction },
+    Text {
+        text: String,
+    },
+    Control {
+        action: ControlAction,
+    },
 }
 
 /// Messages the agent sends on the `porthole` data channel.
@@ -143,7 +151,10 @@ pub enum ViewerMessage {
 pub enum AgentMessage {
     Event(Event),
     /// Pairs the session clock with the RTP timestamp of a sent frame.
-    Clock { t_ms: u64, rtp_timestamp: u32 },
+    Clock {
+        t_ms: u64,
+        rtp_timestamp: u32,
+    },
     Stats(StreamStats),
 }
 
@@ -170,22 +181,41 @@ mod tests {
     fn viewer_messages_parse_as_the_contract_writes_them() {
         let m: ViewerMessage =
             serde_json::from_str(r#"{"type":"pointer","x":10,"y":20,"buttons":1}"#).unwrap();
-        assert_eq!(m, ViewerMessage::Pointer { x: 10, y: 20, buttons: 1 });
+        assert_eq!(
+            m,
+            ViewerMessage::Pointer {
+                x: 10,
+                y: 20,
+                buttons: 1
+            }
+        );
         let m: ViewerMessage =
             serde_json::from_str(r#"{"type":"key","code":"KeyA","key":"a","down":true}"#).unwrap();
         assert_eq!(
             m,
-            ViewerMessage::Key { code: "KeyA".into(), key: "a".into(), down: true }
+            ViewerMessage::Key {
+                code: "KeyA".into(),
+                key: "a".into(),
+                down: true
+            }
         );
         let m: ViewerMessage =
             serde_json::from_str(r#"{"type":"control","action":"take"}"#).unwrap();
-        assert_eq!(m, ViewerMessage::Control { action: ControlAction::Take });
+        assert_eq!(
+            m,
+            ViewerMessage::Control {
+                action: ControlAction::Take
+            }
+        );
         assert!(serde_json::from_str::<ViewerMessage>(r#"{"type":"warp"}"#).is_err());
     }
 
     #[test]
     fn agent_messages_are_tagged_by_type() {
-        let m = AgentMessage::Clock { t_ms: 5, rtp_timestamp: 9 };
+        let m = AgentMessage::Clock {
+            t_ms: 5,
+            rtp_timestamp: 9,
+        };
         let v = serde_json::to_value(&m).unwrap();
         assert_eq!(v["type"], "clock");
         assert_eq!(v["rtp_timestamp"], 9);

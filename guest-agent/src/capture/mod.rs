@@ -17,7 +17,10 @@ pub enum CaptureError {
     Display { display: String, message: String },
     /// The X server lacks an extension the capture needs.
     #[error("X display {display} lacks the {extension} extension")]
-    MissingExtension { display: String, extension: &'static str },
+    MissingExtension {
+        display: String,
+        extension: &'static str,
+    },
     #[error("shared memory: {0}")]
     Shm(String),
 }
@@ -65,7 +68,9 @@ impl Waker {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: fd is valid and owned by nobody else.
-        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 
     pub fn wake(&self) {
@@ -89,8 +94,14 @@ impl Waker {
 
 /// Polls `fds` for readability until `deadline`; returns which were readable.
 pub(crate) fn poll_readable(fds: &[i32], deadline: Option<Instant>) -> Vec<bool> {
-    let mut pfds: Vec<libc::pollfd> =
-        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
     let timeout_ms = match deadline {
         None => -1,
         Some(d) => {
@@ -104,7 +115,9 @@ pub(crate) fn poll_readable(fds: &[i32], deadline: Option<Instant>) -> Vec<bool>
     if n <= 0 {
         return vec![false; fds.len()];
     }
-    pfds.iter().map(|p| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0).collect()
+    pfds.iter()
+        .map(|p| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0)
+        .collect()
 }
 
 /// Alpha-blends a premultiplied ARGB cursor image onto BGRx pixels at (x, y), clipped.
@@ -169,7 +182,10 @@ mod tests {
         let w = Waker::new().unwrap();
         assert!(!w.drain());
         w.wake();
-        let r = poll_readable(&[w.raw_fd()], Some(Instant::now() + std::time::Duration::from_secs(5)));
+        let r = poll_readable(
+            &[w.raw_fd()],
+            Some(Instant::now() + std::time::Duration::from_secs(5)),
+        );
         assert_eq!(r, vec![true]);
         assert!(w.drain());
         assert!(!w.drain());

@@ -29,13 +29,21 @@ impl SyntheticSource {
 
     /// Scrolling stripes with text-like noise: roughly what a busy terminal costs the encoder.
     fn paint(&mut self) {
-        let (w, h, t) = (self.width as usize, self.height as usize, self.tick as usize);
+        let (w, h, t) = (
+            self.width as usize,
+            self.height as usize,
+            self.tick as usize,
+        );
         for y in 0..h {
             let row = &mut self.pixels[y * w * 4..(y + 1) * w * 4];
             let line = (y + t * 3) / 16;
             for x in 0..w {
                 let glyph = ((x / 8) * 31 + line * 17 + (x ^ (y + t)) % 7) % 11;
-                let v = if glyph < 4 && (y + t * 3) % 16 < 12 { 220 } else { 30 };
+                let v = if glyph < 4 && (y + t * 3) % 16 < 12 {
+                    220
+                } else {
+                    30
+                };
                 row[x * 4] = v as u8;
                 row[x * 4 + 1] = (v / 2 + line * 13 % 60) as u8;
                 row[x * 4 + 2] = (v / 3 + x * 255 / w.max(1)) as u8;
@@ -66,7 +74,12 @@ impl FrameSource for SyntheticSource {
     }
 
     fn capture(&mut self) -> Result<Frame<'_>, CaptureError> {
-        Ok(Frame { width: self.width, height: self.height, stride: self.width * 4, bgrx: &self.pixels })
+        Ok(Frame {
+            width: self.width,
+            height: self.height,
+            stride: self.width * 4,
+            bgrx: &self.pixels,
+        })
     }
 
     fn size(&self) -> (u32, u32) {

@@ -44,25 +44,49 @@ pub struct X11Source {
 
 impl X11Source {
     pub fn open(display: &str) -> Result<Self, CaptureError> {
-        let err = |m: String| CaptureError::Display { display: display.to_string(), message: m };
-        let (conn, screen) = RustConnection::connect(Some(display)).map_err(|e| err(e.to_string()))?;
+        let err = |m: String| CaptureError::Display {
+            display: display.to_string(),
+            message: m,
+        };
+        let (conn, screen) =
+            RustConnection::connect(Some(display)).map_err(|e| err(e.to_string()))?;
         let root = conn.setup().roots[screen].root;
-        let need = |name: &'static str| CaptureError::MissingExtension { display: display.to_string(), extension: name };
+        let need = |name: &'static str| CaptureError::MissingExtension {
+            display: display.to_string(),
+            extension: name,
+        };
         let x = |e: x11rb::errors::ReplyError| err(e.to_string());
         let c = |e: x11rb::errors::ConnectionError| err(e.to_string());
-        conn.shm_query_version().map_err(c)?.reply().map_err(|_| need("MIT-SHM"))?;
-        conn.damage_query_version(1, 1).map_err(c)?.reply().map_err(|_| need("DAMAGE"))?;
-        conn.xfixes_query_version(5, 0).map_err(c)?.reply().map_err(|_| need("XFIXES"))?;
+        conn.shm_query_version()
+            .map_err(c)?
+            .reply()
+            .map_err(|_| need("MIT-SHM"))?;
+        conn.damage_query_version(1, 1)
+            .map_err(c)?
+            .reply()
+            .map_err(|_| need("DAMAGE"))?;
+        conn.xfixes_query_version(5, 0)
+            .map_err(c)?
+            .reply()
+            .map_err(|_| need("XFIXES"))?;
         let damage = conn.generate_id().map_err(|e| err(e.to_string()))?;
-        conn.damage_create(damage, root, damage::ReportLevel::NON_EMPTY).map_err(c)?;
-        conn.xfixes_select_cursor_input(root, xfixes::CursorNotifyMask::DISPLAY_CURSOR).map_err(c)?;
+        conn.damage_create(damage, root, damage::ReportLevel::NON_EMPTY)
+            .map_err(c)?;
+        conn.xfixes_select_cursor_input(root, xfixes::CursorNotifyMask::DISPLAY_CURSOR)
+            .map_err(c)?;
         conn.change_window_attributes(
             root,
-            &xproto::ChangeWindowAttributesAux::new().event_mask(xproto::EventMask::STRUCTURE_NOTIFY),
+            &xproto::ChangeWindowAttributesAux::new()
+                .event_mask(xproto::EventMask::STRUCTURE_NOTIFY),
         )
         .map_err(c)?;
         // Pointer motion does not damage the framebuffer; XI2 raw motion tells us it moved.
-        if conn.xinput_xi_query_version(2, 2).map_err(c)?.reply().is_ok() {
+        if conn
+            .xinput_xi_query_version(2, 2)
+            .map_err(c)?
+            .reply()
+            .is_ok()
+        {
             conn.xinput_xi_select_events(
                 root,
                 &[xinput::EventMask {
@@ -88,7 +112,10 @@ impl X11Source {
     }
 
     fn err(&self, m: impl ToString) -> CaptureError {
-        CaptureError::Display { display: self.display.clone(), message: m.to_string() }
+        CaptureError::Display {
+            display: self.display.clone(),
+            message: m.to_string(),
+        }
     }
 
     fn alloc_shm(&mut self) -> Result<(), CaptureError> {
@@ -100,12 +127,16 @@ impl X11Source {
         unsafe {
             let id = libc::shmget(libc::IPC_PRIVATE, len, libc::IPC_CREAT | 0o600);
             if id < 0 {
-                return Err(CaptureError::Shm(std::io::Error::last_os_error().to_string()));
+                return Err(CaptureError::Shm(
+                    std::io::Error::last_os_error().to_string(),
+                ));
             }
             let addr = libc::shmat(id, std::ptr::null(), 0);
             if addr as isize == -1 {
                 libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
-                return Err(CaptureError::Shm(std::io::Error::last_os_error().to_string()));
+                return Err(CaptureError::Shm(
+                    std::io::Error::last_os_error().to_string(),
+                ));
             }
             let seg = self.conn.generate_id().map_err(|e| self.err(e))?;
             let attached = self
@@ -115,7 +146,11 @@ impl X11Source {
                 .and_then(|ck| ck.check().map_err(|e| self.err(e)));
             // Removal is deferred by the kernel until both sides detach: nothing leaks if we die.
             libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
-            let buf = ShmBuf { seg, addr: addr as *mut u8, len };
+            let buf = ShmBuf {
+                seg,
+                addr: addr as *mut u8,
+                len,
+            };
             attached?;
             self.shm = Some(buf);
         }
@@ -169,16 +204,37 @@ impl FrameSource for X11Source {
 
     fn capture(&mut self) -> Result<Frame<'_>, CaptureError> {
         // Re-arm Damage before grabbing, so a change during the grab wakes us again.
-        self.conn.damage_subtract(self.damage, x11rb::NONE, x11rb::NONE).map_err(|e| self.err(e))?;
-        let seg = self.shm.as_ref().map(|s| s.seg).ok_or_else(|| CaptureError::Shm("no segment".into()))?;
+        self.conn
+            .damage_subtract(self.damage, x11rb::NONE, x11rb::NONE)
+            .map_err(|e| self.err(e))?;
+        let seg = self
+            .shm
+            .as_ref()
+            .map(|s| s.seg)
+            .ok_or_else(|| CaptureError::Shm("no segment".into()))?;
         let reply = self
             .conn
-            .shm_get_image(self.root, 0, 0, self.width as u16, self.height as u16, !0, xproto::ImageFormat::Z_PIXMAP.into(), seg, 0)
+            .shm_get_image(
+                self.root,
+                0,
+                0,
+                self.width as u16,
+                self.height as u16,
+                !0,
+                xproto::ImageFormat::Z_PIXMAP.into(),
+                seg,
+                0,
+            )
             .map_err(|e| self.err(e))?
             .reply();
         if let Err(e) = reply {
             // A resize between our last event and the grab makes the request fail: refresh size.
-            let geo = self.conn.get_geometry(self.root).map_err(|e| self.err(e))?.reply().map_err(|e| self.err(e))?;
+            let geo = self
+                .conn
+                .get_geometry(self.root)
+                .map_err(|e| self.err(e))?
+                .reply()
+                .map_err(|e| self.err(e))?;
             if (geo.width as u32, geo.height as u32) != (self.width, self.height) {
                 self.width = geo.width as u32;
                 self.height = geo.height as u32;
@@ -186,7 +242,12 @@ impl FrameSource for X11Source {
             }
             return Err(self.err(format!("GetImage: {e}")));
         }
-        let cur = self.conn.xfixes_get_cursor_image().map_err(|e| self.err(e))?.reply().ok();
+        let cur = self
+            .conn
+            .xfixes_get_cursor_image()
+            .map_err(|e| self.err(e))?
+            .reply()
+            .ok();
         let (w, h) = (self.width, self.height);
         let shm = self.shm.as_ref().expect("segment allocated above");
         // SAFETY: the X server finished writing (we have the reply); the mapping is len bytes.
@@ -203,7 +264,12 @@ impl FrameSource for X11Source {
                 );
             }
         }
-        Ok(Frame { width: w, height: h, stride: w * 4, bgrx: px })
+        Ok(Frame {
+            width: w,
+            height: h,
+            stride: w * 4,
+            bgrx: px,
+        })
     }
 
     fn size(&self) -> (u32, u32) {

@@ -19,17 +19,24 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// An exclusive `flock` on a file, released when dropped (or when the process dies).
-struct CreateLock {
+pub(crate) struct CreateLock {
     _file: std::fs::File,
 }
 
 impl CreateLock {
-    fn acquire(path: &Path) -> Result<Self> {
+    pub(crate) fn acquire(path: &Path) -> Result<Self> {
         use std::os::fd::AsRawFd;
-        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(CoreError::io(format!("open {}", path.display())))?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(CoreError::io(format!("open {}", path.display())))?;
         // SAFETY: flock on a descriptor we own; blocks until the other create saved its row.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(CoreError::io("lock machine creation")(std::io::Error::last_os_error()));
+            return Err(CoreError::io("lock machine creation")(
+                std::io::Error::last_os_error(),
+            ));
         }
         Ok(Self { _file: f })
     }
@@ -41,7 +48,7 @@ pub struct LocalSandbox {
 
 const AGENT_PORT_NETNS: u16 = 7300;
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
@@ -50,12 +57,20 @@ fn netns_name(idx: u64) -> String {
     format!("porthole-{idx}")
 }
 
-async fn run(cmd: &str, args: &[&str]) -> Result<()> {
-    let out = tokio::process::Command::new(cmd).args(args).output().await.map_err(CoreError::io(format!("run {cmd}")))?;
+pub(crate) async fn run(cmd: &str, args: &[&str]) -> Result<()> {
+    let out = tokio::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .await
+        .map_err(CoreError::io(format!("run {cmd}")))?;
     if !out.status.success() {
         return Err(CoreError::Boot {
             name: String::new(),
-            reason: format!("{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()),
+            reason: format!(
+                "{cmd} {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         });
     }
     Ok(())
@@ -79,8 +94,21 @@ fn log_tail(p: &Path) -> String {
         }
     }
     let lines: Vec<&str> = clean.lines().filter(|l| !l.trim().is_empty()).collect();
-    let errors: Vec<&str> = lines.iter().copied().filter(|l| l.contains("ERROR") || l.contains("Error") || l.contains("error:") || l.contains("fatal")).collect();
-    let pick = if errors.is_empty() { &lines[..] } else { &errors[..] };
+    let errors: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| {
+            l.contains("ERROR")
+                || l.contains("Error")
+                || l.contains("error:")
+                || l.contains("fatal")
+        })
+        .collect();
+    let pick = if errors.is_empty() {
+        &lines[..]
+    } else {
+        &errors[..]
+    };
     pick[pick.len().saturating_sub(3)..].join(" | ")
 }
 
@@ -90,7 +118,11 @@ impl LocalSandbox {
     }
 
     fn check_tools() -> Result<()> {
-        for (bin, pkg) in [("bwrap", "bubblewrap"), ("Xvfb", "xvfb"), ("openbox", "openbox")] {
+        for (bin, pkg) in [
+            ("bwrap", "bubblewrap"),
+            ("Xvfb", "xvfb"),
+            ("openbox", "openbox"),
+        ] {
             if which(bin).is_none() {
                 return Err(CoreError::Missing(format!("{bin} is not installed: sudo apt-get install {pkg} (or run packaging/install-deps.sh)")));
             }
@@ -100,29 +132,71 @@ impl LocalSandbox {
 
     /// A display number no other machine and no host X server uses.
     async fn pick_display(ms: &Machines) -> Result<u32> {
-        let used: Vec<u32> = ms.list().await?.iter().filter_map(|m| m.spec["display"].as_u64().map(|d| d as u32)).collect();
+        let used: Vec<u32> = ms
+            .list()
+            .await?
+            .iter()
+            .filter_map(|m| m.spec["display"].as_u64().map(|d| d as u32))
+            .collect();
         let unix = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
         (100..1000)
-            .find(|n| !used.contains(n) && !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() && !unix.contains(&format!("/tmp/.X11-unix/X{n}\n")))
-            .ok_or_else(|| CoreError::Invalid("no free X display number between 100 and 999".into()))
+            .find(|n| {
+                !used.contains(n)
+                    && !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+                    && !unix.contains(&format!("/tmp/.X11-unix/X{n}\n"))
+            })
+            .ok_or_else(|| {
+                CoreError::Invalid("no free X display number between 100 and 999".into())
+            })
     }
 
     async fn pick_net_index(ms: &Machines) -> Result<u64> {
-        let used: Vec<u64> = ms.list().await?.iter().filter_map(|m| m.spec["net_index"].as_u64()).collect();
+        let used: Vec<u64> = ms
+            .list()
+            .await?
+            .iter()
+            .filter_map(|m| m.spec["net_index"].as_u64())
+            .collect();
         (1..=250)
-            .find(|i| !used.contains(i) && !Path::new(&format!("/run/netns/{}", netns_name(*i))).exists())
-            .ok_or_else(|| CoreError::Invalid("no free network index (250 sandboxes with their own network exist)".into()))
+            .find(|i| {
+                !used.contains(i) && !Path::new(&format!("/run/netns/{}", netns_name(*i))).exists()
+            })
+            .ok_or_else(|| {
+                CoreError::Invalid(
+                    "no free network index (250 sandboxes with their own network exist)".into(),
+                )
+            })
     }
 
     async fn netns_up(idx: u64) -> Result<()> {
         let ns = netns_name(idx);
         let (h, n) = (format!("phh{idx}"), format!("phn{idx}"));
         run("ip", &["netns", "add", &ns]).await?;
-        run("ip", &["link", "add", &h, "type", "veth", "peer", "name", &n]).await?;
+        run(
+            "ip",
+            &["link", "add", &h, "type", "veth", "peer", "name", &n],
+        )
+        .await?;
         run("ip", &["link", "set", &n, "netns", &ns]).await?;
-        run("ip", &["addr", "add", &format!("10.213.{idx}.1/30"), "dev", &h]).await?;
+        run(
+            "ip",
+            &["addr", "add", &format!("10.213.{idx}.1/30"), "dev", &h],
+        )
+        .await?;
         run("ip", &["link", "set", &h, "up"]).await?;
-        run("ip", &["-n", &ns, "addr", "add", &format!("10.213.{idx}.2/30"), "dev", &n]).await?;
+        run(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("10.213.{idx}.2/30"),
+                "dev",
+                &n,
+            ],
+        )
+        .await?;
         run("ip", &["-n", &ns, "link", "set", &n, "up"]).await?;
         run("ip", &["-n", &ns, "link", "set", "lo", "up"]).await?;
         Ok(())
@@ -136,7 +210,10 @@ impl LocalSandbox {
 
     fn init_script(spec: &Value) -> String {
         let d = spec["display"].as_u64().unwrap_or(100);
-        let (w, h) = (spec["width"].as_u64().unwrap_or(1280), spec["height"].as_u64().unwrap_or(800));
+        let (w, h) = (
+            spec["width"].as_u64().unwrap_or(1280),
+            spec["height"].as_u64().unwrap_or(800),
+        );
         let listen = spec["listen"].as_str().unwrap_or("127.0.0.1:7300");
         let mut agent = format!(
             "exec /run/porthole/bin/porthole-agent serve --display :{d} --listen {listen} --token-file /run/porthole/token --data-dir /run/porthole/agent"
@@ -172,26 +249,69 @@ impl LocalSandbox {
     fn bwrap_args(&self, m: &Machine, spec: &Value, mdir: &Path, agent: &Path) -> Vec<String> {
         let mut a: Vec<String> = Vec::new();
         let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
-        push(&["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", &m.name]);
-        push(&["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc", "--ro-bind-try", "/opt", "/opt"]);
+        push(&[
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--hostname",
+            &m.name,
+        ]);
+        push(&[
+            "--ro-bind",
+            "/usr",
+            "/usr",
+            "--ro-bind",
+            "/etc",
+            "/etc",
+            "--ro-bind-try",
+            "/opt",
+            "/opt",
+        ]);
         for d in ["bin", "sbin", "lib", "lib64", "lib32"] {
             let host = PathBuf::from("/").join(d);
             match std::fs::read_link(&host) {
-                Ok(target) => push(&["--symlink", &target.to_string_lossy(), &host.to_string_lossy()]),
-                Err(_) if host.is_dir() => push(&["--ro-bind", &host.to_string_lossy(), &host.to_string_lossy()]),
+                Ok(target) => push(&[
+                    "--symlink",
+                    &target.to_string_lossy(),
+                    &host.to_string_lossy(),
+                ]),
+                Err(_) if host.is_dir() => push(&[
+                    "--ro-bind",
+                    &host.to_string_lossy(),
+                    &host.to_string_lossy(),
+                ]),
                 Err(_) => {}
             }
         }
-        push(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run", "--tmpfs", "/var"]);
+        push(&[
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run", "--tmpfs",
+            "/var",
+        ]);
         push(&["--dir", "/var/tmp"]);
         let p = |x: &Path| x.to_string_lossy().to_string();
-        push(&["--bind", &p(&mdir.join("home")), "/home/porthole", "--setenv", "HOME", "/home/porthole"]);
+        push(&[
+            "--bind",
+            &p(&mdir.join("home")),
+            "/home/porthole",
+            "--setenv",
+            "HOME",
+            "/home/porthole",
+        ]);
         push(&["--bind", &p(&mdir.join("agent")), "/run/porthole/agent"]);
         push(&["--bind", &p(&mdir.join("logs")), "/run/porthole/logs"]);
         push(&["--ro-bind", &p(&m.token_path), "/run/porthole/token"]);
         push(&["--ro-bind", &p(agent), "/run/porthole/bin/porthole-agent"]);
-        push(&["--ro-bind", &p(&mdir.join("init.sh")), "/run/porthole/init.sh"]);
-        for b in spec["extra_binds"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        push(&[
+            "--ro-bind",
+            &p(&mdir.join("init.sh")),
+            "/run/porthole/init.sh",
+        ]);
+        for b in spec["extra_binds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
             push(&["--bind", b, b]);
         }
         if let Some(ws) = spec["workspace"].as_str() {
@@ -199,7 +319,16 @@ impl LocalSandbox {
         } else {
             push(&["--chdir", "/home/porthole"]);
         }
-        push(&["--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin", "--setenv", "USER", "porthole", "--unsetenv", "PORTHOLE_TOKEN"]);
+        push(&[
+            "--setenv",
+            "PATH",
+            "/usr/local/bin:/usr/bin:/bin",
+            "--setenv",
+            "USER",
+            "porthole",
+            "--unsetenv",
+            "PORTHOLE_TOKEN",
+        ]);
         push(&["--", "/bin/sh", "/run/porthole/init.sh"]);
         a
     }
@@ -210,18 +339,24 @@ impl LocalSandbox {
         let agent = agent_bin()?;
         let mdir = self.state.machine(&m.name);
         for d in ["home", "agent", "logs"] {
-            std::fs::create_dir_all(mdir.join(d)).map_err(CoreError::io(format!("create {}", mdir.join(d).display())))?;
+            std::fs::create_dir_all(mdir.join(d))
+                .map_err(CoreError::io(format!("create {}", mdir.join(d).display())))?;
         }
         if let Some(idx) = m.spec["net_index"].as_u64() {
             Self::netns_down(idx).await;
             Self::netns_up(idx).await.map_err(|e| match e {
-                CoreError::Boot { reason, .. } => CoreError::Boot { name: m.name.clone(), reason: format!("network namespace: {reason}") },
+                CoreError::Boot { reason, .. } => CoreError::Boot {
+                    name: m.name.clone(),
+                    reason: format!("network namespace: {reason}"),
+                },
                 other => other,
             })?;
         }
-        std::fs::write(mdir.join("init.sh"), Self::init_script(&m.spec)).map_err(CoreError::io("write init.sh"))?;
+        std::fs::write(mdir.join("init.sh"), Self::init_script(&m.spec))
+            .map_err(CoreError::io("write init.sh"))?;
         let args = self.bwrap_args(m, &m.spec, &mdir, &agent);
-        let log = std::fs::File::create(mdir.join("logs/sandbox.log")).map_err(CoreError::io("create sandbox log"))?;
+        let log = std::fs::File::create(mdir.join("logs/sandbox.log"))
+            .map_err(CoreError::io("create sandbox log"))?;
         let mut cmd = match m.spec["net_index"].as_u64() {
             Some(idx) => {
                 let mut c = tokio::process::Command::new("ip");
@@ -245,10 +380,19 @@ impl LocalSandbox {
         // Reap the sandbox when it exits, so a dead one is seen as dead (not a zombie).
         tokio::spawn(async move {
             let st = child.wait().await;
-            *ex.lock().unwrap() = Some(format!("sandbox exited ({})", st.map(|s| s.to_string()).unwrap_or_default()));
+            *ex.lock().unwrap() = Some(format!(
+                "sandbox exited ({})",
+                st.map(|s| s.to_string()).unwrap_or_default()
+            ));
         });
         let r = ms
-            .wait_ready(m, Duration::from_secs(30), || exited.lock().unwrap().clone().map(|e| format!("{e}: {}", log_tail(&log_path))))
+            .wait_ready(m, Duration::from_secs(30), || {
+                exited
+                    .lock()
+                    .unwrap()
+                    .clone()
+                    .map(|e| format!("{e}: {}", log_tail(&log_path)))
+            })
             .await;
         if let Err(e) = r {
             self.kill(m).await;
@@ -288,9 +432,14 @@ impl LocalSandbox {
             .map_err(CoreError::io("cp"))?;
         if !out.status.success() {
             let _ = std::fs::remove_dir_all(dir);
-            return Err(CoreError::Invalid(format!("snapshot copy failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+            return Err(CoreError::Invalid(format!(
+                "snapshot copy failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
         }
-        Ok(json!({"workspace": m.spec["workspace"], "env": m.spec["env"], "display_size": m.spec["display_size"]}))
+        Ok(
+            json!({"workspace": m.spec["workspace"], "env": m.spec["env"], "display_size": m.spec["display_size"]}),
+        )
     }
 }
 
@@ -306,21 +455,35 @@ impl Provider for LocalSandbox {
         let mut workspace = spec.workspace.clone();
         if workspace.is_none() {
             if let Some(env) = &spec.env_path {
-                let abs = std::fs::canonicalize(env).map_err(CoreError::io(format!("environment file {}", env.display())))?;
+                let abs = std::fs::canonicalize(env)
+                    .map_err(CoreError::io(format!("environment file {}", env.display())))?;
                 let dir = abs.parent().map(Path::to_path_buf).unwrap_or_default();
-                let is_hidden = dir.file_name().is_some_and(|n| n == ".cursor" || n == ".porthole" || n == ".devcontainer");
-                workspace = Some(if is_hidden { dir.parent().map(Path::to_path_buf).unwrap_or(dir) } else { dir });
+                let is_hidden = dir
+                    .file_name()
+                    .is_some_and(|n| n == ".cursor" || n == ".porthole" || n == ".devcontainer");
+                workspace = Some(if is_hidden {
+                    dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+                } else {
+                    dir
+                });
             }
         }
         if let Some(env) = &spec.env_path {
             let report = porthole_envfile::check_file(env);
             if !report.is_valid() {
                 let problems: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
-                return Err(CoreError::Invalid(format!("environment file {} is invalid: {}", env.display(), problems.join("; "))));
+                return Err(CoreError::Invalid(format!(
+                    "environment file {} is invalid: {}",
+                    env.display(),
+                    problems.join("; ")
+                )));
             }
         }
         let workspace = match workspace {
-            Some(w) => Some(std::fs::canonicalize(&w).map_err(CoreError::io(format!("workspace {}", w.display())))?),
+            Some(w) => Some(
+                std::fs::canonicalize(&w)
+                    .map_err(CoreError::io(format!("workspace {}", w.display())))?,
+            ),
             None => None,
         };
         let network = match spec.network.as_deref() {
@@ -331,7 +494,11 @@ impl Provider for LocalSandbox {
                 }
                 "netns"
             }
-            Some(other) => return Err(CoreError::Invalid(format!("--network {other}: expected loopback or netns"))),
+            Some(other) => {
+                return Err(CoreError::Invalid(format!(
+                    "--network {other}: expected loopback or netns"
+                )))
+            }
             None if is_root() && which("ip").is_some() => "netns",
             None => "loopback",
         };
@@ -347,7 +514,10 @@ impl Provider for LocalSandbox {
             "extra_binds": spec.extra_binds,
         });
         // Seconds of silence before a run's agent counts as stalled (the agent's default otherwise).
-        if let Some(secs) = std::env::var("PORTHOLE_STALL_AFTER").ok().and_then(|v| v.parse::<u64>().ok()) {
+        if let Some(secs) = std::env::var("PORTHOLE_STALL_AFTER")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
             s["stall_after"] = json!(secs);
         }
         let url = if network == "netns" {
@@ -364,16 +534,30 @@ impl Provider for LocalSandbox {
         m.agent_url = Some(url);
         std::fs::create_dir_all(ms.state.keys()).map_err(CoreError::io("create keys dir"))?;
         std::fs::write(&m.token_path, random_token()).map_err(CoreError::io("write token"))?;
-        std::fs::set_permissions(&m.token_path, std::fs::Permissions::from_mode(0o600)).map_err(CoreError::io("chmod token"))?;
+        std::fs::set_permissions(&m.token_path, std::fs::Permissions::from_mode(0o600))
+            .map_err(CoreError::io("chmod token"))?;
         if let Some(snap) = &spec.from_snapshot {
             let (path, kind, _) = ms.snapshot_info(snap).await?;
             if kind != crate::machine::ProviderKind::Local {
-                return Err(CoreError::Invalid(format!("snapshot '{snap}' is a {} snapshot; use --provider {}", kind.as_str(), kind.as_str())));
+                return Err(CoreError::Invalid(format!(
+                    "snapshot '{snap}' is a {} snapshot; use --provider {}",
+                    kind.as_str(),
+                    kind.as_str()
+                )));
             }
             std::fs::create_dir_all(&mdir).map_err(CoreError::io("create machine dir"))?;
-            let out = tokio::process::Command::new("cp").args(["-a", "--reflink=auto"]).arg(path.join("home")).arg(mdir.join("home")).output().await.map_err(CoreError::io("cp"))?;
+            let out = tokio::process::Command::new("cp")
+                .args(["-a", "--reflink=auto"])
+                .arg(path.join("home"))
+                .arg(mdir.join("home"))
+                .output()
+                .await
+                .map_err(CoreError::io("cp"))?;
             if !out.status.success() {
-                return Err(CoreError::Invalid(format!("restore snapshot '{snap}': {}", String::from_utf8_lossy(&out.stderr).trim())));
+                return Err(CoreError::Invalid(format!(
+                    "restore snapshot '{snap}': {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
             }
             m.spec["snapshot"] = json!(snap);
         }
@@ -398,7 +582,8 @@ impl Provider for LocalSandbox {
         self.kill(m).await;
         let mdir = self.state.machine(&m.name);
         if mdir.exists() {
-            std::fs::remove_dir_all(&mdir).map_err(CoreError::io(format!("remove {}", mdir.display())))?;
+            std::fs::remove_dir_all(&mdir)
+                .map_err(CoreError::io(format!("remove {}", mdir.display())))?;
         }
         Ok(())
     }
@@ -410,6 +595,13 @@ impl Provider for LocalSandbox {
         }
         let log = self.state.machine(&m.name).join("logs/sandbox.log");
         let tail = log_tail(&log);
-        Some(format!("the sandbox's processes are gone (killed or crashed){}", if tail.is_empty() { String::new() } else { format!("; last log: {tail}") }))
+        Some(format!(
+            "the sandbox's processes are gone (killed or crashed){}",
+            if tail.is_empty() {
+                String::new()
+            } else {
+                format!("; last log: {tail}")
+            }
+        ))
     }
 }

@@ -31,7 +31,11 @@ pub fn pid_alive(pid: i64) -> bool {
         return false;
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rsplit(')').next().and_then(|r| r.split_whitespace().next()).is_some_and(|st| st != "Z" && st != "X"),
+        Ok(s) => s
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+            .is_some_and(|st| st != "Z" && st != "X"),
         Err(_) => false,
     }
 }
@@ -50,7 +54,10 @@ pub fn agent_bin() -> Result<std::path::PathBuf> {
         if p.is_file() {
             return Ok(p);
         }
-        return Err(crate::error::CoreError::Missing(format!("PORTHOLE_AGENT_BIN={} does not exist", p.display())));
+        return Err(crate::error::CoreError::Missing(format!(
+            "PORTHOLE_AGENT_BIN={} does not exist",
+            p.display()
+        )));
     }
     if let Ok(exe) = std::env::current_exe() {
         for dir in exe.ancestors().skip(1).take(3) {
@@ -69,6 +76,9 @@ pub fn agent_bin() -> Result<std::path::PathBuf> {
 
 /// A free TCP port on an address (bound and released: good enough against other tools).
 pub fn free_port(ip: &str) -> Result<u16> {
-    let l = std::net::TcpListener::bind((ip, 0)).map_err(crate::error::CoreError::io("find a free port"))?;
-    Ok(l.local_addr().map_err(crate::error::CoreError::io("find a free port"))?.port())
+    let l = std::net::TcpListener::bind((ip, 0))
+        .map_err(crate::error::CoreError::io("find a free port"))?;
+    Ok(l.local_addr()
+        .map_err(crate::error::CoreError::io("find a free port"))?
+        .port())
 }

@@ -12,15 +12,29 @@ pub struct RemoteHost;
 
 impl Provider for RemoteHost {
     async fn create(&self, ms: &Machines, spec: &CreateSpec, m: &mut Machine) -> Result<()> {
-        let url = spec.url.as_deref().ok_or_else(|| CoreError::Invalid("--provider remote needs --url http[s]://host:port and --token-file PATH".into()))?;
+        let url = spec.url.as_deref().ok_or_else(|| {
+            CoreError::Invalid(
+                "--provider remote needs --url http[s]://host:port and --token-file PATH".into(),
+            )
+        })?;
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(CoreError::Invalid(format!("--url {url}: expected http://host:port or https://host:port")));
+            return Err(CoreError::Invalid(format!(
+                "--url {url}: expected http://host:port or https://host:port"
+            )));
         }
-        let tf = spec.token_file.as_ref().ok_or_else(|| CoreError::Invalid("--provider remote needs --token-file PATH (the agent's token)".into()))?;
-        let token = std::fs::read_to_string(tf).map_err(CoreError::io(format!("read token file {}", tf.display())))?;
+        let tf = spec.token_file.as_ref().ok_or_else(|| {
+            CoreError::Invalid(
+                "--provider remote needs --token-file PATH (the agent's token)".into(),
+            )
+        })?;
+        let token = std::fs::read_to_string(tf)
+            .map_err(CoreError::io(format!("read token file {}", tf.display())))?;
         let token = token.trim();
         if token.is_empty() {
-            return Err(CoreError::Invalid(format!("token file {} is empty", tf.display())));
+            return Err(CoreError::Invalid(format!(
+                "token file {} is empty",
+                tf.display()
+            )));
         }
         let client = AgentClient::new(url, token, spec.fingerprint.as_deref())?;
         let h = client.health().await?;
@@ -28,7 +42,8 @@ impl Provider for RemoteHost {
         client.get("/v1/control").await?;
         std::fs::create_dir_all(ms.state.keys()).map_err(CoreError::io("create keys dir"))?;
         std::fs::write(&m.token_path, token).map_err(CoreError::io("write token"))?;
-        std::fs::set_permissions(&m.token_path, std::fs::Permissions::from_mode(0o600)).map_err(CoreError::io("chmod token"))?;
+        std::fs::set_permissions(&m.token_path, std::fs::Permissions::from_mode(0o600))
+            .map_err(CoreError::io("chmod token"))?;
         m.agent_url = Some(url.trim_end_matches('/').to_string());
         m.spec = json!({"fingerprint": spec.fingerprint, "agent_version": h.version, "problems": h.problems});
         Ok(())
