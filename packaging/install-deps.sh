@@ -27,7 +27,7 @@ PKGS=(
   libwebkit2gtk-4.1-dev libgtk-3-dev libayatana-appindicator3-dev librsvg2-dev libsoup-3.0-dev
   webkit2gtk-driver gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav
   # SQLite for the app's store (sqlx bundles none of it; the CLI tools help debugging)
-  sqlite3
+  sqlite3 openssl
 )
 
 # Node for the UI and the browser tests: keep one that is already there (nodesource ships npm inside

@@ -22,4 +22,5 @@ pub mod pipeline;
 pub mod recorder;
 pub mod serve;
 pub mod stream;
+pub mod tls;
 pub mod watch;

@@ -84,10 +84,20 @@ struct ServeArgs {
     /// event (0 disables).
     #[arg(long, default_value_t = 120)]
     stall_after: u64,
+    /// PEM certificate (chain) to serve HTTPS with; the app pins its SHA-256 fingerprint.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
     serve::validate_display(&a.display)?;
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => Some(porthole_agent::tls::acceptor(c, k)?),
+        _ => None,
+    };
     let token = serve::read_token(a.token_file.as_deref())?;
     let display_size = serve::parse_size(&a.display_size)?;
     if !(1..=120).contains(&a.max_fps) {
@@ -132,6 +142,7 @@ fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
         idle: a.idle,
         environment,
         stall_after: std::time::Duration::from_secs(a.stall_after),
+        tls,
     })
 }
 

@@ -142,6 +142,13 @@ pub struct Prepared {
     /// The workspace's environment, already validated.
     pub environment: Option<porthole_envfile::PortholeEnvironment>,
     pub stall_after: std::time::Duration,
+    /// HTTPS (--tls-cert/--tls-key), loaded and checked before anything runs.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
 }
 
 /// Builds the app and serves until the listener fails or a signal arrives.
@@ -196,16 +203,16 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
     if let (Some(env), Some(ws)) = (p.environment, app.cfg.workspace.clone()) {
         crate::environment::apply(app.clone(), env, ws);
     }
-    tracing::info!(addr = %listener.local_addr()?, display = %app.cfg.display, "porthole-agent serving");
+    tracing::info!(addr = %listener.local_addr()?, display = %app.cfg.display, tls = p.tls.is_some(), "porthole-agent serving");
     let router = crate::http::router(app.clone());
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("signal handler");
-            tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
-        })
-        .await
+    match p.tls {
+        Some(acceptor) => {
+            axum::serve(crate::tls::TlsListener { tcp: listener, acceptor }, router)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+        }
+        None => axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await,
+    }
         .context("http server")?;
     if app.cfg.record {
         crate::recorder::finish_current(&app);

@@ -4,6 +4,7 @@
 // Every process is started in its own process group and killed as a group, in the test's
 // `after` hooks and, as a last resort, when this Node process exits.
 
+import https from 'node:https';
 import { spawn, execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import {
@@ -293,6 +294,15 @@ export async function startCatTerminal(display, outFile, { log } = {}) {
  * Starts `porthole-agent serve` on `display` with a fresh token (0600 file), data dir and
  * port, and waits until GET /v1/health answers 200 (30 s).
  */
+/** GET over HTTPS without verifying the certificate (the test pins it elsewhere): the status. */
+export function insecureHttpsStatus(url) {
+  return new Promise((resolve, reject) => {
+    const req = https.get(url, { rejectUnauthorized: false, timeout: 2000 }, (res) => { res.resume(); resolve(res.statusCode); });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', reject);
+  });
+}
+
 export async function startAgent({ display, args = [], env = {}, healthTimeout = 30000 } = {}) {
   const bin = requireAgentBin();
   const dir = tmpDir('porthole-e2e-agent-');
@@ -302,7 +312,9 @@ export async function startAgent({ display, args = [], env = {}, healthTimeout =
   const dataDir = path.join(dir, 'data');
   const logFile = path.join(dir, 'agent.log');
   const port = await freePort();
-  const url = `http://127.0.0.1:${port}`;
+  // With --tls-cert the agent serves HTTPS (a self-signed certificate: the probe does not verify it).
+  const tls = args.includes('--tls-cert');
+  const url = `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
   const argv = [
     'serve', '--display', display, '--listen', `127.0.0.1:${port}`,
     '--token-file', tokenFile, '--data-dir', dataDir, '--no-record', ...args,
@@ -339,9 +351,10 @@ export async function startAgent({ display, args = [], env = {}, healthTimeout =
       throw new Error(msg);
     }
     try {
-      const res = await fetch(`${url}/v1/health`, { signal: AbortSignal.timeout(2000) });
-      if (res.status === 200) return agent;
-      last = `HTTP ${res.status}`;
+      const status = tls ? await insecureHttpsStatus(`${url}/v1/health`)
+        : (await fetch(`${url}/v1/health`, { signal: AbortSignal.timeout(2000) })).status;
+      if (status === 200) return agent;
+      last = `HTTP ${status}`;
     } catch (e) {
       last = e.cause?.code || e.message;
     }

@@ -669,6 +669,58 @@ describe('porthole machines (CLI end to end)', { timeout: 90 * 60 * 1000 }, () =
       await assertNoProcesses(w, 'after the remote host teardown');
     }));
 
+  // 4b ---------------------------------------------------------------------------------------
+  it('4b. remote host over HTTPS: the pinned fingerprint is required and checked; a bad certificate file stops the agent with its name',
+    { timeout: TEST_TIMEOUT }, worldTest('4b', async (w, t) => {
+      const dir = path.join(w.home, 'tls');
+      mkdirSync(dir, { recursive: true });
+      const cert = path.join(dir, 'agent.crt');
+      const key = path.join(dir, 'agent.key');
+      await sh('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
+        '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=porthole-e2e']);
+      const fp = (await sh('openssl', ['x509', '-noout', '-fingerprint', '-sha256', '-in', cert])).stdout.trim().split('=')[1];
+      assert.match(fp, /^([0-9A-F]{2}:){31}[0-9A-F]{2}$/, `fingerprint: ${fp}`);
+
+      const xvfb = await startXvfb({ log: path.join(w.home, 'xvfb-tls.log') });
+      w.teardowns.push(() => xvfb.stop());
+
+      // A certificate file that is not PEM: the agent refuses to start and names the flag.
+      const junk = path.join(dir, 'junk.crt');
+      writeFileSync(junk, 'not a certificate\n');
+      const bad = await execOnce(AGENT, ['serve', '--display', xvfb.display, '--listen', '127.0.0.1:1',
+        '--tls-cert', junk, '--tls-key', key], { env: { ...process.env, PORTHOLE_TOKEN: 'x'.repeat(32) }, timeout: 20000 });
+      assert.notEqual(bad.code, 0, `agent with a junk certificate exited 0: ${bad.stderr}`);
+      assert.match(bad.stderr, /--tls-cert .*junk\.crt/, `the error does not name the certificate: ${bad.stderr}`);
+
+      const agent = await startAgent({ display: xvfb.display, args: ['--tls-cert', cert, '--tls-key', key] });
+      w.teardowns.push(() => agent.stop());
+      assert.match(agent.url, /^https:/);
+
+      const failures = [];
+      const expectFail = async (what, args, re) => {
+        const r = await w.ph(args);
+        try { assertOneLineError(r, re, what); } catch (e) { failures.push(e.message); }
+        assert.deepEqual((await w.list()).map((m) => m.name), [], `${what}: a machine was left`);
+      };
+      const base = ['machine', 'create', '--provider', 'remote', '--url', agent.url, '--token-file', agent.tokenFile];
+      await expectFail('https without --fingerprint', [...base, '--name', 'h1'], /fingerprint/i);
+      const wrong = fp.split(':').map((b, i) => (i === 0 ? (b === '00' ? '01' : '00') : b)).join(':');
+      await expectFail('https with the wrong fingerprint', [...base, '--name', 'h2', '--fingerprint', wrong], /fingerprint/i);
+      assert.deepEqual(failures, [], failures.join('\n\n'));
+
+      const m = await w.create([...base.slice(2), '--name', 'h3', '--fingerprint', fp]);
+      assertMachineShape(m, { name: 'h3', provider: 'remote' });
+      assert.equal(m.agent_url, agent.url);
+      // A request through the core's pinned client: a new session on the agent.
+      const s1 = await w.ok(['session', 'start', 'h3', '--json']);
+      assert.ok(s1.id || s1.session?.id, `session start over HTTPS: ${JSON.stringify(s1)}`);
+      const listed = (await w.list()).find((x) => x.name === 'h3');
+      assert.equal(listed.status, 'running');
+      await w.ok(['machine', 'destroy', 'h3']);
+      assert.deepEqual(await w.list(), []);
+      t.diagnostic(`pinned ${fp.slice(0, 23)}…`);
+    }));
+
   // 5 ----------------------------------------------------------------------------------------
   it('5. recordings: incremental sync (prefix of the guest file, h264), resume after a network cut, evidence export',
     { timeout: TEST_TIMEOUT }, worldTest('5', async (w, t) => {
