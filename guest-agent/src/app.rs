@@ -134,7 +134,15 @@ pub fn attach_viewer(app: Arc<App>, viewer: Arc<Viewer>) {
                 RTCPeerConnectionState::Connected => {
                     a.timeline.emit(Actor::System, "stream", json!({"viewer": id, "state": "connected", "viewers": a.hub.viewer_count()}));
                 }
-                RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                RTCPeerConnectionState::Failed => {
+                    if let Some(v) = a.hub.viewer(&id) {
+                        let diagnosis = crate::stream::diagnose_ice_failure(&v.answer_sdp, &v.offer_sdp, a.hub.ice());
+                        tracing::warn!(viewer = %id, %diagnosis, "viewer connection failed");
+                        a.timeline.emit(Actor::System, "stream", json!({"viewer": id, "state": "failed", "diagnosis": diagnosis}));
+                    }
+                    tokio::spawn(async move { a.drop_viewer(&id).await });
+                }
+                RTCPeerConnectionState::Closed => {
                     // Spawned: closing the connection from inside its own callback would deadlock.
                     tokio::spawn(async move { a.drop_viewer(&id).await });
                 }

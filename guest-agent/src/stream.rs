@@ -78,6 +78,10 @@ pub struct Viewer {
     pub id: String,
     pub codec: Codec,
     pub pc: Arc<RTCPeerConnection>,
+    /// Both descriptions as negotiated, kept for diagnosing a failure (after one, the peer
+    /// connection no longer lists its candidates).
+    pub offer_sdp: String,
+    pub answer_sdp: String,
     _demand: DemandGuard,
 }
 
@@ -268,6 +272,10 @@ impl StreamHub {
             .and_then(|o| *o.clock.lock().unwrap())
     }
 
+    pub fn ice(&self) -> &IceConfig {
+        &self.ice
+    }
+
     pub fn viewer_count(&self) -> usize {
         self.viewers.lock().unwrap().len()
     }
@@ -345,6 +353,8 @@ impl StreamHub {
             id: id.clone(),
             codec,
             pc: pc.clone(),
+            offer_sdp: pc.remote_description().await.map(|d| d.sdp).unwrap_or_default(),
+            answer_sdp: pc.local_description().await.map(|d| d.sdp).unwrap_or_default(),
             _demand: out.pipeline.demand(),
         });
         self.viewers.lock().unwrap().insert(id, viewer.clone());
@@ -451,5 +461,116 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("neither H264 nor VP8"));
+    }
+}
+
+/// One `a=candidate` line, the parts a diagnosis needs.
+#[derive(Debug, Clone, PartialEq)]
+struct Cand {
+    ip: String,
+    port: u16,
+    kind: String,
+    proto: String,
+}
+
+fn candidates(sdp: &str) -> Vec<Cand> {
+    sdp.lines()
+        .filter_map(|l| l.trim().strip_prefix("a=candidate:"))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let typ = f.iter().position(|x| *x == "typ")?;
+            Some(Cand {
+                proto: f.get(2)?.to_ascii_lowercase(),
+                ip: f.get(4)?.to_string(),
+                port: f.get(5)?.parse().ok()?,
+                kind: f.get(typ + 1)?.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn is_private(ip: &str) -> bool {
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(v)) => v.is_private() || v.is_loopback() || v.is_link_local() || (v.octets()[0] == 100 && (64..128).contains(&v.octets()[1])),
+        Ok(std::net::IpAddr::V6(v)) => v.is_loopback() || (v.segments()[0] & 0xfe00) == 0xfc00 || (v.segments()[0] & 0xffc0) == 0xfe80,
+        Err(_) => false,
+    }
+}
+
+/// Why a viewer's connection most likely failed and what to change, from the candidates both
+/// sides offered and the agent's ICE settings (webrtc-rs keeps no per-pair check counters, so
+/// this reasons from addresses, not packets). Shown to the user as the `stream` failed event.
+pub fn diagnose_ice_failure(local_sdp: &str, remote_sdp: &str, ice: &IceConfig) -> String {
+    let local: Vec<Cand> = candidates(local_sdp).into_iter().filter(|c| c.proto == "udp").collect();
+    let remote: Vec<Cand> = candidates(remote_sdp).into_iter().filter(|c| c.proto == "udp").collect();
+    let ours = {
+        let mut v: Vec<String> = local.iter().map(|c| format!("{}:{}", c.ip, c.port)).collect();
+        v.dedup();
+        if v.is_empty() { "none".to_string() } else { v.join(", ") }
+    };
+    let relay = local.iter().chain(&remote).any(|c| c.kind == "relay");
+    if local.is_empty() {
+        return "the agent offered no UDP candidates: it has no usable network interface, or its --udp-port could not be bound".into();
+    }
+    if remote.is_empty() {
+        return format!(
+            "the viewer offered no UDP candidates (its browser or network blocks UDP, or it sent candidates only after the offer); the agent offered {ours}. Allow UDP, or add a TURN server reachable over TCP/TLS (--ice-server turn:...)"
+        );
+    }
+    if relay {
+        return format!("the connection failed even through a TURN relay: check the TURN server's address and credentials (--ice-server) and that it is reachable from both sides; the agent offered {ours}");
+    }
+    if remote.iter().all(|c| c.ip.ends_with(".local")) && !local.iter().all(|c| is_private(&c.ip)) {
+        return format!("the viewer hid its addresses behind mDNS names (.local), which resolve only on its own LAN; the agent offered {ours}. Use a TURN server (--ice-server) or a viewer on the same network");
+    }
+    match (&ice.public_ip, ice.udp_port) {
+        (Some(ip), Some(port)) => format!(
+            "viewers could not reach UDP {ip}:{port}: allow inbound UDP {port} to this host (firewall, cloud security group) and check that --public-ip {ip} is the address viewers use"
+        ),
+        (Some(ip), None) => format!(
+            "viewers could not reach {ip} on the agent's random UDP ports ({ours}): pin one with --udp-port N and allow inbound UDP N to this host"
+        ),
+        (None, _) if local.iter().all(|c| is_private(&c.ip)) && remote.iter().any(|c| !is_private(&c.ip) && !c.ip.ends_with(".local")) => format!(
+            "the agent offered only private addresses ({ours}) and the viewer is on another network: start the agent with --public-ip ADDRESS (the one viewers reach) and --udp-port N with inbound UDP N allowed, or add a TURN server (--ice-server)"
+        ),
+        (None, _) => format!(
+            "no candidate pair connected; the agent offered {ours} and the viewer {}. If they are on different networks, start the agent with --public-ip and --udp-port (allow that UDP port) or add a TURN server (--ice-server)",
+            {
+                let mut v: Vec<String> = remote.iter().map(|c| format!("{}:{}", c.ip, c.port)).collect();
+                v.dedup();
+                v.join(", ")
+            }
+        ),
+    }
+}
+
+#[cfg(test)]
+mod diagnose_tests {
+    use super::*;
+
+    fn sdp(cands: &[&str]) -> String {
+        cands.iter().map(|c| format!("a=candidate:1 1 udp 2130706431 {c}\r\n")).collect()
+    }
+
+    /// Data-driven: (agent candidates, viewer candidates, public ip, udp port) → words the
+    /// diagnosis must contain.
+    fn check(local: &[&str], remote: &[&str], public_ip: Option<&str>, udp_port: Option<u16>, expect: &[&str]) {
+        let ice = IceConfig { ice_servers: vec![], public_ip: public_ip.map(Into::into), udp_port };
+        let d = diagnose_ice_failure(&sdp(local), &sdp(remote), &ice);
+        for e in expect {
+            assert!(d.contains(e), "diagnosis {d:?} lacks {e:?}");
+        }
+    }
+
+    #[test]
+    fn diagnoses() {
+        check(&["10.0.2.15 5000 typ host"], &["203.0.113.9 6000 typ srflx"], None, None, &["only private addresses", "10.0.2.15:5000", "--public-ip"]);
+        check(&["198.51.100.4 7001 typ host"], &["203.0.113.9 6000 typ srflx"], Some("198.51.100.4"), Some(7001), &["UDP 198.51.100.4:7001", "allow inbound UDP 7001"]);
+        check(&["198.51.100.4 41234 typ host"], &["203.0.113.9 6000 typ host"], Some("198.51.100.4"), None, &["--udp-port"]);
+        check(&["198.51.100.4 7001 typ host"], &["abc.local 6000 typ host"], None, None, &["mDNS"]);
+        check(&["10.0.0.2 7001 typ host", "192.0.2.7 50000 typ relay"], &["203.0.113.9 6000 typ srflx"], None, None, &["TURN relay"]);
+        check(&["10.0.0.2 7001 typ host"], &[], None, None, &["viewer offered no UDP candidates"]);
+        check(&[], &["10.0.0.3 7001 typ host"], None, None, &["agent offered no UDP candidates"]);
+        check(&["10.0.0.2 7001 typ host"], &["10.0.0.3 7001 typ host"], None, None, &["10.0.0.2:7001", "10.0.0.3:7001"]);
     }
 }
