@@ -132,6 +132,13 @@ pub fn attach_viewer(app: Arc<App>, viewer: Arc<Viewer>) {
             tracing::debug!(viewer = %id, state = %s, "peer connection");
             match s {
                 RTCPeerConnectionState::Connected => {
+                    // Frames sent before DTLS finished were lost to this viewer: a keyframe now
+                    // rather than at the next periodic one (up to 2 s away).
+                    if let Some(v) = a.hub.viewer(&id) {
+                        if let Ok(p) = a.hub.pipeline(v.codec) {
+                            p.request_keyframe();
+                        }
+                    }
                     a.timeline.emit(Actor::System, "stream", json!({"viewer": id, "state": "connected", "viewers": a.hub.viewer_count()}));
                 }
                 RTCPeerConnectionState::Failed => {

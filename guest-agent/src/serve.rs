@@ -147,7 +147,8 @@ pub struct Prepared {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
     tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
 }
 
@@ -207,13 +208,23 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
     let router = crate::http::router(app.clone());
     match p.tls {
         Some(acceptor) => {
-            axum::serve(crate::tls::TlsListener { tcp: listener, acceptor }, router)
+            axum::serve(
+                crate::tls::TlsListener {
+                    tcp: listener,
+                    acceptor,
+                },
+                router,
+            )
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+        }
+        None => {
+            axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown_signal())
                 .await
         }
-        None => axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await,
     }
-        .context("http server")?;
+    .context("http server")?;
     if app.cfg.record {
         crate::recorder::finish_current(&app);
     }

@@ -353,8 +353,16 @@ impl StreamHub {
             id: id.clone(),
             codec,
             pc: pc.clone(),
-            offer_sdp: pc.remote_description().await.map(|d| d.sdp).unwrap_or_default(),
-            answer_sdp: pc.local_description().await.map(|d| d.sdp).unwrap_or_default(),
+            offer_sdp: pc
+                .remote_description()
+                .await
+                .map(|d| d.sdp)
+                .unwrap_or_default(),
+            answer_sdp: pc
+                .local_description()
+                .await
+                .map(|d| d.sdp)
+                .unwrap_or_default(),
             _demand: out.pipeline.demand(),
         });
         self.viewers.lock().unwrap().insert(id, viewer.clone());
@@ -491,8 +499,17 @@ fn candidates(sdp: &str) -> Vec<Cand> {
 
 fn is_private(ip: &str) -> bool {
     match ip.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(v)) => v.is_private() || v.is_loopback() || v.is_link_local() || (v.octets()[0] == 100 && (64..128).contains(&v.octets()[1])),
-        Ok(std::net::IpAddr::V6(v)) => v.is_loopback() || (v.segments()[0] & 0xfe00) == 0xfc00 || (v.segments()[0] & 0xffc0) == 0xfe80,
+        Ok(std::net::IpAddr::V4(v)) => {
+            v.is_private()
+                || v.is_loopback()
+                || v.is_link_local()
+                || (v.octets()[0] == 100 && (64..128).contains(&v.octets()[1]))
+        }
+        Ok(std::net::IpAddr::V6(v)) => {
+            v.is_loopback()
+                || (v.segments()[0] & 0xfe00) == 0xfc00
+                || (v.segments()[0] & 0xffc0) == 0xfe80
+        }
         Err(_) => false,
     }
 }
@@ -501,12 +518,25 @@ fn is_private(ip: &str) -> bool {
 /// sides offered and the agent's ICE settings (webrtc-rs keeps no per-pair check counters, so
 /// this reasons from addresses, not packets). Shown to the user as the `stream` failed event.
 pub fn diagnose_ice_failure(local_sdp: &str, remote_sdp: &str, ice: &IceConfig) -> String {
-    let local: Vec<Cand> = candidates(local_sdp).into_iter().filter(|c| c.proto == "udp").collect();
-    let remote: Vec<Cand> = candidates(remote_sdp).into_iter().filter(|c| c.proto == "udp").collect();
+    let local: Vec<Cand> = candidates(local_sdp)
+        .into_iter()
+        .filter(|c| c.proto == "udp")
+        .collect();
+    let remote: Vec<Cand> = candidates(remote_sdp)
+        .into_iter()
+        .filter(|c| c.proto == "udp")
+        .collect();
     let ours = {
-        let mut v: Vec<String> = local.iter().map(|c| format!("{}:{}", c.ip, c.port)).collect();
+        let mut v: Vec<String> = local
+            .iter()
+            .map(|c| format!("{}:{}", c.ip, c.port))
+            .collect();
         v.dedup();
-        if v.is_empty() { "none".to_string() } else { v.join(", ") }
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
     };
     let relay = local.iter().chain(&remote).any(|c| c.kind == "relay");
     if local.is_empty() {
@@ -549,13 +579,26 @@ mod diagnose_tests {
     use super::*;
 
     fn sdp(cands: &[&str]) -> String {
-        cands.iter().map(|c| format!("a=candidate:1 1 udp 2130706431 {c}\r\n")).collect()
+        cands
+            .iter()
+            .map(|c| format!("a=candidate:1 1 udp 2130706431 {c}\r\n"))
+            .collect()
     }
 
     /// Data-driven: (agent candidates, viewer candidates, public ip, udp port) → words the
     /// diagnosis must contain.
-    fn check(local: &[&str], remote: &[&str], public_ip: Option<&str>, udp_port: Option<u16>, expect: &[&str]) {
-        let ice = IceConfig { ice_servers: vec![], public_ip: public_ip.map(Into::into), udp_port };
+    fn check(
+        local: &[&str],
+        remote: &[&str],
+        public_ip: Option<&str>,
+        udp_port: Option<u16>,
+        expect: &[&str],
+    ) {
+        let ice = IceConfig {
+            ice_servers: vec![],
+            public_ip: public_ip.map(Into::into),
+            udp_port,
+        };
         let d = diagnose_ice_failure(&sdp(local), &sdp(remote), &ice);
         for e in expect {
             assert!(d.contains(e), "diagnosis {d:?} lacks {e:?}");
@@ -564,13 +607,61 @@ mod diagnose_tests {
 
     #[test]
     fn diagnoses() {
-        check(&["10.0.2.15 5000 typ host"], &["203.0.113.9 6000 typ srflx"], None, None, &["only private addresses", "10.0.2.15:5000", "--public-ip"]);
-        check(&["198.51.100.4 7001 typ host"], &["203.0.113.9 6000 typ srflx"], Some("198.51.100.4"), Some(7001), &["UDP 198.51.100.4:7001", "allow inbound UDP 7001"]);
-        check(&["198.51.100.4 41234 typ host"], &["203.0.113.9 6000 typ host"], Some("198.51.100.4"), None, &["--udp-port"]);
-        check(&["198.51.100.4 7001 typ host"], &["abc.local 6000 typ host"], None, None, &["mDNS"]);
-        check(&["10.0.0.2 7001 typ host", "192.0.2.7 50000 typ relay"], &["203.0.113.9 6000 typ srflx"], None, None, &["TURN relay"]);
-        check(&["10.0.0.2 7001 typ host"], &[], None, None, &["viewer offered no UDP candidates"]);
-        check(&[], &["10.0.0.3 7001 typ host"], None, None, &["agent offered no UDP candidates"]);
-        check(&["10.0.0.2 7001 typ host"], &["10.0.0.3 7001 typ host"], None, None, &["10.0.0.2:7001", "10.0.0.3:7001"]);
+        check(
+            &["10.0.2.15 5000 typ host"],
+            &["203.0.113.9 6000 typ srflx"],
+            None,
+            None,
+            &["only private addresses", "10.0.2.15:5000", "--public-ip"],
+        );
+        check(
+            &["198.51.100.4 7001 typ host"],
+            &["203.0.113.9 6000 typ srflx"],
+            Some("198.51.100.4"),
+            Some(7001),
+            &["UDP 198.51.100.4:7001", "allow inbound UDP 7001"],
+        );
+        check(
+            &["198.51.100.4 41234 typ host"],
+            &["203.0.113.9 6000 typ host"],
+            Some("198.51.100.4"),
+            None,
+            &["--udp-port"],
+        );
+        check(
+            &["198.51.100.4 7001 typ host"],
+            &["abc.local 6000 typ host"],
+            None,
+            None,
+            &["mDNS"],
+        );
+        check(
+            &["10.0.0.2 7001 typ host", "192.0.2.7 50000 typ relay"],
+            &["203.0.113.9 6000 typ srflx"],
+            None,
+            None,
+            &["TURN relay"],
+        );
+        check(
+            &["10.0.0.2 7001 typ host"],
+            &[],
+            None,
+            None,
+            &["viewer offered no UDP candidates"],
+        );
+        check(
+            &[],
+            &["10.0.0.3 7001 typ host"],
+            None,
+            None,
+            &["agent offered no UDP candidates"],
+        );
+        check(
+            &["10.0.0.2 7001 typ host"],
+            &["10.0.0.3 7001 typ host"],
+            None,
+            None,
+            &["10.0.0.2:7001", "10.0.0.3:7001"],
+        );
     }
 }

@@ -31,9 +31,13 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
         .collect::<Result<_, _>>()
         .map_err(|e| TlsError::Cert(cert.display().to_string(), e.to_string()))?;
     if certs.is_empty() {
-        return Err(TlsError::Cert(cert.display().to_string(), "no PEM certificate in the file".into()));
+        return Err(TlsError::Cert(
+            cert.display().to_string(),
+            "no PEM certificate in the file".into(),
+        ));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key(key.display().to_string(), e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| TlsError::Key(key.display().to_string(), e.to_string()))?;
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let cfg = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -66,7 +70,8 @@ impl axum::serve::Listener for TlsListener {
                     continue;
                 }
             };
-            match tokio::time::timeout(Duration::from_secs(10), self.acceptor.accept(stream)).await {
+            match tokio::time::timeout(Duration::from_secs(10), self.acceptor.accept(stream)).await
+            {
                 Ok(Ok(tls)) => return (tls, addr),
                 Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),

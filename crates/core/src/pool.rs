@@ -57,9 +57,10 @@ pub async fn claim(ms: &Machines, snapshot: &str, name: &str) -> Result<(Machine
         .ok_or_else(|| CoreError::Invalid(format!("the pool for '{snapshot}' is empty; fill it with: porthole pool fill --snapshot {snapshot} --size N")))?;
     let old = m.name.clone();
     let new_token = ms.state.keys().join(format!("{name}.token"));
-    // The sandbox has its token and directories bound by inode: renaming them is safe.
+    // The sandbox has its token and directories bound by inode, and QEMU holds its disk open
+    // and its sockets move with the directory: renaming them is safe.
     std::fs::rename(&m.token_path, &new_token).map_err(CoreError::io("rename token"))?;
-    if m.provider == ProviderKind::Local {
+    if m.provider != ProviderKind::Remote {
         std::fs::rename(ms.state.machine(&old), ms.state.machine(name))
             .map_err(CoreError::io("rename machine dir"))?;
     }
