@@ -7,8 +7,10 @@
 
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFile, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import http from 'node:http';
+import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { agentBin, tmpDir, waitFor } from './harness.mjs';
@@ -22,6 +24,49 @@ function run(cmd, args, { env = {}, cwd } = {}) {
     execFile(cmd, args, { env: { ...process.env, ...env }, cwd, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
       resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr });
     });
+  });
+}
+
+/**
+ * A git smart-HTTP server (Git's own `git http-backend` as CGI) that demands Basic auth, like a
+ * forge with a token: clone and push go through it for real.
+ */
+function gitHttpServer(root, { user, password }) {
+  const want = `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
+  return http.createServer((req, res) => {
+    if (req.headers.authorization !== want) {
+      res.writeHead(401, { 'WWW-Authenticate': 'Basic realm="git"' });
+      res.end('authentication required\n');
+      return;
+    }
+    const u = new URL(req.url, 'http://git');
+    const cgi = spawn('git', ['http-backend'], {
+      env: {
+        ...process.env, GIT_PROJECT_ROOT: root, GIT_HTTP_EXPORT_ALL: '1', PATH_INFO: u.pathname,
+        QUERY_STRING: u.search.slice(1), REQUEST_METHOD: req.method, CONTENT_TYPE: req.headers['content-type'] || '',
+        HTTP_CONTENT_ENCODING: req.headers['content-encoding'] || '', REMOTE_USER: user, REMOTE_ADDR: '127.0.0.1',
+      },
+    });
+    req.pipe(cgi.stdin);
+    let buf = Buffer.alloc(0);
+    let started = false;
+    cgi.stdout.on('data', (d) => {
+      if (started) { res.write(d); return; }
+      buf = Buffer.concat([buf, d]);
+      let i = buf.indexOf('\r\n\r\n'); let skip = 4;
+      if (i < 0) { i = buf.indexOf('\n\n'); skip = 2; }
+      if (i < 0) return;
+      let status = 200;
+      const headers = {};
+      for (const line of buf.subarray(0, i).toString().split(/\r?\n/)) {
+        const k = line.slice(0, line.indexOf(':')); const v = line.slice(line.indexOf(':') + 1).trim();
+        if (k.toLowerCase() === 'status') status = parseInt(v, 10); else headers[k] = v;
+      }
+      res.writeHead(status, headers);
+      res.write(buf.subarray(i + skip));
+      started = true;
+    });
+    cgi.stdout.on('end', () => res.end());
   });
 }
 
@@ -145,5 +190,69 @@ describe('agent runs', { timeout: 15 * 60 * 1000 }, () => {
     const s = evs.find((x) => x.kind === 'stalled');
     assert.ok(s.data.idle_ms >= 4000, `idle_ms ${s.data.idle_ms}`);
     await json('run', 'stop', r.id);
+  });
+
+  test('a URL repository: cloned with the vault token (none or a wrong one is refused first), the branch pushed back', async () => {
+    const root = path.join(home, 'served');
+    mkdirSync(root, { recursive: true });
+    assert.equal((await run('git', ['clone', '-q', '--bare', repo, path.join(root, 'app.git')])).code, 0);
+    const password = randomBytes(12).toString('hex');
+    const server = gitHttpServer(root, { user: 'x-access-token', password });
+    await new Promise((r) => server.listen(0, '127.0.0.1', r));
+    const url = `http://127.0.0.1:${server.address().port}/app.git`;
+    const bare = (...args) => run('git', ['-C', path.join(root, 'app.git'), ...args]);
+    const setSecret = (value) => new Promise((resolve) => {
+      const c = execFile(CLI, ['secrets', 'set', 'GIT_TOKEN'], { env: { ...process.env, ...env() } }, (err, stdout, stderr) => resolve({ code: err ? err.code : 0, stderr }));
+      c.stdin.end(`${value}\n`);
+    });
+    const nothingLeft = async (what) => {
+      assert.ok((await json('run', 'list')).every((r) => r.repo !== url), `${what}: a run was recorded`);
+      assert.deepEqual((await json('machine', 'list')).filter((m) => m.name.startsWith('run-')), [], `${what}: a machine was left`);
+      const runsDir = path.join(home, 'runs');
+      const left = existsSync(runsDir) ? readdirSync(runsDir).filter((d) => !existingRuns.has(d)) : [];
+      assert.deepEqual(left, [], `${what}: run directories left`);
+    };
+    const existingRuns = new Set(existsSync(path.join(home, 'runs')) ? readdirSync(path.join(home, 'runs')) : []);
+    try {
+      // Earlier tests' runs are stopped; the list must be empty of running ones for nothingLeft.
+      for (const r of await json('run', 'list')) await porthole('run', 'stop', r.id);
+      const before = (await json('run', 'list')).length;
+      const start = () => porthole('run', 'start', '--repo', url, '--task', 'note from a clone', '--agent', 'python3 demo-agent.py');
+
+      let r = await start();
+      assert.notEqual(r.code, 0);
+      assert.match(r.stderr, /wants credentials.*porthole secrets set GIT_TOKEN/);
+      assert.equal((await json('run', 'list')).length, before);
+      await nothingLeft('no credentials');
+
+      const wrong = randomBytes(12).toString('hex');
+      assert.equal((await setSecret(wrong)).code, 0);
+      r = await start();
+      assert.notEqual(r.code, 0);
+      assert.match(r.stderr, /rejected the credentials \(vault secret GIT_TOKEN\)/);
+      assert.ok(!r.stderr.includes(wrong), 'the token appears in the error');
+      assert.equal((await json('run', 'list')).length, before);
+      await nothingLeft('wrong token');
+      const listed = await json('secrets', 'list');
+      assert.deepEqual(listed.map((x) => x.name), ['GIT_TOKEN']);
+      assert.ok(!JSON.stringify(listed).includes(wrong), 'secrets list shows the value');
+
+      assert.equal((await setSecret(password)).code, 0);
+      const started = await json('run', 'start', '--repo', url, '--task', 'note from a clone', '--agent', 'python3 demo-agent.py');
+      assert.equal(started.repo, url);
+      assert.equal(started.branch, `porthole/${started.id}`);
+      const wt = started.worktree;
+      await waitFor(async () => (await run('git', ['-C', wt, 'log', '--format=%s', `origin/main..${started.branch}`])).stdout.trim().length > 0,
+        { timeout: 180000, interval: 1000, message: `a commit on ${started.branch} in the clone` });
+      const c = await json('run', 'collect', started.id);
+      assert.equal(c.pushed, true, `collect: ${JSON.stringify(c)}`);
+      assert.equal(c.commits, 1);
+      const files = (await bare('diff', '--name-only', `main...${started.branch}`)).stdout.trim();
+      assert.equal(files, 'NOTES.md', 'the served repository has the run branch with its one change');
+      assert.match(readFileSync(c.summary, 'utf8'), /pushed to http:\/\/127\.0\.0\.1/);
+      await json('run', 'stop', started.id);
+    } finally {
+      server.close();
+    }
   });
 });

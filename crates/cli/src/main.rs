@@ -35,6 +35,9 @@ enum Cmd {
     /// A warm pool of machines booted from a snapshot, handed out at once.
     #[command(subcommand)]
     Pool(PoolCmd),
+    /// Secrets (encrypted at rest; values are never printed): API keys, GIT_TOKEN for runs.
+    #[command(subcommand)]
+    Secrets(SecretsCmd),
 }
 
 #[derive(Subcommand)]
@@ -156,6 +159,28 @@ enum RecordingsCmd {
         to_ms: Option<u64>,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretsCmd {
+    /// Store a secret; the value is read from standard input (one line), never from the
+    /// command line where `ps` and shell history would see it.
+    Set {
+        name: String,
+        /// Environment name to scope it to (default: every machine).
+        #[arg(long, default_value = "")]
+        scope: String,
+    },
+    /// Names, scopes and when they changed (never values).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Delete {
+        name: String,
+        #[arg(long, default_value = "")]
+        scope: String,
     },
 }
 
@@ -412,6 +437,63 @@ async fn run(cli: Cli) -> Result<()> {
             }
         },
         Cmd::Run(c) => porthole_core_runs(&ms, c).await?,
+        Cmd::Secrets(c) => {
+            let vault = porthole_core::vault::Vault::open(&ms).await?;
+            match c {
+                SecretsCmd::Set { name, scope } => {
+                    let mut value = String::new();
+                    std::io::stdin()
+                        .read_line(&mut value)
+                        .context("read the secret from standard input")?;
+                    let value = value.trim_end_matches(['\n', '\r']);
+                    vault.set(&name, &scope, value).await?;
+                    eprintln!(
+                        "secret {name} stored{}",
+                        if scope.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" for environment {scope}")
+                        }
+                    );
+                }
+                SecretsCmd::List { json } => {
+                    let list = vault.list().await?;
+                    let v: Vec<Value> = list.iter().map(|s| json!({"name": s.name, "scope": s.scope, "updated_at": s.updated_at})).collect();
+                    print(json, &json!(v), || {
+                        if list.is_empty() {
+                            return "no secrets".into();
+                        }
+                        list.iter()
+                            .map(|s| {
+                                format!(
+                                    "{:<24} {}",
+                                    s.name,
+                                    if s.scope.is_empty() {
+                                        "(global)"
+                                    } else {
+                                        &s.scope
+                                    }
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    });
+                }
+                SecretsCmd::Delete { name, scope } => {
+                    if !vault.delete(&name, &scope).await? {
+                        anyhow::bail!(
+                            "no secret {name}{} (see `porthole secrets list`)",
+                            if scope.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" in {scope}")
+                            }
+                        );
+                    }
+                    eprintln!("secret {name} deleted");
+                }
+            }
+        }
         Cmd::Pool(c) => match c {
             PoolCmd::Fill {
                 snapshot,

@@ -56,6 +56,81 @@ async fn git(dir: &Path, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// A repository given as a URL (cloned) rather than a local path (a worktree).
+pub fn is_url(repo: &str) -> bool {
+    repo.contains("://") || repo.starts_with("git@")
+}
+
+/// The token for cloning and pushing a URL repository: the vault's `GIT_TOKEN`, else
+/// `GITHUB_TOKEN` (global secrets). `None`: try without credentials (a public repository).
+async fn git_token(ms: &Machines) -> Result<Option<(String, String)>> {
+    let vault = crate::vault::Vault::open(ms).await?;
+    let all = vault.env_for(None).await?;
+    Ok(["GIT_TOKEN", "GITHUB_TOKEN"]
+        .iter()
+        .find_map(|k| all.get(*k).map(|v| (k.to_string(), v.clone()))))
+}
+
+/// Runs git against a remote with the token handed over by `GIT_ASKPASS` (never on a command
+/// line or in a URL, so it cannot show up in `ps`, git's messages or the run record).
+async fn git_remote(
+    dir: &Path,
+    args: &[&str],
+    token: Option<&(String, String)>,
+    run_dir: &Path,
+) -> Result<String> {
+    let mut cmd = tokio::process::Command::new("git");
+    cmd.arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(std::process::Stdio::null());
+    if let Some((_, value)) = token {
+        let askpass = run_dir.join("askpass.sh");
+        std::fs::write(&askpass, "#!/bin/sh\ncase \"$1\" in\n  [Uu]sername*) echo \"${PORTHOLE_GIT_USER:-x-access-token}\" ;;\n  *) echo \"$PORTHOLE_GIT_TOKEN\" ;;\nesac\n")
+            .map_err(CoreError::io("write askpass"))?;
+        std::fs::set_permissions(
+            &askpass,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .map_err(CoreError::io("chmod askpass"))?;
+        cmd.env("GIT_ASKPASS", &askpass)
+            .env("PORTHOLE_GIT_TOKEN", value);
+    }
+    let out = cmd
+        .output()
+        .await
+        .map_err(|e| CoreError::Git(format!("git: {e} (is git installed?)")))?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    }
+    let mut err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if let Some((_, v)) = token {
+        err = err.replace(v.as_str(), "[REDACTED]");
+    }
+    let low = err.to_lowercase();
+    let secret = token.map(|(k, _)| k.as_str());
+    Err(CoreError::Git(
+        if low.contains("authentication failed")
+            || low.contains("403")
+            || low.contains("could not read username")
+            || low.contains("could not read password")
+        {
+            match secret {
+            Some(k) => format!("the server rejected the credentials (vault secret {k}): check the token and its access to the repository ({err})"),
+            None => format!("the server wants credentials: store a token with `porthole secrets set GIT_TOKEN` ({err})"),
+        }
+        } else if low.contains("not found")
+            || low.contains("404")
+            || low.contains("does not appear to be a git repository")
+        {
+            format!("repository not found: {err}")
+        } else {
+            format!("git {}: {err}", args.first().copied().unwrap_or(""))
+        },
+    ))
+}
+
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
@@ -140,53 +215,117 @@ impl Runs {
                 "runs use --provider local in this version".into(),
             ));
         }
-        if spec.repo.contains("://") || spec.repo.starts_with("git@") {
-            return Err(CoreError::Invalid(format!(
-                "{}: cloning from a URL is not supported yet; clone it and pass the local path",
-                spec.repo
-            )));
-        }
-        let repo = std::fs::canonicalize(&spec.repo)
-            .map_err(|_| CoreError::Invalid(format!("repository {} not found", spec.repo)))?;
-        let top = git(&repo, &["rev-parse", "--show-toplevel"])
-            .await
-            .map_err(|_| {
-                CoreError::Invalid(format!("{} is not a git repository", repo.display()))
-            })?;
-        let repo = PathBuf::from(top);
-        let base = match &spec.base {
-            Some(b) => b.clone(),
-            None => git(&repo, &["symbolic-ref", "--short", "HEAD"])
+        let id = format!("r{:08x}", rand::random::<u32>());
+        let branch = format!("porthole/{id}");
+        let dir = self.ms.state.runs().join(&id);
+        let url = is_url(&spec.repo);
+        let (repo, base) = if url {
+            // A clone of its own is the workspace: clone first, so a bad URL or rejected
+            // credentials stop here with nothing but this directory to remove.
+            std::fs::create_dir_all(&dir)
+                .map_err(CoreError::io(format!("create {}", dir.display())))?;
+            let token = git_token(&self.ms).await?;
+            let clone = dir.join("worktree");
+            let r = async {
+                git_remote(
+                    &dir,
+                    &["clone", "--quiet", &spec.repo, &clone.to_string_lossy()],
+                    token.as_ref(),
+                    &dir,
+                )
+                .await?;
+                let base = match &spec.base {
+                    Some(b) => b.clone(),
+                    None => git(&clone, &["symbolic-ref", "--short", "HEAD"]).await?,
+                };
+                git(
+                    &clone,
+                    &[
+                        "rev-parse",
+                        "--verify",
+                        "--quiet",
+                        &format!("origin/{base}^{{commit}}"),
+                    ],
+                )
                 .await
                 .map_err(|_| {
-                    CoreError::Invalid(
-                        "the repository has a detached HEAD; pass --branch BASE".into(),
-                    )
-                })?,
+                    CoreError::Invalid(format!(
+                        "base branch '{base}' does not exist in {}",
+                        spec.repo
+                    ))
+                })?;
+                git(
+                    &clone,
+                    &[
+                        "checkout",
+                        "--quiet",
+                        "-b",
+                        &branch,
+                        &format!("origin/{base}"),
+                    ],
+                )
+                .await?;
+                Ok::<_, CoreError>(base)
+            }
+            .await;
+            match r {
+                Ok(base) => (clone, base),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(e);
+                }
+            }
+        } else {
+            let repo = std::fs::canonicalize(&spec.repo)
+                .map_err(|_| CoreError::Invalid(format!("repository {} not found", spec.repo)))?;
+            let top = git(&repo, &["rev-parse", "--show-toplevel"])
+                .await
+                .map_err(|_| {
+                    CoreError::Invalid(format!("{} is not a git repository", repo.display()))
+                })?;
+            let repo = PathBuf::from(top);
+            let base = match &spec.base {
+                Some(b) => b.clone(),
+                None => git(&repo, &["symbolic-ref", "--short", "HEAD"])
+                    .await
+                    .map_err(|_| {
+                        CoreError::Invalid(
+                            "the repository has a detached HEAD; pass --branch BASE".into(),
+                        )
+                    })?,
+            };
+            git(
+                &repo,
+                &[
+                    "rev-parse",
+                    "--verify",
+                    "--quiet",
+                    &format!("{base}^{{commit}}"),
+                ],
+            )
+            .await
+            .map_err(|_| {
+                CoreError::Invalid(format!(
+                    "base branch '{base}' does not exist in {}",
+                    repo.display()
+                ))
+            })?;
+            let dirty = git(&repo, &["status", "--porcelain", "--untracked-files=no"]).await?;
+            if !dirty.is_empty() {
+                return Err(CoreError::Invalid(format!(
+                    "{} has uncommitted changes; commit or stash them first (the run starts from '{base}' and would not see them)",
+                    repo.display()
+                )));
+            }
+            (repo, base)
         };
-        git(
-            &repo,
-            &[
-                "rev-parse",
-                "--verify",
-                "--quiet",
-                &format!("{base}^{{commit}}"),
-            ],
-        )
-        .await
-        .map_err(|_| {
-            CoreError::Invalid(format!(
-                "base branch '{base}' does not exist in {}",
-                repo.display()
-            ))
-        })?;
-        let dirty = git(&repo, &["status", "--porcelain", "--untracked-files=no"]).await?;
-        if !dirty.is_empty() {
-            return Err(CoreError::Invalid(format!(
-                "{} has uncommitted changes; commit or stash them first (the run starts from '{base}' and would not see them)",
-                repo.display()
-            )));
-        }
+        // From here on a failure must also remove the clone of a URL repository.
+        let fail = |e: CoreError| {
+            if url {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            e
+        };
         let program = spec
             .agent
             .split_whitespace()
@@ -199,42 +338,41 @@ impl Runs {
             crate::provider::which(&program).is_some()
         };
         if !found {
-            return Err(CoreError::Invalid(format!("agent command '{program}' was not found in the machine (not on PATH, not a file in the repository)")));
+            return Err(fail(CoreError::Invalid(format!("agent command '{program}' was not found in the machine (not on PATH, not a file in the repository)"))));
         }
         let env_path = spec
             .env
             .clone()
             .or_else(|| crate::environments::find_in_repo(&repo));
         let env = match &env_path {
-            Some(p) => Some(crate::environments::load(p)?),
+            Some(p) => Some(crate::environments::load(p).map_err(fail)?),
             None => None,
         };
 
-        let id = format!("r{:08x}", rand::random::<u32>());
-        let branch = format!("porthole/{id}");
-        let dir = self.ms.state.runs().join(&id);
         let worktree = dir.join("worktree");
-        std::fs::create_dir_all(&dir)
-            .map_err(CoreError::io(format!("create {}", dir.display())))?;
-        git(
-            &repo,
-            &[
-                "worktree",
-                "add",
-                "-b",
-                &branch,
-                &worktree.to_string_lossy(),
-                &base,
-            ],
-        )
-        .await?;
+        if !url {
+            std::fs::create_dir_all(&dir)
+                .map_err(CoreError::io(format!("create {}", dir.display())))?;
+            git(
+                &repo,
+                &[
+                    "worktree",
+                    "add",
+                    "-b",
+                    &branch,
+                    &worktree.to_string_lossy(),
+                    &base,
+                ],
+            )
+            .await?;
+        }
         let machine = format!("run-{id}");
         let now = now_ms();
         sqlx::query(
             "INSERT INTO runs (id, repo, base, branch, task, agent, machine, worktree, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'starting', ?, ?)",
         )
         .bind(&id)
-        .bind(repo.to_string_lossy().to_string())
+        .bind(if url { spec.repo.clone() } else { repo.to_string_lossy().to_string() })
         .bind(&base)
         .bind(&branch)
         .bind(&spec.task)
@@ -252,12 +390,14 @@ impl Runs {
         if let Err(e) = r {
             // Nothing half-created: the machine, the worktree and the branch go again.
             let _ = self.ms.destroy(&machine).await;
-            let _ = git(
-                &repo,
-                &["worktree", "remove", "--force", &worktree.to_string_lossy()],
-            )
-            .await;
-            let _ = git(&repo, &["branch", "-D", &branch]).await;
+            if !url {
+                let _ = git(
+                    &repo,
+                    &["worktree", "remove", "--force", &worktree.to_string_lossy()],
+                )
+                .await;
+                let _ = git(&repo, &["branch", "-D", &branch]).await;
+            }
             let _ = std::fs::remove_dir_all(&dir);
             sqlx::query("DELETE FROM runs WHERE id = ?")
                 .bind(&id)
@@ -406,40 +546,75 @@ impl Runs {
     /// a patch file as the fallback and a Markdown summary for the pull request.
     pub async fn collect(&self, id: &str) -> Result<Value> {
         let r = self.get(id).await?;
-        let repo = PathBuf::from(&r.repo);
+        let url = is_url(&r.repo);
+        // A local repository has the branch already (the worktree shares it); a URL run's
+        // branch lives in its clone and is pushed back when the credentials allow.
+        let repo = if url {
+            PathBuf::from(r.worktree.clone().unwrap_or_default())
+        } else {
+            PathBuf::from(&r.repo)
+        };
+        let base = if url {
+            format!("origin/{}", r.base)
+        } else {
+            r.base.clone()
+        };
         git(&repo, &["rev-parse", "--verify", "--quiet", &r.branch])
             .await
-            .map_err(|_| CoreError::Git(format!("branch {} is gone from {}", r.branch, r.repo)))?;
+            .map_err(|_| {
+                CoreError::Git(format!(
+                    "branch {} is gone from {}",
+                    r.branch,
+                    repo.display()
+                ))
+            })?;
         let commits = git(
             &repo,
-            &[
-                "log",
-                "--format=%h %s",
-                &format!("{}..{}", r.base, r.branch),
-            ],
+            &["log", "--format=%h %s", &format!("{base}..{}", r.branch)],
         )
         .await?;
         let stat = git(
             &repo,
-            &["diff", "--stat", &format!("{}...{}", r.base, r.branch)],
+            &["diff", "--stat", &format!("{base}...{}", r.branch)],
         )
         .await?;
         let patch = git(
             &repo,
-            &[
-                "format-patch",
-                "--stdout",
-                &format!("{}..{}", r.base, r.branch),
-            ],
+            &["format-patch", "--stdout", &format!("{base}..{}", r.branch)],
         )
         .await?;
         let dir = self.ms.state.runs().join(id);
         std::fs::create_dir_all(&dir).map_err(CoreError::io("create run dir"))?;
         let patch_path = dir.join(format!("{id}.patch"));
         std::fs::write(&patch_path, &patch).map_err(CoreError::io("write patch"))?;
+        let (pushed, push_error) = if url {
+            let token = git_token(&self.ms).await?;
+            match git_remote(
+                &repo,
+                &["push", "--quiet", "origin", &format!("{0}:{0}", r.branch)],
+                token.as_ref(),
+                &dir,
+            )
+            .await
+            {
+                Ok(_) => (Some(true), None),
+                Err(e) => (Some(false), Some(e.to_string())),
+            }
+        } else {
+            (None, None)
+        };
         let n = commits.lines().count();
+        let where_ = match (url, pushed) {
+            (true, Some(true)) => format!("pushed to {}", r.repo),
+            (true, _) => format!(
+                "not pushed ({}); apply `{}` instead",
+                push_error.clone().unwrap_or_default(),
+                patch_path.display()
+            ),
+            _ => format!("in {}", r.repo),
+        };
         let summary = format!(
-            "## Porthole run `{id}`\n\n**Task:** {}\n\n**Branch:** `{}` (from `{}`), {n} commit(s)\n\n### Commits\n{}\n\n### Diff\n```\n{}\n```\n",
+            "## Porthole run `{id}`\n\n**Task:** {}\n\n**Branch:** `{}` (from `{}`), {n} commit(s), {where_}\n\n### Commits\n{}\n\n### Diff\n```\n{}\n```\n",
             r.task,
             r.branch,
             r.base,
@@ -448,8 +623,11 @@ impl Runs {
         );
         let summary_path = dir.join("summary.md");
         std::fs::write(&summary_path, &summary).map_err(CoreError::io("write summary"))?;
-        Ok(
-            json!({"id": id, "repo": r.repo, "branch": r.branch, "commits": n, "patch": patch_path, "summary": summary_path}),
-        )
+        let mut v = json!({"id": id, "repo": r.repo, "branch": r.branch, "commits": n, "patch": patch_path, "summary": summary_path});
+        if let Some(p) = pushed {
+            v["pushed"] = json!(p);
+            v["push_error"] = json!(push_error);
+        }
+        Ok(v)
     }
 }
