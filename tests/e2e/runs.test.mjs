@@ -171,6 +171,9 @@ describe('agent runs', { timeout: 15 * 60 * 1000 }, () => {
       assert.equal(c.commits, 1);
       assert.ok(existsSync(c.patch) && readFileSync(c.patch, 'utf8').includes('NOTES.md'), 'a patch file is the fallback');
       assert.match(readFileSync(c.summary, 'utf8'), new RegExp(tasks[i]));
+      assert.ok(c.evidence && existsSync(c.evidence), `collect attaches the evidence bundle: ${JSON.stringify(c)}`);
+      assert.match(readFileSync(c.evidence, 'utf8'), /left_click/, 'the evidence timeline lists the agent\'s clicks');
+      assert.match(readFileSync(c.summary, 'utf8'), /### Evidence/);
     }
     for (const r of runs) {
       const s = await json('run', 'stop', r.id);

@@ -603,6 +603,24 @@ impl Runs {
         } else {
             (None, None)
         };
+        // The evidence bundle: the machine's recording synced and exported next to the patch.
+        if let Ok(m) = self.ms.get(&r.machine).await {
+            let _ = crate::sync::sync_machine(&self.ms, &m).await;
+        }
+        let session: Option<(String,)> = sqlx::query_as(
+            "SELECT id FROM sessions WHERE machine = ? ORDER BY started_at DESC LIMIT 1",
+        )
+        .bind(&r.machine)
+        .fetch_optional(&self.ms.store.pool)
+        .await?;
+        let evidence = match session {
+            Some((sid,)) => {
+                crate::export::export(&self.ms, &sid, &dir.join("evidence"), None, None)
+                    .await
+                    .ok()
+            }
+            None => None,
+        };
         let n = commits.lines().count();
         let where_ = match (url, pushed) {
             (true, Some(true)) => format!("pushed to {}", r.repo),
@@ -621,9 +639,19 @@ impl Runs {
             commits.lines().map(|l| format!("- {l}")).collect::<Vec<_>>().join("\n"),
             stat
         );
+        let summary = match &evidence {
+            Some(e) => format!(
+                "{summary}\n### Evidence\nRecording with {} events and {} screenshots: open `{}` (video, timeline, screenshots at each action).\n",
+                e.events,
+                e.screenshots,
+                e.html.display()
+            ),
+            None => summary,
+        };
         let summary_path = dir.join("summary.md");
         std::fs::write(&summary_path, &summary).map_err(CoreError::io("write summary"))?;
-        let mut v = json!({"id": id, "repo": r.repo, "branch": r.branch, "commits": n, "patch": patch_path, "summary": summary_path});
+        let mut v = json!({"id": id, "repo": r.repo, "branch": r.branch, "commits": n, "patch": patch_path, "summary": summary_path,
+            "evidence": evidence.as_ref().map(|e| e.html.clone())});
         if let Some(p) = pushed {
             v["pushed"] = json!(p);
             v["push_error"] = json!(push_error);
