@@ -1047,6 +1047,13 @@ describe('porthole machines (CLI end to end)', { timeout: 90 * 60 * 1000 }, () =
     const id3 = await execIn(q3.agent_url, tok3, 'cat /root/marker; pgrep -x Xvfb');
     assert.equal(id3.stdout.trim().split('\n')[0], 'hi', JSON.stringify(id3));
 
+    // A VM whose QEMU dies is listed as failed, with the reason.
+    process.kill(q3.pid, 'SIGKILL');
+    await waitFor(async () => (await w.list()).find((m) => m.name === 'q3')?.status === 'failed',
+      { timeout: 20000, message: 'q3 to be listed as failed after its QEMU was killed' });
+    const dead = (await w.list()).find((m) => m.name === 'q3');
+    assert.match(dead.error || '', /QEMU exited/, JSON.stringify(dead));
+
     for (const m of await w.list()) await w.ok(['machine', 'destroy', m.name], { env });
     assert.deepEqual(await w.list(), []);
     await waitFor(async () => qemuProcs().length === 0, { timeout: 20000, message: 'no QEMU left' });
