@@ -14,6 +14,13 @@ start=$(date +%s)
 cargo build --workspace --locked --all-targets
 echo "tests/run.sh: build took $(( $(date +%s) - start )) s"
 cargo test --workspace --locked
+# `cargo test` regenerates the UI's wire types from crates/proto (ts-rs): the committed ones
+# must be what it wrote, so the UI can never drift from the Rust types.
+if git rev-parse --git-dir >/dev/null 2>&1 && [ -n "$(git status --porcelain -- ui/src/backend/bindings)" ]; then
+  echo "tests/run.sh: ui/src/backend/bindings is stale; commit what cargo test regenerated:" >&2
+  git status --short -- ui/src/backend/bindings >&2
+  exit 1
+fi
 (cd ui && npm test)
 (cd tests/e2e && npm test)
 echo "tests/run.sh: all tests took $(( $(date +%s) - start )) s"

@@ -11,6 +11,7 @@ use serde_json::Value;
 /// Who caused something to happen on the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(test, derive(ts_rs::TS), ts(export))]
 pub enum Actor {
     Agent,
     Human,
@@ -20,19 +21,25 @@ pub enum Actor {
 /// One entry of a session's timeline. `seq` starts at 1 and `t_ms` is the session clock; both
 /// are non-decreasing in the order events are emitted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS), ts(export))]
 pub struct Event {
+    #[cfg_attr(test, ts(type = "number"))]
     pub seq: u64,
+    #[cfg_attr(test, ts(type = "number"))]
     pub t_ms: u64,
     pub actor: Actor,
     pub kind: String,
     #[serde(default)]
+    #[cfg_attr(test, ts(type = "any"))]
     pub data: Value,
 }
 
 /// `GET /v1/events` response.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS), ts(export))]
 pub struct EventPage {
     pub events: Vec<Event>,
+    #[cfg_attr(test, ts(type = "number"))]
     pub next: u64,
 }
 
@@ -43,6 +50,7 @@ pub struct ErrorBody {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS), ts(export))]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
@@ -50,6 +58,7 @@ pub struct ErrorDetail {
 
 /// `GET /v1/health`: always 200; `status` is `degraded` when `problems` is non-empty.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS), ts(export))]
 pub struct Health {
     pub status: HealthStatus,
     pub version: String,
@@ -62,12 +71,14 @@ pub struct Health {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(test, derive(ts_rs::TS), ts(export))]
 pub enum HealthStatus {
     Ok,
     Degraded,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS), ts(export))]
 pub struct DisplayInfo {
     pub name: String,
     pub width: u32,
@@ -77,6 +88,7 @@ pub struct DisplayInfo {
 /// Who may act on the machine. The agent holds control unless paused or a human took it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(test, derive(ts_rs::TS), ts(export))]
 pub enum Holder {
     Agent,
     Human,
@@ -85,14 +97,17 @@ pub enum Holder {
 
 /// `GET /v1/control` and the answer to `POST /v1/control`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS), ts(export))]
 pub struct ControlState {
     pub holder: Holder,
     pub agent_paused: bool,
+    #[cfg_attr(test, ts(type = "number"))]
     pub since_t_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(test, derive(ts_rs::TS), ts(export))]
 pub enum ControlAction {
     PauseAgent,
     ResumeAgent,
@@ -114,6 +129,7 @@ pub struct ControlRequest {
 /// Messages a viewer sends on the `porthole` data channel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[cfg_attr(test, derive(ts_rs::TS), ts(export))]
 pub enum ViewerMessage {
     /// Pointer position in stream pixels; `buttons` is the DOM `buttons` bitmask
     /// (1 left, 2 right, 4 middle).
@@ -148,10 +164,12 @@ pub enum ViewerMessage {
 /// Messages the agent sends on the `porthole` data channel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[cfg_attr(test, derive(ts_rs::TS), ts(export))]
 pub enum AgentMessage {
     Event(Event),
     /// Pairs the session clock with the RTP timestamp of a sent frame.
     Clock {
+        #[cfg_attr(test, ts(type = "number"))]
         t_ms: u64,
         rtp_timestamp: u32,
     },
@@ -160,6 +178,7 @@ pub enum AgentMessage {
 
 /// Sender-side stream figures, sent about once a second.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS), ts(export))]
 pub struct StreamStats {
     pub codec: String,
     pub width: u32,
@@ -168,8 +187,11 @@ pub struct StreamStats {
     pub bitrate_kbps: f64,
     /// Median capture+convert+encode CPU time per frame over the last second.
     pub encode_ms_p50: f64,
+    #[cfg_attr(test, ts(type = "number"))]
     pub frames: u64,
+    #[cfg_attr(test, ts(type = "number"))]
     pub keyframes: u64,
+    #[cfg_attr(test, ts(type = "number"))]
     pub viewers: usize,
 }
 

@@ -1,6 +1,21 @@
 // The UI's whole view of the backend. `tauri.ts` implements it with Tauri commands, `mock.ts`
 // in memory (tests and the browser preview). Nothing else in the UI talks to the backend.
 
+// Wire types generated from crates/proto by ts-rs (`cargo test -p porthole-proto` writes
+// ./bindings; tests/run.sh fails when the committed files are stale). Never edit those.
+import type { ControlAction } from './bindings/ControlAction';
+import type { ControlState } from './bindings/ControlState';
+import type { Event } from './bindings/Event';
+import type { Health } from './bindings/Health';
+import type { ViewerMessage } from './bindings/ViewerMessage';
+export type { Actor } from './bindings/Actor';
+export type { ControlAction } from './bindings/ControlAction';
+export type { ControlState } from './bindings/ControlState';
+export type { Event } from './bindings/Event';
+export type { Health } from './bindings/Health';
+export type { StreamStats } from './bindings/StreamStats';
+export type { ViewerMessage } from './bindings/ViewerMessage';
+
 export type ProviderKind = 'local' | 'qemu' | 'remote';
 
 export interface Machine {
@@ -13,14 +28,6 @@ export interface Machine {
   created_at: number;
 }
 
-export interface Health {
-  status: 'ok' | 'degraded';
-  version: string;
-  problems: string[];
-  session_id?: string;
-  display?: { name: string; width: number; height: number };
-}
-
 /** The agent needs an upgrade when `ok` is false. */
 export interface AgentCompat {
   ok: boolean;
@@ -28,26 +35,6 @@ export interface AgentCompat {
   app_version: string;
   message?: string;
 }
-
-export type Actor = 'agent' | 'human' | 'system';
-
-export interface Event {
-  seq: number;
-  /** Session clock: milliseconds since the session started. */
-  t_ms: number;
-  actor: Actor;
-  kind: string;
-  // Event payloads differ by kind; views read the fields they know.
-  data: any;
-}
-
-export interface ControlState {
-  holder: 'agent' | 'human' | 'nobody';
-  agent_paused: boolean;
-  since_t_ms: number;
-}
-
-export type ControlAction = 'pause_agent' | 'resume_agent' | 'take' | 'release';
 
 export interface CreateMachine {
   name: string;
@@ -133,12 +120,7 @@ export interface RunStart {
 }
 
 /** Viewer → agent messages, as on the `porthole` data channel. */
-export type InputMessage =
-  | { type: 'pointer'; x: number; y: number; buttons: number }
-  | { type: 'wheel'; dx: number; dy: number }
-  | { type: 'key'; code: string; key: string; down: boolean }
-  | { type: 'text'; text: string }
-  | { type: 'control'; action: ControlAction };
+export type InputMessage = ViewerMessage;
 
 /** Every call rejects with this. */
 export interface BackendError {
