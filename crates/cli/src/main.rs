@@ -458,7 +458,7 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 SecretsCmd::List { json } => {
                     let list = vault.list().await?;
-                    let v: Vec<Value> = list.iter().map(|s| json!({"name": s.name, "scope": s.scope, "updated_at": s.updated_at})).collect();
+                    let v: Vec<Value> = list.iter().map(|s| json!({"name": s.name, "scope": s.scope, "updated_at": s.updated_at, "readable": s.readable})).collect();
                     print(json, &json!(v), || {
                         if list.is_empty() {
                             return "no secrets".into();

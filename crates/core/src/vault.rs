@@ -1,9 +1,11 @@
 //! Secrets at rest: each value sealed with ChaCha20-Poly1305 under one vault key; values are
 //! never shown again after saving (the API lists names only).
 //!
-//! The key lives in `keys/vault.key` (mode 0600) — the encrypted-file fallback for machines
-//! without an OS keychain (headless Linux); `Vault::backend()` says which one is in use so
-//! the UI can label it.
+//! The key lives in the OS keychain (Secret Service, macOS Keychain, Windows Credential
+//! Manager), one entry per state directory. Where there is none (headless Linux without a
+//! D-Bus session or keyring daemon) it is `keys/vault.key` (mode 0600), the encrypted-file
+//! fallback; a key already in that file keeps being used. `Vault::backend()` says which one
+//! is in use, and why, so the UI can label it. `PORTHOLE_KEYCHAIN=0` forces the file.
 
 use crate::error::{CoreError, Result};
 use crate::machine::Machines;
@@ -17,6 +19,42 @@ use std::os::unix::fs::PermissionsExt;
 pub struct Vault {
     cipher: ChaCha20Poly1305,
     store: crate::store::Store,
+    backend: String,
+}
+
+const KEYCHAIN_SERVICE: &str = "porthole";
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The vault key from the OS keychain (created there on first use), or why there is none.
+fn keychain_key(state_root: &std::path::Path) -> std::result::Result<Vec<u8>, String> {
+    if std::env::var("PORTHOLE_KEYCHAIN").as_deref() == Ok("0") {
+        return Err("disabled by PORTHOLE_KEYCHAIN=0".into());
+    }
+    // Without a session bus, libdbus would try to autolaunch one: say so instead.
+    if cfg!(target_os = "linux") && std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_none() {
+        return Err("no D-Bus session, so no Secret Service".into());
+    }
+    let user = format!("vault-key:{}", state_root.display());
+    let entry = keyring::Entry::new(KEYCHAIN_SERVICE, &user).map_err(|e| e.to_string())?;
+    match entry.get_password() {
+        Ok(h) if h.len() == 64 => (0..32)
+            .map(|i| {
+                u8::from_str_radix(&h[2 * i..2 * i + 2], 16)
+                    .map_err(|_| "the keychain entry is not a key".to_string())
+            })
+            .collect(),
+        Ok(_) => Err("the keychain entry is not a key".into()),
+        Err(keyring::Error::NoEntry) => {
+            let mut k = vec![0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut k);
+            entry.set_password(&hex(&k)).map_err(|e| e.to_string())?;
+            Ok(k)
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -25,6 +63,8 @@ pub struct SecretInfo {
     /// "" for global, else the environment name it is scoped to.
     pub scope: String,
     pub updated_at: i64,
+    /// Whether the current vault key opens it (false: sealed under another key).
+    pub readable: bool,
 }
 
 pub fn valid_secret_name(name: &str) -> Result<()> {
@@ -49,31 +89,58 @@ impl Vault {
         let dir = ms.state.keys();
         std::fs::create_dir_all(&dir).map_err(CoreError::io("create keys dir"))?;
         let path = dir.join("vault.key");
-        let key = match std::fs::read(&path) {
-            Ok(k) if k.len() == 32 => k,
-            Ok(_) => {
-                return Err(CoreError::Invalid(format!(
+        let read_file = |path: &std::path::Path| -> Result<Option<Vec<u8>>> {
+            match std::fs::read(path) {
+                Ok(k) if k.len() == 32 => Ok(Some(k)),
+                Ok(_) => Err(CoreError::Invalid(format!(
                     "{} is corrupt (expected 32 bytes)",
                     path.display()
-                )))
+                ))),
+                Err(_) => Ok(None),
             }
-            Err(_) => {
-                let mut k = vec![0u8; 32];
-                rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut k);
-                std::fs::write(&path, &k).map_err(CoreError::io("write vault key"))?;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                    .map_err(CoreError::io("chmod vault key"))?;
-                k
+        };
+        let (key, backend) = match read_file(&path)? {
+            Some(k) => (k, "encrypted file (keys/vault.key)".to_string()),
+            None => {
+                let root = ms.state.root().to_path_buf();
+                // Secret Service calls block on D-Bus.
+                let from_keychain = tokio::task::spawn_blocking(move || keychain_key(&root))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()));
+                // Which one holds the key is remembered: a process without keychain access (a
+                // CLI over ssh) must not start a second, file-based key beside it.
+                let marker = dir.join("vault.keychain");
+                match from_keychain {
+                    Ok(k) => {
+                        let _ = std::fs::write(&marker, "the vault key is in the OS keychain\n");
+                        (k, "OS keychain".to_string())
+                    }
+                    Err(why) if marker.exists() => {
+                        return Err(CoreError::Invalid(format!(
+                            "the vault key is in the OS keychain, which is not reachable here ({why}): use Porthole where that keychain is unlocked"
+                        )))
+                    }
+                    Err(why) => {
+                        let mut k = vec![0u8; 32];
+                        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut k);
+                        std::fs::write(&path, &k).map_err(CoreError::io("write vault key"))?;
+                        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                            .map_err(CoreError::io("chmod vault key"))?;
+                        (k, format!("encrypted file (no OS keychain: {why})"))
+                    }
+                }
             }
         };
         Ok(Self {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
             store: ms.store.clone(),
+            backend,
         })
     }
 
-    pub fn backend(&self) -> &'static str {
-        "encrypted file (no OS keychain)"
+    /// Where the key is: "OS keychain" or "encrypted file (...why...)".
+    pub fn backend(&self) -> &str {
+        &self.backend
     }
 
     pub async fn set(&self, name: &str, scope: &str, value: &str) -> Result<()> {
@@ -121,16 +188,32 @@ impl Vault {
     }
 
     pub async fn list(&self) -> Result<Vec<SecretInfo>> {
-        let rows: Vec<(String, String, i64)> =
-            sqlx::query_as("SELECT name, scope, updated_at FROM secrets ORDER BY scope, name")
-                .fetch_all(&self.store.pool)
-                .await?;
+        let rows: Vec<(String, String, i64, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+            "SELECT name, scope, updated_at, nonce, ciphertext FROM secrets ORDER BY scope, name",
+        )
+        .fetch_all(&self.store.pool)
+        .await?;
         Ok(rows
             .into_iter()
-            .map(|(name, scope, updated_at)| SecretInfo {
-                name,
-                scope,
-                updated_at,
+            .map(|(name, scope, updated_at, nonce, ct)| {
+                // Opened (never shown) so a key mix-up is visible before a machine needs it.
+                let aad = format!("{scope}\0{name}");
+                let readable = self
+                    .cipher
+                    .decrypt(
+                        Nonce::from_slice(&nonce),
+                        chacha20poly1305::aead::Payload {
+                            msg: &ct,
+                            aad: aad.as_bytes(),
+                        },
+                    )
+                    .is_ok();
+                SecretInfo {
+                    name,
+                    scope,
+                    updated_at,
+                    readable,
+                }
             })
             .collect())
     }
@@ -173,6 +256,9 @@ mod tests {
 
     #[tokio::test]
     async fn values_are_sealed_scoped_and_never_stored_in_clear() {
+        // Never the developer's own keychain from a unit test (tests/e2e/keychain.test.mjs
+        // covers the keychain with a throwaway gnome-keyring).
+        std::env::set_var("PORTHOLE_KEYCHAIN", "0");
         let dir = tempfile::tempdir().unwrap();
         let ms = Machines::open(crate::paths::StateDir::at(dir.path()))
             .await
