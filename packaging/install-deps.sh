@@ -28,6 +28,8 @@ PKGS=(
   webkit2gtk-driver gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav
   # SQLite for the app's store (sqlx bundles none of it; the CLI tools help debugging)
   sqlite3 openssl
+  # the vault key in the OS keychain (Secret Service) and its test: a keyring daemon, secret-tool
+  libdbus-1-dev gnome-keyring libsecret-tools dbus
 )
 
 # Node for the UI and the browser tests: keep one that is already there (nodesource ships npm inside
