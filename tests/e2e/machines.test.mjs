@@ -1038,6 +1038,21 @@ describe('porthole machines (CLI end to end)', { timeout: 90 * 60 * 1000 }, () =
     // Disk snapshot → a cold boot on an overlay chain.
     await w.ok(['machine', 'snapshot', 'q2', '--name', 'disk', '--disk-only', '--json'], { env });
     await w.ok(['machine', 'destroy', 'q2'], { env });
+
+    // The warm pool with VMs: fill from the memory snapshot, claim (its session starts).
+    await w.ok(['pool', 'fill', '--snapshot', 'warm', '--size', '1', '--json'], { env, timeout: 10 * 60 * 1000 });
+    const pooled = (await w.list()).filter((m) => m.spec?.pool === 'warm');
+    assert.equal(pooled.length, 1, JSON.stringify(pooled));
+    const claimed = await w.ok(['pool', 'claim', '--snapshot', 'warm', '--name', 'qp', '--json'], { env });
+    t.diagnostic(`qemu pool claim ${claimed.claim_ms} ms`);
+    assertMachineShape(claimed, { name: 'qp', provider: 'qemu' });
+    const tokp = await w.token('qp');
+    const cur = await agentOk(claimed.agent_url, tokp, '/v1/sessions/current');
+    assert.ok(cur.id, JSON.stringify(cur));
+    // The background refill would boot another VM: stop it and remove what it made.
+    await waitFor(async () => procsMentioning(w.home).filter((p) => /pool\s+fill/.test(p.cmd)).length === 0,
+      { timeout: 120000, interval: 500, message: 'the background refill to finish' });
+    for (const m of (await w.list()).filter((x) => x.name !== 'q1')) await w.ok(['machine', 'destroy', m.name], { env });
     t0 = Date.now();
     // Unprivileged mode: QEMU's user network, the agent on a forwarded loopback port.
     const q3 = await create(['--name', 'q3', '--from-snapshot', 'disk', '--network', 'loopback']);
