@@ -80,6 +80,35 @@ describe('StreamDecoder', () => {
     expect(FakeVideoDecoder.instances[1].chunks.map((c) => c.type)).toEqual(['key', 'delta']);
   });
 
+  it('drops the backlog when decoding falls behind, but not during a seek\'s burst', async () => {
+    const burst = (d: StreamDecoder, from: number) => {
+      d.push(buildFrame({ key: true, tMs: from, rtp: 0 }, H264_KEY));
+      FakeVideoDecoder.instances.at(-1)!.decodeQueueSize = 40; // a slow decoder
+      for (let i = 1; i <= 40; i++) d.push(buildFrame({ key: false, tMs: from + i * 33, rtp: 0 }, H264_DELTA));
+    };
+    // Live: behind by more than the queue allows, it starts over at the next keyframe.
+    const live = new StreamDecoder();
+    burst(live, 0);
+    expect(FakeVideoDecoder.instances).toHaveLength(1);
+    expect(FakeVideoDecoder.instances[0].state).toBe('closed');
+    expect(live.stats().dropped).toBe(40);
+
+    // A seek to 1300 ms: the keyframe at 0 and every frame up to the target are decoded.
+    const seek = new StreamDecoder();
+    const drawn: number[] = [];
+    seek.onDrawn((f) => drawn.push(f.tMs));
+    seek.restart(1300);
+    burst(seek, 0);
+    const dec = FakeVideoDecoder.instances[1];
+    expect(dec.chunks).toHaveLength(41);
+    expect(seek.stats().dropped).toBe(0);
+    await tick();
+    expect(drawn.at(-1)).toBe(1320);
+    // Once the target is drawn, falling behind drops the backlog again.
+    seek.push(buildFrame({ key: false, tMs: 1353, rtp: 0 }, H264_DELTA));
+    expect(dec.state).toBe('closed');
+  });
+
   it('restart (a seek) drops everything until a keyframe', () => {
     const d = new StreamDecoder();
     d.push(buildFrame({ key: true, tMs: 0, rtp: 0 }, H264_KEY));

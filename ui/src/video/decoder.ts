@@ -98,6 +98,8 @@ export class StreamDecoder {
   private lastError: string | null = null;
   private listeners = new Set<(f: DrawnFrame) => void>();
   private closed = false;
+  /** Session time up to which a seek's burst is decoded in full (see `restart`). */
+  private keepUntil: number | null = null;
 
   constructor(private codecHint: Codec = 'H264') {}
 
@@ -127,7 +129,7 @@ export class StreamDecoder {
     this.minOffset = Math.min(this.minOffset, offset);
     this.s.jitterMs = smooth(this.s.jitterMs, offset - this.minOffset);
 
-    if (this.dec && this.dec.decodeQueueSize > MAX_QUEUE) {
+    if (this.dec && this.keepUntil === null && this.dec.decodeQueueSize > MAX_QUEUE) {
       // Falling behind: drop the backlog and start again at the next keyframe.
       this.restart();
     }
@@ -155,8 +157,14 @@ export class StreamDecoder {
     }
   }
 
-  /** Forget everything queued and wait for the next keyframe (seek, new stream). */
-  restart(): void {
+  /**
+   * Forget everything queued and wait for the next keyframe (seek, new stream). A seek passes
+   * its target: the frames from the keyframe before it up to the target arrive in one burst
+   * (up to a keyframe interval of them) and are all decoded, however long the queue grows,
+   * until a frame at the target is drawn; only then does falling behind drop the backlog again.
+   */
+  restart(keepUntilMs: number | null = null): void {
+    this.keepUntil = keepUntilMs;
     if (this.dec && this.dec.state !== 'closed') {
       try {
         this.dec.close();
@@ -227,6 +235,7 @@ export class StreamDecoder {
       this.ctx.drawImage(frame, 0, 0, w, h);
     }
     frame.close();
+    if (this.keepUntil !== null && meta && meta.tMs + 1 >= this.keepUntil) this.keepUntil = null;
     this.s.decoded++;
     const now = performance.now();
     if (meta) this.s.decodeMs = smooth(this.s.decodeMs, now - meta.arrived);

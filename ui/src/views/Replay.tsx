@@ -216,7 +216,7 @@ function Player({ sessionId }: { sessionId: string }) {
       const g = ++gen.current;
       target.current = from;
       pauseAtTarget.current = !keepPlaying;
-      pipe.decoder.restart();
+      pipe.decoder.restart(from);
       pipe.clock.set(from, 0);
       setPos(from);
       setPlaying(keepPlaying);
