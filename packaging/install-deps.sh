@@ -63,6 +63,14 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+# tauri-driver: the WebDriver server in front of WebKitWebDriver for the desktop app's end-to-end
+# test (tests/e2e/app.test.mjs). Built from crates.io into ~/.cargo/bin (a few minutes, once), in
+# cargo's own temporary target dir.
+if ! command -v tauri-driver >/dev/null 2>&1; then
+  echo "install-deps: cargo install tauri-driver --locked"
+  env -u CARGO_TARGET_DIR cargo install tauri-driver --locked --version '^2'
+fi
+
 # Node packages for the browser tests (playwright-core drives Debian's Chromium; no browser download).
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 for d in ui tests/e2e; do
