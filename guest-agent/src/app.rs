@@ -51,9 +51,16 @@ pub struct App {
     pub recording_problem: Mutex<Option<String>>,
     /// Whether the recorder thread runs (not before the first session with `--idle`).
     pub recorder_on: std::sync::atomic::AtomicBool,
+    /// The guest's clipboard, started with the first viewer (idle agents keep no X client for it).
+    pub clipboard: std::sync::OnceLock<crate::clipboard::Clipboard>,
 }
 
 impl App {
+    pub fn clipboard(&self) -> &crate::clipboard::Clipboard {
+        self.clipboard
+            .get_or_init(|| crate::clipboard::Clipboard::spawn(self.cfg.display.clone()))
+    }
+
     /// Adds secrets: exported to commands from now on and redacted from everything shown.
     pub fn add_secrets(&self, secrets: std::collections::HashMap<String, String>) {
         let mut all = self.secrets.lock().unwrap();
@@ -194,9 +201,20 @@ async fn feed_viewer(
     codec: crate::encode::Codec,
 ) {
     let mut events = app.timeline.subscribe();
+    let mut clip = app.clipboard().subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         let msg = tokio::select! {
+            c = clip.recv() => match c {
+                // Only to the human at the controls; secrets never leave, even this way.
+                Ok(text) if app.control.lock().unwrap().viewer_may_act(&viewer).is_ok()
+                    && app.control.lock().unwrap().state().holder == porthole_proto::Holder::Human =>
+                {
+                    AgentMessage::Clipboard { text: app.timeline.redactor.redact(&text) }
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            },
             ev = events.recv() => match ev {
                 Ok(e) => AgentMessage::Event(e),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
@@ -323,6 +341,18 @@ async fn handle_message(app: &Arc<App>, viewer: &str, state: &Mutex<InputState>,
                 actions.push(InputAction::Text(text.clone()));
                 events.push(json!({"device": "text", "text": text}));
             }
+            ViewerMessage::Clipboard { text } => {
+                // Not an input action: the guest's clipboard now holds it, for a paste there.
+                let n = text.chars().count();
+                drop(st);
+                app.clipboard().set(text.clone());
+                app.timeline.emit(
+                    Actor::Human,
+                    "input",
+                    json!({"device": "clipboard", "chars": n, "viewer": viewer}),
+                );
+                return;
+            }
             ViewerMessage::Control { .. } => unreachable!("handled above"),
         }
     }
@@ -354,6 +384,7 @@ fn input_kind(m: &ViewerMessage) -> &'static str {
         ViewerMessage::Wheel { .. } => "wheel",
         ViewerMessage::Key { .. } => "key",
         ViewerMessage::Text { .. } => "text",
+        ViewerMessage::Clipboard { .. } => "clipboard",
         ViewerMessage::Control { .. } => "control",
     }
 }

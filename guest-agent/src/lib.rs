@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod capture;
+pub mod clipboard;
 pub mod computer;
 pub mod control;
 pub mod encode;

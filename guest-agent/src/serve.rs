@@ -183,6 +183,7 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
         env_procs: Mutex::new(Vec::new()),
         recording_problem: Mutex::new(None),
         recorder_on: false.into(),
+        clipboard: Default::default(),
     });
     if app.cfg.record && !p.idle {
         app.recorder_on

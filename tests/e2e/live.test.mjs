@@ -5,6 +5,7 @@
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import {
@@ -311,6 +312,49 @@ describe('porthole-agent live stream and viewer input', { timeout: 15 * 60 * 100
     } finally {
       await closeViewer(page);
       await term.stop();
+    }
+  });
+
+  test('g. clipboard text flows both ways only while this viewer holds control', async () => {
+    const env = { ...process.env, DISPLAY: xvfb.display };
+    const xclipOut = () => new Promise((resolve) => execFile('xclip', ['-o', '-selection', 'clipboard'], { env, timeout: 5000 },
+      (err, stdout) => resolve(err ? null : String(stdout))));
+    // xclip -i stays in the background owning the selection, like a real app after a copy.
+    const guestCopy = (text) => new Promise((resolve, reject) => {
+      const c = execFile('xclip', ['-i', '-selection', 'clipboard'], { env, timeout: 5000 }, (err) => (err ? reject(err) : resolve()));
+      c.stdin.end(text);
+    });
+    const page = await newViewer();
+    try {
+      await page.evaluate(() => window.porthole.setGuestClipboard('not yet'));
+      await waitFor(async () => (await viewerEvents(page)).some((e) => e.kind === 'refused' && e.data?.input === 'clipboard'),
+        { timeout: 10000, message: 'a refused clipboard event before take' });
+      assert.notEqual(await xclipOut(), 'not yet', 'the guest clipboard changed without control');
+
+      await page.evaluate(() => window.porthole.send({ type: 'control', action: 'take' }));
+      await waitFor(async () => (await control()).holder === 'human', { timeout: 10000, message: 'holder human' });
+      const host = 'from the host, ünïcode ✓';
+      await page.evaluate((t) => window.porthole.setGuestClipboard(t), host);
+      await waitFor(async () => (await xclipOut()) === host, { timeout: 10000, message: 'xclip -o to read the host text in the guest' });
+      assert.ok((await viewerEvents(page)).some((e) => e.kind === 'input' && e.data?.device === 'clipboard' && e.data.chars === [...host].length),
+        'the clipboard input is on the timeline, attributed');
+
+      await guestCopy('copied in the guest');
+      await waitFor(async () => (await page.evaluate(() => window.porthole.guestClipboard)) === 'copied in the guest',
+        { timeout: 10000, message: 'the guest copy to reach the viewer' });
+
+      await page.evaluate(() => window.porthole.send({ type: 'control', action: 'release' }));
+      await waitFor(async () => (await control()).holder !== 'human', { timeout: 10000, message: 'released' });
+      await guestCopy('after release');
+      await waitFor(async () => (await xclipOut()) === 'after release', { timeout: 10000, message: 'the guest copy after release' });
+      // A negative: give the agent the time a delivery took above, then check nothing arrived.
+      await sleep(1500);
+      assert.equal(await page.evaluate(() => window.porthole.guestClipboard), 'copied in the guest',
+        'guest clipboard reached a viewer that no longer holds control');
+    } finally {
+      await page.evaluate(() => window.porthole.send({ type: 'control', action: 'release' })).catch(() => {});
+      await closeViewer(page);
+      await new Promise((r) => execFile('pkill', ['-f', 'xclip -i -selection clipboard'], () => r()));
     }
   });
 });

@@ -215,6 +215,15 @@ impl LiveSession {
                         rtp_timestamp,
                     }) => *clock.lock().unwrap() = Some((rtp_timestamp, t_ms)),
                     Ok(AgentMessage::Event(e)) => on_event(e),
+                    // Not a timeline entry (seq 0): text copied in the guest while we hold
+                    // control, for the UI to put on this computer's clipboard.
+                    Ok(AgentMessage::Clipboard { text }) => on_event(Event {
+                        seq: 0,
+                        t_ms: 0,
+                        actor: porthole_proto::Actor::System,
+                        kind: "clipboard".into(),
+                        data: serde_json::json!({ "text": text }),
+                    }),
                     _ => {}
                 }
             })

@@ -156,6 +156,11 @@ pub enum ViewerMessage {
     Text {
         text: String,
     },
+    /// Becomes the guest's clipboard (CLIPBOARD selection); only while this viewer holds
+    /// control, like input.
+    Clipboard {
+        text: String,
+    },
     Control {
         action: ControlAction,
     },
@@ -174,6 +179,10 @@ pub enum AgentMessage {
         rtp_timestamp: u32,
     },
     Stats(StreamStats),
+    /// Text copied in the guest, sent only to a viewer that holds control (secrets redacted).
+    Clipboard {
+        text: String,
+    },
 }
 
 /// Sender-side stream figures, sent about once a second.

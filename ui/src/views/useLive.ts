@@ -83,6 +83,11 @@ export function useLive(name: string | null, maxFps?: number): LiveSession {
     };
 
     const add = (e: Event) => {
+      if (e.seq === 0 && e.kind === 'clipboard') {
+        // Guest → host clipboard while we hold control (not a timeline entry).
+        if (typeof e.data?.text === 'string') navigator.clipboard?.writeText(e.data.text).catch(() => {});
+        return;
+      }
       if (seen.has(e.seq)) return;
       seen.add(e.seq);
       if (all.length && e.t_ms < all[all.length - 1].t_ms) {

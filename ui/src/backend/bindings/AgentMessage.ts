@@ -5,4 +5,4 @@ import type { StreamStats } from "./StreamStats";
 /**
  * Messages the agent sends on the `porthole` data channel.
  */
-export type AgentMessage = { "type": "event" } & Event | { "type": "clock", t_ms: number, rtp_timestamp: number, } | { "type": "stats" } & StreamStats;
+export type AgentMessage = { "type": "event" } & Event | { "type": "clock", t_ms: number, rtp_timestamp: number, } | { "type": "stats" } & StreamStats | { "type": "clipboard", text: string, };
