@@ -142,7 +142,7 @@ pub fn attach_viewer(app: Arc<App>, viewer: Arc<Viewer>) {
                     // Frames sent before DTLS finished were lost to this viewer: a keyframe now
                     // rather than at the next periodic one (up to 2 s away).
                     if let Some(v) = a.hub.viewer(&id) {
-                        if let Ok(p) = a.hub.pipeline(v.codec) {
+                        if let Ok(p) = a.hub.pipeline_at(v.codec, v.fps) {
                             p.request_keyframe();
                         }
                     }
@@ -166,6 +166,7 @@ pub fn attach_viewer(app: Arc<App>, viewer: Arc<Viewer>) {
     }));
     let id = viewer.id.clone();
     let codec = viewer.codec;
+    let fps = viewer.fps;
     viewer.pc.on_data_channel(Box::new(move |dc: Arc<RTCDataChannel>| {
         let (app, id) = (app.clone(), id.clone());
         Box::pin(async move {
@@ -176,7 +177,7 @@ pub fn attach_viewer(app: Arc<App>, viewer: Arc<Viewer>) {
             let state = Arc::new(Mutex::new(InputState::default()));
             let (a2, id2, dc2) = (app.clone(), id.clone(), dc.clone());
             dc.on_open(Box::new(move || {
-                tokio::spawn(feed_viewer(a2, id2, dc2, codec));
+                tokio::spawn(feed_viewer(a2, id2, dc2, codec, fps));
                 Box::pin(async {})
             }));
             dc.on_message(Box::new(move |msg: DataChannelMessage| {
@@ -199,6 +200,7 @@ async fn feed_viewer(
     viewer: String,
     dc: Arc<RTCDataChannel>,
     codec: crate::encode::Codec,
+    fps: u32,
 ) {
     let mut events = app.timeline.subscribe();
     let mut clip = app.clipboard().subscribe();
@@ -221,11 +223,11 @@ async fn feed_viewer(
                 Err(_) => return,
             },
             _ = tick.tick() => {
-                if let Some(c) = app.hub.clock(codec) {
+                if let Some(c) = app.hub.clock(codec, fps) {
                     let m = AgentMessage::Clock { t_ms: app.timeline.t_ms_of(c.captured_at), rtp_timestamp: c.rtp_timestamp };
                     if send(&dc, &m).await.is_err() { return; }
                 }
-                let p = match app.hub.pipeline(codec) { Ok(p) => p.stats(), Err(_) => continue };
+                let p = match app.hub.pipeline_at(codec, fps) { Ok(p) => p.stats(), Err(_) => continue };
                 AgentMessage::Stats(StreamStats {
                     codec: codec.name().into(), width: p.width, height: p.height, fps: p.fps,
                     bitrate_kbps: p.bitrate_kbps, encode_ms_p50: p.cpu_ms_p50, frames: p.frames,

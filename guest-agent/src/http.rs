@@ -245,9 +245,25 @@ async fn viewer() -> impl IntoResponse {
 
 async fn whep_create(
     State(app): AppState,
+    Query(q): Query<std::collections::HashMap<String, String>>,
     headers: HeaderMap,
     body: String,
 ) -> Result<Response, ApiError> {
+    // A grid tile asks for a lower rate: it gets its own (cheaper) encode at that rate.
+    let max_fps =
+        match q.get("max_fps") {
+            None => None,
+            Some(v) => match v.parse::<u32>() {
+                Ok(f) if (1..=120).contains(&f) => Some(f),
+                _ => return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!(
+                        "max_fps={v}: expected a whole number of frames per second from 1 to 120"
+                    ),
+                )),
+            },
+        };
     if let Some(ct) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -270,7 +286,7 @@ async fn whep_create(
     // Negotiation runs in its own task: a panic deep in SDP handling on hostile input must cost
     // this one request, not the agent.
     let a = app.clone();
-    let viewer = tokio::spawn(async move { a.hub.add_viewer(body).await })
+    let viewer = tokio::spawn(async move { a.hub.add_viewer(body, max_fps).await })
         .await
         .map_err(|_| {
             ApiError::new(
@@ -287,7 +303,7 @@ async fn whep_create(
             "no answer",
         )
     })?;
-    app.timeline.emit(Actor::System, "stream", json!({"viewer": viewer.id, "state": "offered", "codec": viewer.codec.name(), "viewers": app.hub.viewer_count()}));
+    app.timeline.emit(Actor::System, "stream", json!({"viewer": viewer.id, "state": "offered", "codec": viewer.codec.name(), "fps": viewer.fps, "viewers": app.hub.viewer_count()}));
     let location = format!("/v1/whep/{}", viewer.id);
     let mut res = Response::new(Body::from(answer));
     *res.status_mut() = StatusCode::CREATED;

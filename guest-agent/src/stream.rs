@@ -77,6 +77,8 @@ struct Outbound {
 pub struct Viewer {
     pub id: String,
     pub codec: Codec,
+    /// The frame-rate cap of the pipeline it is bound to.
+    pub fps: u32,
     pub pc: Arc<RTCPeerConnection>,
     /// Both descriptions as negotiated, kept for diagnosing a failure (after one, the peer
     /// connection no longer lists its candidates).
@@ -90,7 +92,9 @@ pub struct StreamHub {
     ice: IceConfig,
     max_fps: u32,
     source: Arc<SourceFactory>,
-    outbound: Mutex<HashMap<Codec, Arc<Outbound>>>,
+    /// One capture → encode → packetize chain per (codec, frame-rate cap): viewers asking for
+    /// the same pair share it; a grid tile at 5 fps costs a sixth of a full-rate encode.
+    outbound: Mutex<HashMap<(Codec, u32), Arc<Outbound>>>,
     viewers: Mutex<HashMap<String, Arc<Viewer>>>,
 }
 
@@ -219,16 +223,21 @@ impl StreamHub {
 
     /// The pipeline for a codec, started on first use (the recorder uses H.264's).
     pub fn pipeline(&self, codec: Codec) -> Result<Pipeline, StreamError> {
-        Ok(self.outbound(codec)?.pipeline.clone())
+        self.pipeline_at(codec, self.max_fps)
     }
 
-    fn outbound(&self, codec: Codec) -> Result<Arc<Outbound>, StreamError> {
+    /// The pipeline at a frame-rate cap (a viewer's `fps`).
+    pub fn pipeline_at(&self, codec: Codec, fps: u32) -> Result<Pipeline, StreamError> {
+        Ok(self.outbound(codec, fps)?.pipeline.clone())
+    }
+
+    fn outbound(&self, codec: Codec, fps: u32) -> Result<Arc<Outbound>, StreamError> {
         let mut map = self.outbound.lock().unwrap();
-        if let Some(o) = map.get(&codec) {
+        if let Some(o) = map.get(&(codec, fps)) {
             return Ok(o.clone());
         }
         let src = self.source.clone();
-        let pipeline = Pipeline::spawn(codec, self.max_fps, Box::new(move || src()))
+        let pipeline = Pipeline::spawn(codec, fps, Box::new(move || src()))
             .map_err(|e| StreamError::Internal(e.to_string()))?;
         let track = Arc::new(TrackLocalStaticRTP::new(
             capability(codec),
@@ -242,7 +251,7 @@ impl StreamHub {
             track,
             clock,
         });
-        map.insert(codec, o.clone());
+        map.insert((codec, fps), o.clone());
         Ok(o)
     }
 
@@ -264,11 +273,11 @@ impl StreamHub {
         }
     }
 
-    pub fn clock(&self, codec: Codec) -> Option<ClockPoint> {
+    pub fn clock(&self, codec: Codec, fps: u32) -> Option<ClockPoint> {
         self.outbound
             .lock()
             .unwrap()
-            .get(&codec)
+            .get(&(codec, fps))
             .and_then(|o| *o.clock.lock().unwrap())
     }
 
@@ -286,8 +295,13 @@ impl StreamHub {
 
     /// Answers a WHEP offer. The answer carries all our host candidates (gathered in
     /// milliseconds on a LAN), so no trickle is needed.
-    pub async fn add_viewer(&self, offer_sdp: String) -> Result<Arc<Viewer>, StreamError> {
+    pub async fn add_viewer(
+        &self,
+        offer_sdp: String,
+        max_fps: Option<u32>,
+    ) -> Result<Arc<Viewer>, StreamError> {
         let codec = choose_codec(&offer_sdp)?;
+        let fps = max_fps.map_or(self.max_fps, |f| f.clamp(1, self.max_fps));
         let offer = RTCSessionDescription::offer(offer_sdp)
             .map_err(|e| StreamError::BadOffer(e.to_string()))?;
         let ice_servers = if self.ice.ice_servers.is_empty() {
@@ -306,7 +320,7 @@ impl StreamHub {
                 })
                 .await?,
         );
-        match self.negotiate(&pc, codec, offer).await {
+        match self.negotiate(&pc, codec, fps, offer).await {
             Ok(v) => Ok(v),
             Err(e) => {
                 let _ = pc.close().await;
@@ -319,9 +333,10 @@ impl StreamHub {
         &self,
         pc: &Arc<RTCPeerConnection>,
         codec: Codec,
+        fps: u32,
         offer: RTCSessionDescription,
     ) -> Result<Arc<Viewer>, StreamError> {
-        let out = self.outbound(codec)?;
+        let out = self.outbound(codec, fps)?;
         let sender = pc
             .add_track(out.track.clone() as Arc<dyn TrackLocal + Send + Sync>)
             .await?;
@@ -352,6 +367,7 @@ impl StreamHub {
         let viewer = Arc::new(Viewer {
             id: id.clone(),
             codec,
+            fps,
             pc: pc.clone(),
             offer_sdp: pc
                 .remote_description()

@@ -115,6 +115,7 @@ async fn live_start(
     name: String,
     on_frame: Channel<InvokeResponseBody>,
     on_event: Channel<Value>,
+    max_fps: Option<u32>,
 ) -> Res<Value> {
     if let Some(old) = s.lives.lock().await.remove(&name) {
         old.close().await;
@@ -122,8 +123,9 @@ async fn live_start(
     let m = s.ms.get(&name).await?;
     let client = s.ms.client(&m)?;
     let session = client.get("/v1/sessions/current").await?;
-    let live = LiveSession::connect(
+    let live = LiveSession::connect_at(
         client,
+        max_fps,
         move |f: LiveFrame| {
             let _ = on_frame.send(InvokeResponseBody::Raw(f.to_wire()));
         },

@@ -413,19 +413,19 @@ export async function launchChromium({ args = [] } = {}) {
  * Opens the viewer page of `agent` in a new page of `browser`, with the token in the URL
  * fragment, and waits until its data channel is open. Console lines are kept in page.logLines.
  */
-export async function openViewer(browser, agent, { viewport = { width: 1280, height: 838 }, wait = true } = {}) {
+export async function openViewer(browser, agent, { viewport = { width: 1280, height: 838 }, wait = true, query = '' } = {}) {
   const page = await browser.newPage({ viewport });
   if (process.env.PORTHOLE_E2E_VIEWER_FROM_DISK === '1') {
     // The agent embeds viewer.html at build time; this serves the working copy instead, to try
     // page changes without rebuilding the agent.
-    await page.route(/\/viewer(#.*)?$/, (route) => route.fulfill({
+    await page.route(/\/viewer(\?[^#]*)?(#.*)?$/, (route) => route.fulfill({
       status: 200, contentType: 'text/html; charset=utf-8', body: readFileSync(VIEWER_HTML),
     }));
   }
   page.logLines = [];
   page.on('console', (m) => page.logLines.push(`[console.${m.type()}] ${m.text()}`));
   page.on('pageerror', (e) => page.logLines.push(`[pageerror] ${e.message}`));
-  await page.goto(`${agent.url}/viewer#token=${encodeURIComponent(agent.token)}`);
+  await page.goto(`${agent.url}/viewer${query ? `?${query}` : ''}#token=${encodeURIComponent(agent.token)}`);
   await page.waitForFunction(() => typeof window.porthole === 'object' && window.porthole !== null);
   if (wait) {
     try {

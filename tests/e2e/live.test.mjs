@@ -357,4 +357,31 @@ describe('porthole-agent live stream and viewer input', { timeout: 15 * 60 * 100
       await new Promise((r) => execFile('pkill', ['-f', 'xclip -i -selection clipboard'], () => r()));
     }
   });
+
+  test('h. a viewer asking max_fps=5 gets a capped stream of its own while another stays at full rate', async () => {
+    const bad = await api('/v1/whep?max_fps=0', { method: 'POST', headers: { 'Content-Type': 'application/sdp' }, body: 'v=0\r\n' });
+    assert.equal(bad.status, 400);
+    assert.match((await bad.json()).error.message, /max_fps=0/);
+
+    const full = await newViewer();
+    const slow = await newViewer({ query: 'max_fps=5' });
+    try {
+      const frames = async () => Promise.all([full, slow].map(async (p) => (await viewerStats(p)).framesDecoded || 0));
+      await sleep(1000); // past the first keyframe burst
+      const [f0, s0] = await frames();
+      const t0 = Date.now();
+      await sleep(5000); // a rate needs a window; the assertions are on the ratio and the cap
+      const [f1, s1] = await frames();
+      const secs = (Date.now() - t0) / 1000;
+      const [fullFps, slowFps] = [(f1 - f0) / secs, (s1 - s0) / secs];
+      assert.ok(slowFps > 0.5, `the capped viewer decodes frames (${slowFps.toFixed(1)} fps)`);
+      assert.ok(slowFps <= 6.5, `the capped viewer is held to ~5 fps (${slowFps.toFixed(1)} fps)`);
+      assert.ok(fullFps > 2 * slowFps, `the other viewer keeps its rate (${fullFps.toFixed(1)} vs ${slowFps.toFixed(1)} fps)`);
+      const offered = (await viewerEvents(full)).filter((e) => e.kind === 'stream' && e.data?.state === 'offered');
+      assert.ok(offered.some((e) => e.data.fps === 5), `a stream offered at fps 5: ${JSON.stringify(offered.map((e) => e.data))}`);
+    } finally {
+      await closeViewer(full);
+      await closeViewer(slow);
+    }
+  });
 });

@@ -216,10 +216,12 @@ impl AgentClient {
     }
 
     /// WHEP: posts an SDP offer, returns (answer, resource location).
-    pub async fn whep(&self, offer: &str) -> Result<(String, String)> {
+    /// Offers SDP for a stream, at most `max_fps` frames a second when given.
+    pub async fn whep(&self, offer: &str, max_fps: Option<u32>) -> Result<(String, String)> {
+        let q = max_fps.map(|f| format!("?max_fps={f}")).unwrap_or_default();
         let r = self
             .http
-            .post(format!("{}/v1/whep", self.url))
+            .post(format!("{}/v1/whep{q}", self.url))
             .bearer_auth(&self.token)
             .header("Content-Type", "application/sdp")
             .body(offer.to_string())

@@ -150,6 +150,17 @@ impl LiveSession {
         on_frame: impl Fn(LiveFrame) + Send + Sync + 'static,
         on_event: impl Fn(Event) + Send + Sync + 'static,
     ) -> Result<Self> {
+        Self::connect_at(client, None, on_frame, on_event).await
+    }
+
+    /// As `connect`, at most `max_fps` frames a second (a grid tile: the agent encodes a
+    /// separate, cheaper stream at that rate).
+    pub async fn connect_at(
+        client: AgentClient,
+        max_fps: Option<u32>,
+        on_frame: impl Fn(LiveFrame) + Send + Sync + 'static,
+        on_event: impl Fn(Event) + Send + Sync + 'static,
+    ) -> Result<Self> {
         let err = |e: webrtc::Error| CoreError::Agent {
             url: client.url.clone(),
             message: format!("webrtc: {e}"),
@@ -273,7 +284,7 @@ impl LiveSession {
             .await
             .map(|d| d.sdp)
             .unwrap_or_default();
-        let (answer, location) = client.whep(&sdp).await?;
+        let (answer, location) = client.whep(&sdp, max_fps).await?;
         pc.set_remote_description(RTCSessionDescription::answer(answer).map_err(err)?)
             .await
             .map_err(err)?;
