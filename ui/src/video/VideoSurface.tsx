@@ -158,6 +158,16 @@ export function VideoSurface(props: VideoSurfaceProps) {
       send({ type: 'key', code: e.code, key: e.key, down: e.type === 'keydown' });
     };
     const noMenu = (e: MouseEvent) => e.preventDefault();
+    // Host → guest clipboard while we hold control: on takeover and whenever this window
+    // comes back to the front (the user copied something elsewhere), so Ctrl+V in the guest
+    // pastes it. Where the webview refuses to read the clipboard, nothing is sent.
+    const pushClipboard = () => {
+      navigator.clipboard?.readText?.().then((text) => {
+        if (text) send({ type: 'clipboard', text });
+      }).catch(() => {});
+    };
+    pushClipboard();
+    window.addEventListener('focus', pushClipboard);
     stage.addEventListener('pointermove', onMove);
     stage.addEventListener('pointerdown', onButton);
     stage.addEventListener('pointerup', onButton);
@@ -175,6 +185,7 @@ export function VideoSurface(props: VideoSurfaceProps) {
       stage.removeEventListener('keydown', onKey);
       stage.removeEventListener('keyup', onKey);
       stage.removeEventListener('contextmenu', noMenu);
+      window.removeEventListener('focus', pushClipboard);
     };
   }, [interactive]);
 
