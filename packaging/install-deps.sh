@@ -21,6 +21,8 @@ PKGS=(
   chromium chromium-driver fonts-dejavu-core
   # environments and sandboxes
   tmux bubblewrap iproute2 procps psmisc
+  # a TURN server for the relay test (coturn)
+  coturn
   # QEMU VMs and their guest image (packaging/guest-image/build.sh)
   qemu-system-x86 qemu-utils debootstrap e2fsprogs
   # desktop app (Tauri v2 on WebKitGTK 4.1) and H.264 decoding in WebKitGTK

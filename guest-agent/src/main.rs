@@ -74,6 +74,12 @@ struct ServeArgs {
     /// STUN/TURN server URLs for ICE (repeatable).
     #[arg(long = "ice-server")]
     ice_servers: Vec<String>,
+    /// Username for the TURN servers among --ice-server (coturn long-term credentials).
+    #[arg(long, requires = "ice_credential")]
+    ice_username: Option<String>,
+    /// Password for --ice-username.
+    #[arg(long, requires = "ice_username")]
+    ice_credential: Option<String>,
     /// Public IP to advertise in host candidates (1:1 NAT, e.g. a cloud VM).
     #[arg(long)]
     public_ip: Option<String>,
@@ -136,6 +142,8 @@ fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
         secrets,
         ice: IceConfig {
             ice_servers: a.ice_servers,
+            ice_username: a.ice_username,
+            ice_credential: a.ice_credential,
             public_ip: a.public_ip,
             udp_port: a.udp_port,
         },

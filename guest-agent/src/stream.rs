@@ -55,6 +55,9 @@ pub enum StreamError {
 #[derive(Debug, Clone, Default)]
 pub struct IceConfig {
     pub ice_servers: Vec<String>,
+    /// Long-term credentials for the `turn:`/`turns:` servers (coturn's `user=NAME:PASSWORD`).
+    pub ice_username: Option<String>,
+    pub ice_credential: Option<String>,
     /// Public IP to advertise for host candidates (1:1 NAT, as on cloud VMs).
     pub public_ip: Option<String>,
     /// One UDP port for all viewers, so a single firewall rule suffices.
@@ -304,14 +307,27 @@ impl StreamHub {
         let fps = max_fps.map_or(self.max_fps, |f| f.clamp(1, self.max_fps));
         let offer = RTCSessionDescription::offer(offer_sdp)
             .map_err(|e| StreamError::BadOffer(e.to_string()))?;
-        let ice_servers = if self.ice.ice_servers.is_empty() {
-            vec![]
-        } else {
-            vec![RTCIceServer {
-                urls: self.ice.ice_servers.clone(),
+        // STUN servers need no credentials; TURN servers get the configured ones.
+        let (turn, stun): (Vec<String>, Vec<String>) = self
+            .ice
+            .ice_servers
+            .iter()
+            .cloned()
+            .partition(|u| u.starts_with("turn:") || u.starts_with("turns:"));
+        let mut ice_servers = Vec::new();
+        if !stun.is_empty() {
+            ice_servers.push(RTCIceServer {
+                urls: stun,
                 ..Default::default()
-            }]
-        };
+            });
+        }
+        if !turn.is_empty() {
+            ice_servers.push(RTCIceServer {
+                urls: turn,
+                username: self.ice.ice_username.clone().unwrap_or_default(),
+                credential: self.ice.ice_credential.clone().unwrap_or_default(),
+            });
+        }
         let pc = Arc::new(
             self.api
                 .new_peer_connection(RTCConfiguration {
@@ -611,9 +627,9 @@ mod diagnose_tests {
         expect: &[&str],
     ) {
         let ice = IceConfig {
-            ice_servers: vec![],
             public_ip: public_ip.map(Into::into),
             udp_port,
+            ..Default::default()
         };
         let d = diagnose_ice_failure(&sdp(local), &sdp(remote), &ice);
         for e in expect {
