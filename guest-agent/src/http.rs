@@ -250,20 +250,21 @@ async fn whep_create(
     body: String,
 ) -> Result<Response, ApiError> {
     // A grid tile asks for a lower rate: it gets its own (cheaper) encode at that rate.
-    let max_fps =
-        match q.get("max_fps") {
-            None => None,
-            Some(v) => match v.parse::<u32>() {
-                Ok(f) if (1..=120).contains(&f) => Some(f),
-                _ => return Err(ApiError::new(
+    let max_fps = match q.get("max_fps") {
+        None => None,
+        Some(v) => match v.parse::<u32>() {
+            Ok(f) if (1..=120).contains(&f) => Some(f),
+            _ => {
+                return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "bad_request",
                     format!(
                         "max_fps={v}: expected a whole number of frames per second from 1 to 120"
                     ),
-                )),
-            },
-        };
+                ))
+            }
+        },
+    };
     if let Some(ct) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
