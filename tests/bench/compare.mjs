@@ -34,6 +34,21 @@ export function figures(r) {
     put(`encode ${e.size} agent fps`, e.agent?.fps_mean);
     put(`encode ${e.size} bare x264 ms/frame`, e.x264?.cpu_ms_per_frame);
   }
+  // tests/bench/app.mjs runs
+  for (const ph of ['single', 'grid', 'grid_focused']) {
+    for (const [m, x] of Object.entries(r[ph]?.machines || {})) {
+      put(`app ${ph} ${m} drawn fps`, x.drawn_fps);
+      put(`app ${ph} ${m} latency p50 ms`, x.latency_ms?.p50);
+      put(`app ${ph} ${m} latency p95 ms`, x.latency_ms?.p95);
+    }
+    put(`app ${ph} CPU %`, r[ph]?.app?.cpu_percent);
+    put(`app ${ph} PSS MB`, r[ph]?.app?.pss_mb);
+  }
+  for (const ph of ['idle', 'idle_after']) {
+    put(`app ${ph} CPU %`, r[ph]?.cpu_percent);
+    put(`app ${ph} PSS MB`, r[ph]?.pss_mb);
+    put(`app ${ph} RSS MB`, r[ph]?.rss_mb);
+  }
   const c = r.computer;
   if (c?.ok) {
     for (const k of ['porthole_click', 'porthole_click_recording', 'reference_click', 'porthole_screenshot_action',

@@ -27,11 +27,10 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import {
-  agentBin, freePort, killGroup, sleep, spawnGroup, startXvfb, tail, tmpDir, waitFor,
-} from './harness.mjs';
+import { agentBin, killGroup, sleep, tail, tmpDir, waitFor } from './harness.mjs';
+import { appPrereqs, procsMentioning, startApp } from './appdriver.mjs';
 
 const TARGET = process.env.CARGO_TARGET_DIR || '/work/target';
 const APP = process.env.PORTHOLE_APP_BIN || path.join(TARGET, 'debug', 'porthole-app');
@@ -47,13 +46,6 @@ const GUEST = { width: 1280, height: 800 };
 /** Root-window pixels no window covers: the colour checks read these. */
 const PROBES = [[1180, 60], [90, 740], [640, 90]];
 const XEV = { x: 720, y: 380, w: 360, h: 240 };
-
-function which(cmd) {
-  for (const dir of (process.env.PATH || '').split(':')) {
-    if (dir && existsSync(path.join(dir, cmd))) return path.join(dir, cmd);
-  }
-  return null;
-}
 
 function run(cmd, args, { env = {}, timeout = 120000 } = {}) {
   return new Promise((resolve) => {
@@ -77,94 +69,7 @@ function parseClock(s) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A minimal W3C WebDriver client
-
-const ELEMENT = 'element-6066-11e4-a52e-4f735466cecf';
-
-class WebDriver {
-  constructor(base) {
-    this.base = base;
-    this.sid = null;
-  }
-
-  async cmd(method, p, body) {
-    const url = this.base + (p.startsWith('/session/') || p === '/session' || p === '/status' ? p : `/session/${this.sid}${p}`);
-    const r = await fetch(url, {
-      method,
-      headers: { 'content-type': 'application/json; charset=utf-8' },
-      body: body === undefined ? undefined : JSON.stringify(body),
-      signal: AbortSignal.timeout(90000),
-    });
-    const text = await r.text();
-    let j;
-    try { j = JSON.parse(text); } catch { throw new Error(`WebDriver ${method} ${p}: HTTP ${r.status}, not JSON: ${text.slice(0, 300)}`); }
-    if (!r.ok || (j.value && j.value.error)) {
-      const v = j.value || {};
-      throw new Error(`WebDriver ${method} ${p}: HTTP ${r.status} ${v.error}: ${v.message}`);
-    }
-    return j.value;
-  }
-
-  async start(application) {
-    // No browserName: tauri-driver fills in what WebKitWebDriver needs from tauri:options.
-    const v = await this.cmd('POST', '/session', {
-      capabilities: { alwaysMatch: { 'tauri:options': { application } } },
-    });
-    this.sid = v.sessionId;
-    return v;
-  }
-
-  async quit() {
-    if (!this.sid) return;
-    const sid = this.sid;
-    this.sid = null;
-    await this.cmd('DELETE', `/session/${sid}`);
-  }
-
-  /** Runs `fn` (its source) in the page with JSON/element arguments; returns its value. */
-  exec(fn, ...args) {
-    return this.cmd('POST', '/execute/sync', { script: `return (${fn}).apply(null, arguments);`, args });
-  }
-
-  /** Like exec, for an async function: resolves with its result, rejects with its error. */
-  async execAsync(fn, ...args) {
-    const script = `const done = arguments[arguments.length - 1];
-      Promise.resolve().then(() => (${fn}).apply(null, Array.prototype.slice.call(arguments, 0, -1)))
-        .then((v) => done({ ok: v === undefined ? null : v }), (e) => done({ err: String(e && e.stack || e) }));`;
-    const r = await this.cmd('POST', '/execute/async', { script, args });
-    if (r && 'err' in r) throw new Error(`in page: ${r.err}`);
-    return r ? r.ok : r;
-  }
-
-  click(el) {
-    return this.cmd('POST', `/element/${el[ELEMENT]}/click`, {});
-  }
-
-  type(el, text) {
-    return this.cmd('POST', `/element/${el[ELEMENT]}/value`, { text });
-  }
-
-  /** A real pointer click at viewport pixel (x, y): move, press, release. */
-  async pointerClick(x, y) {
-    await this.cmd('POST', '/actions', {
-      actions: [{
-        type: 'pointer', id: 'mouse', parameters: { pointerType: 'mouse' },
-        actions: [
-          { type: 'pointerMove', duration: 0, origin: 'viewport', x, y },
-          { type: 'pause', duration: 50 },
-          { type: 'pointerDown', button: 0 },
-          { type: 'pause', duration: 50 },
-          { type: 'pointerUp', button: 0 },
-        ],
-      }],
-    });
-    await this.cmd('DELETE', '/actions');
-  }
-
-  async screenshot() {
-    return Buffer.from(await this.cmd('GET', '/screenshot'), 'base64');
-  }
-}
+// WebDriver (the client and the app's start are in appdriver.mjs)
 
 // Page-side helpers (run with exec; plain functions, no closures over test variables).
 
@@ -339,56 +244,18 @@ async function recordedFrameTimes(file) {
   return out;
 }
 
-function procsMentioning(needle) {
-  const out = [];
-  for (const d of readdirSync('/proc').filter((x) => /^\d+$/.test(x))) {
-    if (Number(d) === process.pid) continue;
-    let hit = false;
-    try {
-      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
-      const state = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
-      if (state === 'Z' || state === 'X') continue;
-      hit = readFileSync(`/proc/${d}/cmdline`, 'utf8').includes(needle)
-        || readFileSync(`/proc/${d}/environ`, 'utf8').includes(needle);
-    } catch { continue; }
-    if (hit) out.push(Number(d));
-  }
-  return out;
-}
-
 // ---------------------------------------------------------------------------------------------
 
 describe('desktop app through tauri-driver', { timeout: 20 * 60 * 1000 }, () => {
   before(async () => {
-    const missing = [];
-    if (!which('tauri-driver')) missing.push('tauri-driver (cargo install tauri-driver --locked; packaging/install-deps.sh does it)');
-    if (!existsSync('/usr/bin/WebKitWebDriver')) missing.push('/usr/bin/WebKitWebDriver (apt-get install webkit2gtk-driver)');
-    if (!which('dbus-run-session')) missing.push('dbus-run-session (apt-get install dbus)');
-    for (const b of [APP, CLI, AGENT]) if (!existsSync(b)) missing.push(`${b} (cargo build --workspace)`);
+    const missing = appPrereqs([APP, CLI, AGENT]);
     if (missing.length) throw new Error(`cannot run the app tests; missing:\n  ${missing.join('\n  ')}`);
 
     w.home = tmpDir('porthole-e2e-app-');
     w.driverLog = path.join(w.home, 'driver.log');
-    w.xvfb = await startXvfb({ width: 1440, height: 900, log: path.join(w.home, 'xvfb.log') });
-    const port = await freePort();
-    const nativePort = await freePort();
     // The app inherits this environment through tauri-driver and WebKitWebDriver.
-    w.driver = spawnGroup('dbus-run-session', [
-      '--', 'tauri-driver', '--port', String(port), '--native-port', String(nativePort),
-      '--native-driver', '/usr/bin/WebKitWebDriver',
-    ], {
-      env: { ...env(), DISPLAY: w.xvfb.display, NO_AT_BRIDGE: '1', RUST_BACKTRACE: '1' },
-      log: w.driverLog,
-    });
-    w.wd = new WebDriver(`http://127.0.0.1:${port}`);
-    await waitFor(async () => {
-      if (w.driver.exitInfo) throw new Error(`tauri-driver exited: ${JSON.stringify(w.driver.exitInfo)}\n${tail(w.driverLog)}`);
-      return (await fetch(`${w.wd.base}/status`, { signal: AbortSignal.timeout(2000) })).ok;
-    }, { timeout: 20000, message: 'tauri-driver to answer /status' }).catch((e) => {
-      throw new Error(`${e.message}\n${tail(w.driverLog)}`);
-    });
-    const caps = await w.wd.start(APP);
-    assert.ok(w.wd.sid, `no session id in ${JSON.stringify(caps)}`);
+    const app = await startApp({ app: APP, env: env(), log: w.driverLog, xvfbLog: path.join(w.home, 'xvfb.log') });
+    Object.assign(w, { xvfb: app.xvfb, driver: app.driver, wd: app.wd });
   });
 
   after(async () => {
