@@ -64,6 +64,9 @@ pub struct Assembler {
     last_seq: Option<u16>,
     /// After a loss: drop until a keyframe arrives.
     broken: bool,
+    /// After a loss: drop the rest of the damaged frame (up to its marker packet). Its tail
+    /// may hold IDR slices without the SPS/PPS before them: not a frame a decoder can start on.
+    resync: bool,
 }
 
 pub fn is_keyframe(au: &[u8]) -> bool {
@@ -80,6 +83,11 @@ pub fn is_keyframe(au: &[u8]) -> bool {
         }
     }
     false
+}
+
+fn has_nal(au: &[u8], nal_type: u8) -> bool {
+    au.windows(4)
+        .any(|w| w[0] == 0 && w[1] == 0 && w[2] == 1 && w[3] & 0x1f == nal_type)
 }
 
 pub enum Assembled {
@@ -102,6 +110,15 @@ impl Assembler {
             self.buf.clear();
             self.ts = None;
             self.broken = true;
+            self.resync = true;
+            // A fragmented NAL may have been cut: start the depacketizer afresh.
+            self.depack = H264Packet::default();
+        }
+        if self.resync {
+            if marker {
+                self.resync = false;
+            }
+            return Assembled::Lost;
         }
         if self.ts != Some(ts) {
             self.buf.clear();
@@ -125,7 +142,8 @@ impl Assembler {
         let au = Bytes::from(std::mem::take(&mut self.buf));
         self.ts = None;
         let key = is_keyframe(&au);
-        if self.broken && !key {
+        // Recover only on a keyframe that carries its parameter sets (ours always do).
+        if self.broken && !(key && has_nal(&au, 7)) {
             return Assembled::Lost;
         }
         self.broken = false;
@@ -364,10 +382,57 @@ mod tests {
             a.push(7, 400, true, &Bytes::from_static(&[0x41, 7, 7, 7])),
             Assembled::Lost
         ));
+        // An IDR without its SPS/PPS cannot restart a decoder: still dropped.
         assert!(matches!(
             a.push(8, 500, true, &Bytes::from_static(&[0x65, 1, 1, 1])),
+            Assembled::Lost
+        ));
+        assert!(matches!(
+            a.push(9, 600, false, &Bytes::from_static(&[0x67, 1, 2])),
+            Assembled::None
+        ));
+        assert!(matches!(
+            a.push(10, 600, true, &Bytes::from_static(&[0x65, 1, 1, 1])),
             Assembled::Frame(_, true)
         ));
+    }
+
+    #[test]
+    fn a_keyframe_cut_in_the_middle_is_dropped_whole() {
+        let mut a = Assembler::default();
+        assert!(matches!(
+            a.push(1, 100, false, &Bytes::from_static(&[0x67, 1, 2])),
+            Assembled::None
+        ));
+        assert!(matches!(
+            a.push(2, 100, false, &fu_a(5, true, false, &[9, 9])),
+            Assembled::None
+        ));
+        // seq 3 (the IDR's middle) is lost; 4 and 5 are its tail: no frame from them.
+        assert!(matches!(
+            a.push(4, 100, false, &fu_a(5, false, false, &[8])),
+            Assembled::Lost
+        ));
+        assert!(matches!(
+            a.push(5, 100, true, &fu_a(5, false, true, &[7])),
+            Assembled::Lost
+        ));
+        // The next frame is a delta: still waiting for a keyframe.
+        assert!(matches!(
+            a.push(6, 200, true, &Bytes::from_static(&[0x41, 7])),
+            Assembled::Lost
+        ));
+        // A whole keyframe: decoding resumes.
+        assert!(matches!(
+            a.push(7, 300, false, &Bytes::from_static(&[0x67, 1, 2])),
+            Assembled::None
+        ));
+        match a.push(8, 300, true, &fu_a(5, true, true, &[1])) {
+            Assembled::Frame(au, true) => {
+                assert_eq!(&au[..], &[0, 0, 0, 1, 0x67, 1, 2, 0, 0, 0, 1, 0x65, 1])
+            }
+            _ => panic!("expected the keyframe"),
+        }
     }
 
     #[test]
