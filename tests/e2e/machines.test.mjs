@@ -395,6 +395,16 @@ describe('porthole machines (CLI end to end)', { timeout: 90 * 60 * 1000 }, () =
       assert.equal(listed.provider, 'local');
       assert.equal(listed.agent_url, m1.agent_url);
 
+      // Resource limits: as root on this kind of host, a cgroup with the defaults holds the
+      // sandbox's processes (the agent among them).
+      assert.equal(m1.spec?.limits?.applied, true, `limits: ${JSON.stringify(m1.spec?.limits)}`);
+      assert.equal(m1.spec.limits.memory_max, 4096 * 1024 * 1024);
+      const cgPaths = m1.spec.limits.paths || [m1.spec.limits.path];
+      const memCg = cgPaths.find((p) => p.includes('/memory/')) || cgPaths[0];
+      const inCg = readFileSync(path.join(memCg, 'cgroup.procs'), 'utf8').trim().split('\n').filter(Boolean).map(Number);
+      assert.ok(inCg.some((pid) => { try { return /porthole-agent/.test(readFileSync(`/proc/${pid}/cmdline`, 'utf8')); } catch { return false; } }),
+        `the agent is not in ${memCg}: ${inCg.join(',')}`);
+
       const tok1 = await w.token('m1');
       t.diagnostic(`m1: ${m1.agent_url} pid ${m1.pid} spec ${JSON.stringify(m1.spec)}`);
       const url1 = m1.agent_url;
@@ -470,6 +480,7 @@ describe('porthole machines (CLI end to end)', { timeout: 90 * 60 * 1000 }, () =
       for (const n of ['m1', 'm2']) {
         assert.ok(!existsSync(path.join(w.home, 'machines', n)), `machines/${n} still exists`);
       }
+      for (const p of cgPaths) assert.ok(!existsSync(p), `cgroup ${p} left behind`);
       assert.deepEqual(machineDirEntries(w), [], 'machines/ is not empty');
     }));
   }

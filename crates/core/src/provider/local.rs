@@ -371,9 +371,15 @@ impl LocalSandbox {
             .stderr(log)
             .process_group(0)
             .env("RUST_LOG", std::env::var("PORTHOLE_AGENT_LOG").unwrap_or_else(|_| "info,webrtc=error,webrtc_ice=error,webrtc_srtp=error,webrtc_dtls=error,webrtc_sctp=error,webrtc_mdns=error".into()));
+        let limits = super::limits::Limits::from_env()?;
         let mut child = cmd.spawn().map_err(CoreError::io("start bwrap"))?;
         let pid = child.id().map(|p| p as i64);
         m.pid = pid;
+        // At once, so everything the sandbox starts inherits the limits.
+        if let Some(p) = pid {
+            m.spec["limits"] = super::limits::apply(&m.name, &[p as i32], limits);
+            super::limits::adopt_group(&m.spec["limits"], p as i32);
+        }
         let log_path = mdir.join("logs/sandbox.log");
         let exited = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
         let ex = exited.clone();
@@ -398,6 +404,9 @@ impl LocalSandbox {
             self.kill(m).await;
             return Err(e);
         }
+        if let Some(p) = m.pid {
+            super::limits::adopt_group(&m.spec["limits"], p as i32);
+        }
         Ok(())
     }
 
@@ -417,6 +426,8 @@ impl LocalSandbox {
         if let Some(idx) = m.spec["net_index"].as_u64() {
             Self::netns_down(idx).await;
         }
+        let limits = m.spec["limits"].clone();
+        let _ = tokio::task::spawn_blocking(move || super::limits::remove_applied(&limits)).await;
     }
 
     /// Copies the machine's disk state (its home) into `dir`; processes do not survive.
@@ -446,6 +457,7 @@ impl LocalSandbox {
 impl Provider for LocalSandbox {
     async fn create(&self, ms: &Machines, spec: &CreateSpec, m: &mut Machine) -> Result<()> {
         Self::check_tools()?;
+        super::limits::Limits::from_env()?;
         let mdir = self.state.machine(&m.name);
         if mdir.exists() {
             // Left from a crash of an earlier create with this name: it is not in the store.

@@ -4,6 +4,7 @@
 //! again without leaving anything behind. Everything after that (streaming, actions, sync)
 //! goes through the agent's API and is the same for every provider.
 
+pub mod limits;
 pub mod local;
 pub mod qemu;
 pub mod remote;
