@@ -268,7 +268,20 @@ export async function startBusyScreen(display, { log } = {}) {
     '-title', title, '-geometry', '160x50+0+0', '-bg', '#101820', '-fg', '#d0e0d0',
     '-e', 'sh', '-c', 'while :; do ls -l --color=always /usr/bin; date; sleep 0.05; done',
   ], { env: { DISPLAY: display }, log });
-  await waitForWindow(display, title);
+  try {
+    await waitForWindow(display, title);
+  } catch (e) {
+    // Seen once in a full CI run (never alone): the window existed but was not viewable,
+    // as when a window manager starts while it is being mapped. Map it and wait once more;
+    // otherwise fail with what xterm said.
+    const ids = (await xdotool(display, 'search', '--name', title).catch(() => '')).trim().split('\n').filter(Boolean);
+    for (const id of ids) await xdotool(display, 'windowmap', id).catch(() => {});
+    try {
+      await waitForWindow(display, title, 20000);
+    } catch (e2) {
+      throw new Error(`${e2.message}; windows with that title (any state): ${ids.length}; xterm ${child.exitInfo ? `exited ${JSON.stringify(child.exitInfo)}` : 'running'}${log ? `\n--- ${log} ---\n${tail(log, 20)}` : ''}`);
+    }
+  }
   return { child, title, stop: () => killGroup(child) };
 }
 
