@@ -52,7 +52,7 @@ def wait_for_app():
 
 def open_browser():
     # Like a coding agent would: start the app in a browser from the shell.
-    subprocess.Popen(["chromium", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+    subprocess.Popen(["chromium", "--no-sandbox", "--test-type", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                       "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--kiosk",
                       "--user-data-dir=" + os.path.expanduser("~/.demo-chromium"), APP],
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -60,7 +60,7 @@ start_desktop() {
   for i in $(seq 1 500); do [ -e /tmp/.X11-unix/X0 ] && break; sleep 0.02; done
   DISPLAY=:0 openbox >/var/log/porthole/openbox.log 2>&1 3<&- &
   if [ "$BROWSER" = 1 ]; then
-    DISPLAY=:0 chromium --no-sandbox --disable-gpu --no-first-run --disable-background-networking \
+    DISPLAY=:0 chromium --no-sandbox --test-type --disable-gpu --no-first-run --disable-background-networking \
       --disable-component-update --disable-sync --disable-dev-shm-usage --user-data-dir=/root/.chromium \
       --window-position=0,0 --window-size="$W,$H" about:blank >/var/log/porthole/chromium.log 2>&1 3<&- &
   fi

@@ -158,7 +158,8 @@ impl AgentClient {
         r.json().await.map_err(|e| self.err(e))
     }
 
-    pub async fn get(&self, path: &str) -> Result<Value> {
+    /// An authenticated GET that answered 2xx.
+    async fn get_ok(&self, path: &str) -> Result<reqwest::Response> {
         let r = self
             .http
             .get(format!("{}{path}", self.url))
@@ -166,18 +167,23 @@ impl AgentClient {
             .send()
             .await
             .map_err(|e| self.err(describe(&e)))?;
-        self.check(r).await?.json().await.map_err(|e| self.err(e))
+        self.check(r).await
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value> {
+        self.get_ok(path)
+            .await?
+            .json()
+            .await
+            .map_err(|e| self.err(e))
     }
 
     pub async fn get_bytes(&self, path: &str) -> Result<bytes::Bytes> {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .bearer_auth(&self.token)
-            .send()
+        self.get_ok(path)
+            .await?
+            .bytes()
             .await
-            .map_err(|e| self.err(describe(&e)))?;
-        self.check(r).await?.bytes().await.map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {

@@ -101,6 +101,11 @@ pub fn random_token() -> String {
     use rand::RngCore;
     let mut b = [0u8; 24];
     rand::thread_rng().fill_bytes(&mut b);
+    hex(&b)
+}
+
+/// Lower-case hex of bytes (tokens, keys, hashes).
+pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 

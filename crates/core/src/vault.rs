@@ -24,10 +24,6 @@ pub struct Vault {
 
 const KEYCHAIN_SERVICE: &str = "porthole";
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// The vault key from the OS keychain (created there on first use), or why there is none.
 fn keychain_key(state_root: &std::path::Path) -> std::result::Result<Vec<u8>, String> {
     if std::env::var("PORTHOLE_KEYCHAIN").as_deref() == Ok("0") {
@@ -50,7 +46,9 @@ fn keychain_key(state_root: &std::path::Path) -> std::result::Result<Vec<u8>, St
         Err(keyring::Error::NoEntry) => {
             let mut k = vec![0u8; 32];
             rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut k);
-            entry.set_password(&hex(&k)).map_err(|e| e.to_string())?;
+            entry
+                .set_password(&crate::machine::hex(&k))
+                .map_err(|e| e.to_string())?;
             Ok(k)
         }
         Err(e) => Err(e.to_string()),
@@ -197,17 +195,7 @@ impl Vault {
             .into_iter()
             .map(|(name, scope, updated_at, nonce, ct)| {
                 // Opened (never shown) so a key mix-up is visible before a machine needs it.
-                let aad = format!("{scope}\0{name}");
-                let readable = self
-                    .cipher
-                    .decrypt(
-                        Nonce::from_slice(&nonce),
-                        chacha20poly1305::aead::Payload {
-                            msg: &ct,
-                            aad: aad.as_bytes(),
-                        },
-                    )
-                    .is_ok();
+                let readable = self.unseal(&name, &scope, &nonce, &ct).is_some();
                 SecretInfo {
                     name,
                     scope,
@@ -216,6 +204,20 @@ impl Vault {
                 }
             })
             .collect())
+    }
+
+    /// A sealed value, opened; `None` when this key did not seal it (name and scope are bound in).
+    fn unseal(&self, name: &str, scope: &str, nonce: &[u8], ct: &[u8]) -> Option<Vec<u8>> {
+        let aad = format!("{scope}\0{name}");
+        self.cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                chacha20poly1305::aead::Payload {
+                    msg: ct,
+                    aad: aad.as_bytes(),
+                },
+            )
+            .ok()
     }
 
     /// Values for a machine with this environment: global secrets, overridden by scoped ones.
@@ -229,21 +231,11 @@ impl Vault {
             if !scope.is_empty() && Some(scope.as_str()) != env_name {
                 continue;
             }
-            let aad = format!("{scope}\0{name}");
-            let pt = self
-                .cipher
-                .decrypt(
-                    Nonce::from_slice(&nonce),
-                    chacha20poly1305::aead::Payload {
-                        msg: &ct,
-                        aad: aad.as_bytes(),
-                    },
-                )
-                .map_err(|_| {
-                    CoreError::Invalid(format!(
-                        "secret {name} cannot be decrypted (vault key changed?)"
-                    ))
-                })?;
+            let pt = self.unseal(&name, &scope, &nonce, &ct).ok_or_else(|| {
+                CoreError::Invalid(format!(
+                    "secret {name} cannot be decrypted (vault key changed?)"
+                ))
+            })?;
             out.insert(name, String::from_utf8_lossy(&pt).into_owned());
         }
         Ok(out)

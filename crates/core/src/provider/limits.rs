@@ -152,15 +152,7 @@ fn apply_v1(name: &str, pids: &[i32], l: Limits) -> std::io::Result<Value> {
 /// first process may have forked before it was moved, and its children stay where they were
 /// born. Called again once the sandbox is up; anything started later inherits.
 pub fn adopt_group(limits: &Value, pgid: i32) {
-    let mut ds: Vec<PathBuf> = limits["paths"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p.as_str().map(PathBuf::from))
-        .collect();
-    if let Some(p) = limits["path"].as_str() {
-        ds.push(PathBuf::from(p));
-    }
+    let ds = applied_dirs(limits);
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return;
     };
@@ -180,6 +172,11 @@ pub fn adopt_group(limits: &Value, pgid: i32) {
 /// Removes the cgroups a spec's `limits` names (after the processes are gone; an empty
 /// cgroup is a directory that `rmdir` deletes). By path, so a renamed (claimed) machine works.
 pub fn remove_applied(limits: &Value) {
+    remove_dirs(&applied_dirs(limits));
+}
+
+/// The cgroup directories a spec's `limits` records (`path` for v2, `paths` for v1).
+fn applied_dirs(limits: &Value) -> Vec<PathBuf> {
     let mut ds: Vec<PathBuf> = limits["paths"]
         .as_array()
         .into_iter()
@@ -189,7 +186,7 @@ pub fn remove_applied(limits: &Value) {
     if let Some(p) = limits["path"].as_str() {
         ds.push(PathBuf::from(p));
     }
-    remove_dirs(&ds);
+    ds
 }
 
 fn remove(name: &str) {

@@ -77,7 +77,7 @@ pub(crate) async fn run(cmd: &str, args: &[&str]) -> Result<()> {
 }
 
 /// The last error-looking lines of a log, without terminal colour codes.
-fn log_tail(p: &Path) -> String {
+pub(crate) fn log_tail(p: &Path) -> String {
     let s = std::fs::read_to_string(p).unwrap_or_default();
     let mut clean = String::with_capacity(s.len());
     let mut chars = s.chars();
@@ -231,7 +231,7 @@ impl LocalSandbox {
             agent.push_str(&format!(" --stall-after {s}"));
         }
         let browser = if spec["browser"].as_bool() == Some(true) {
-            "  chromium --no-sandbox --disable-gpu --no-first-run --disable-background-networking --disable-component-update \
+            "  chromium --no-sandbox --test-type --disable-gpu --no-first-run --disable-background-networking --disable-component-update \
              --disable-sync --disable-dev-shm-usage --user-data-dir=$HOME/.chromium --window-position=0,0 \
              --window-size=$W,$H about:blank >/run/porthole/logs/chromium.log 2>&1 &\n"
                 .to_string()

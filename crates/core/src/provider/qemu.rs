@@ -11,7 +11,7 @@
 
 use super::{agent_bin, free_port, pid_alive, which, Provider};
 use crate::error::{CoreError, Result};
-use crate::machine::{random_token, CreateSpec, Machine, Machines, ProviderKind};
+use crate::machine::{hex, random_token, CreateSpec, Machine, Machines, ProviderKind};
 use crate::paths::StateDir;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -52,10 +52,6 @@ impl Image {
 
 pub fn recipe_hash() -> String {
     hex(&Sha256::digest(RECIPE.as_bytes()))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CoreError {
@@ -235,13 +231,6 @@ impl Ctl {
             reason = async { loop { if let Some(r) = alive() { break r; } tokio::time::sleep(Duration::from_millis(100)).await; } } => Err(CoreError::Invalid(reason)),
         }
     }
-}
-
-/// The last lines of a file (QEMU's stderr, the guest console).
-fn tail(p: &Path, n: usize) -> String {
-    let s = std::fs::read_to_string(p).unwrap_or_default();
-    let lines: Vec<&str> = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
 impl Qemu {
@@ -538,11 +527,13 @@ impl Qemu {
         });
         let console = mdir.join("logs/console.log");
         let alive = || {
-            exited
-                .lock()
-                .unwrap()
-                .clone()
-                .map(|e| format!("{e}: {} {}", tail(&log_path, 3), tail(&console, 3)))
+            exited.lock().unwrap().clone().map(|e| {
+                format!(
+                    "{e}: {} {}",
+                    super::local::log_tail(&log_path),
+                    super::local::log_tail(&console)
+                )
+            })
         };
         let r = async {
             let boot_timeout = Duration::from_secs(if m.spec["accel"] == "tcg" { 240 } else { 60 });
@@ -978,8 +969,8 @@ impl Provider for Qemu {
         Some(
             format!(
                 "QEMU exited: {} {}",
-                tail(&mdir.join("logs/qemu.log"), 2),
-                tail(&mdir.join("logs/console.log"), 2)
+                super::local::log_tail(&mdir.join("logs/qemu.log")),
+                super::local::log_tail(&mdir.join("logs/console.log"))
             )
             .trim()
             .to_string(),
