@@ -18,7 +18,8 @@ porthole="$bin/porthole"
 if "$porthole" machine list --json | grep -q '"name": "demo"'; then
   "$porthole" machine start demo >/dev/null
 else
-  "$porthole" machine create --name demo --env packaging/demo/.porthole/environment.json --browser
+  # No --browser: the demo agent opens its own kiosk Chromium on the todo app.
+  "$porthole" machine create --name demo --env packaging/demo/.porthole/environment.json
 fi
 url=$("$porthole" machine list --json | python3 -c 'import json,sys; print([m for m in json.load(sys.stdin) if m["name"]=="demo"][0]["agent_url"])')
 token=$("$porthole" machine token demo)

@@ -16,7 +16,7 @@ PKGS=(
   # X: capture (MIT-SHM, Damage, XFixes via x11rb/xcb), input (XTEST), a desktop to watch
   libxcb1-dev libxcb-shm0-dev libxcb-damage0-dev libxcb-xfixes0-dev libxcb-xtest0-dev
   libxcb-randr0-dev libxdo-dev libxkbcommon-dev libx11-dev libxi-dev libxtst-dev
-  xvfb x11-utils x11-xserver-utils xdotool openbox xterm xclip
+  xvfb tigervnc-standalone-server x11-utils x11-xserver-utils xdotool openbox xterm xclip
   # browser peer + browser in the guest
   chromium chromium-driver fonts-dejavu-core
   # environments and sandboxes

@@ -53,6 +53,8 @@ pub struct App {
     pub recorder_on: std::sync::atomic::AtomicBool,
     /// The guest's clipboard, started with the first viewer (idle agents keep no X client for it).
     pub clipboard: std::sync::OnceLock<crate::clipboard::Clipboard>,
+    /// The screen size before a human's viewer resized it, put back when control returns.
+    pub display_restore: Mutex<Option<(u32, u32)>>,
 }
 
 impl App {
@@ -70,9 +72,50 @@ impl App {
             .set(all.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
 
+    /// Changes the screen size (blocking X calls on a worker thread) and puts it on the timeline.
+    pub async fn set_display(
+        self: &Arc<Self>,
+        w: u32,
+        h: u32,
+        actor: Actor,
+        by: serde_json::Value,
+    ) -> Result<porthole_proto::DisplayState, crate::display::DisplayError> {
+        let display = self.cfg.display.clone();
+        let (before, after) =
+            tokio::task::spawn_blocking(move || crate::display::resize(&display, w, h))
+                .await
+                .expect("resize task panicked")?;
+        let now = (after.width, after.height);
+        if before != now {
+            self.timeline.emit(
+                actor,
+                "display",
+                json!({"width": now.0, "height": now.1, "from": {"width": before.0, "height": before.1}, "by": by}),
+            );
+        }
+        Ok(after)
+    }
+
+    /// A human's viewer resized the screen and no human holds control any more: put it back, so
+    /// the agent resumes on the screen it knew.
+    fn restore_display_if_released(self: &Arc<Self>) {
+        if self.control.lock().unwrap().human().is_some() {
+            return;
+        }
+        let Some((w, h)) = self.display_restore.lock().unwrap().take() else {
+            return;
+        };
+        let app = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = app.set_display(w, h, Actor::System, json!("restore")).await {
+                app.timeline.emit(Actor::System, "error", json!({"message": format!("restore the display size: {e}")}));
+            }
+        });
+    }
+
     /// Applies a control action and records it; returns the new state.
     pub fn apply_control(
-        &self,
+        self: &Arc<Self>,
         action: ControlAction,
         who: Human,
         actor: Actor,
@@ -91,13 +134,14 @@ impl App {
                 "control",
                 json!({"action": action, "by": by, "state": st}),
             );
+            self.restore_display_if_released();
             return st;
         }
         c.state()
     }
 
     /// Forgets a viewer: stream, and control it may have held.
-    pub async fn drop_viewer(&self, id: &str) -> bool {
+    pub async fn drop_viewer(self: &Arc<Self>, id: &str) -> bool {
         let existed = self.hub.remove_viewer(id).await.is_ok();
         let t = self.timeline.now_ms();
         let released = self.control.lock().unwrap().viewer_gone(id, t);
@@ -108,6 +152,7 @@ impl App {
                 "control",
                 json!({"action": "release", "by": id, "reason": "viewer left", "state": st}),
             );
+            self.restore_display_if_released();
         }
         if existed {
             self.timeline.emit(
@@ -355,6 +400,26 @@ async fn handle_message(app: &Arc<App>, viewer: &str, state: &Mutex<InputState>,
                 );
                 return;
             }
+            ViewerMessage::Display { width, height } => {
+                drop(st);
+                let before = crate::display::info(&app.cfg.display).ok().map(|d| (d.width, d.height));
+                match app.set_display(*width, *height, Actor::Human, json!(viewer)).await {
+                    Ok(_) => {
+                        let mut r = app.display_restore.lock().unwrap();
+                        if r.is_none() {
+                            *r = before;
+                        }
+                    }
+                    Err(e) => {
+                        app.timeline.emit(
+                            Actor::System,
+                            "error",
+                            json!({"viewer": viewer, "input": "display", "message": e.to_string()}),
+                        );
+                    }
+                }
+                return;
+            }
             ViewerMessage::Control { .. } => unreachable!("handled above"),
         }
     }
@@ -388,5 +453,6 @@ fn input_kind(m: &ViewerMessage) -> &'static str {
         ViewerMessage::Text { .. } => "text",
         ViewerMessage::Clipboard { .. } => "clipboard",
         ViewerMessage::Control { .. } => "control",
+        ViewerMessage::Display { .. } => "display",
     }
 }

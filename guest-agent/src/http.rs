@@ -84,6 +84,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/whep", post(whep_create))
         .route("/v1/whep/{id}", delete(whep_delete).patch(whep_patch))
         .route("/v1/control", get(control_get).post(control_post))
+        .route("/v1/display", get(display_get).post(display_post))
         .route("/v1/events", get(events_get))
         .route("/v1/events/stream", get(events_stream))
         .route(
@@ -364,6 +365,48 @@ async fn control_post(
         ))
     })?;
     Ok(Json(app.apply_control(action, Human::Api, Actor::Human)))
+}
+
+impl From<crate::display::DisplayError> for ApiError {
+    fn from(e: crate::display::DisplayError) -> Self {
+        use crate::display::DisplayError as E;
+        let (status, code) = match &e {
+            E::OutOfRange(..) => (StatusCode::BAD_REQUEST, "bad_request"),
+            E::Fixed(_) => (StatusCode::CONFLICT, "display_fixed"),
+            E::X { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "display_error"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+async fn display_get(State(app): AppState) -> Result<Json<porthole_proto::DisplayState>, ApiError> {
+    let display = app.cfg.display.clone();
+    let info = tokio::task::spawn_blocking(move || crate::display::info(&display))
+        .await
+        .expect("display task panicked")?;
+    Ok(Json(info))
+}
+
+/// Resizes the guest's screen for the agent: refused, like its actions, while a human holds
+/// control (their viewer drives the size then) or the agent is paused.
+async fn display_post(
+    State(app): AppState,
+    body: axum::body::Bytes,
+) -> Result<Json<porthole_proto::DisplayState>, ApiError> {
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("body is not JSON: {e}")))?;
+    let dim = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| ApiError::bad_request(format!("{k}: expected a whole number of pixels")))
+    };
+    let (w, h) = (dim("width")?, dim("height")?);
+    crate::display::normalize(w, h)?;
+    if let Err(r) = app.control.lock().unwrap().agent_may_act() {
+        return Err(ApiError::new(StatusCode::CONFLICT, "control_refused", r.0));
+    }
+    Ok(Json(app.set_display(w, h, Actor::Agent, json!("api")).await?))
 }
 
 #[derive(Deserialize)]

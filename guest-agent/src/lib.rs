@@ -11,6 +11,7 @@ pub mod capture;
 pub mod clipboard;
 pub mod computer;
 pub mod control;
+pub mod display;
 pub mod encode;
 pub mod environment;
 pub mod events;

@@ -184,6 +184,7 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
         recording_problem: Mutex::new(None),
         recorder_on: false.into(),
         clipboard: Default::default(),
+        display_restore: Default::default(),
     });
     if app.cfg.record && !p.idle {
         app.recorder_on

@@ -21,7 +21,7 @@ SUITE=bookworm
 ARCH=amd64
 DISK_SIZE=8G
 # Desktop, browser, terminals, and the shared libraries porthole-agent links against.
-PACKAGES="linux-image-cloud-amd64 initramfs-tools xvfb openbox chromium tmux git ca-certificates
+PACKAGES="linux-image-cloud-amd64 initramfs-tools tigervnc-standalone-server xvfb openbox chromium tmux git ca-certificates
 python3 iproute2 procps psmisc x11-utils fonts-dejavu-core e2fsprogs
 libavcodec59 libavformat59 libavutil57 libswresample4 libswscale6 libx264-164 libvpx7
 libx11-6 libx11-xcb1 libxcb1 libxcb-shm0 libxext6 libxfixes3 libssl3"

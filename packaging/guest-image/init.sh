@@ -11,7 +11,7 @@
 #   poweroff stop the agent (it finalizes its recording), sync, power off
 # The first `go` starts the desktop and the agent. A later `go` (a clone restored from a memory
 # snapshot) gives the machine its own identity and restarts only the agent with the new token
-# and UDP port: Xvfb, the window manager and Chromium stay warm. Replies: `ok go`, `ok sync`.
+# and UDP port: the X server, the window manager and Chromium stay warm. Replies: `ok go`, `ok sync`.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
 
 log() { echo "porthole-init: $*" >/dev/console; }
@@ -56,7 +56,12 @@ desktop_up=0 agent_pid=""
 
 start_desktop() {
   # Children must not hold the control port open (fd 3): the next host could not open it.
-  Xvfb :0 -screen 0 "${W}x${H}x24" -nolisten tcp >/var/log/porthole/xvfb.log 2>&1 3<&- &
+  # Xvnc (no VNC port, only its RandR) lets the screen follow a viewer's window; Xvfb cannot.
+  if command -v Xvnc >/dev/null; then
+    Xvnc :0 -geometry "${W}x${H}" -depth 24 -rfbport -1 -SecurityTypes None -nolisten tcp >/var/log/porthole/xserver.log 2>&1 3<&- &
+  else
+    Xvfb :0 -screen 0 "${W}x${H}x24" -nolisten tcp >/var/log/porthole/xserver.log 2>&1 3<&- &
+  fi
   for i in $(seq 1 500); do [ -e /tmp/.X11-unix/X0 ] && break; sleep 0.02; done
   DISPLAY=:0 openbox >/var/log/porthole/openbox.log 2>&1 3<&- &
   if [ "$BROWSER" = 1 ]; then

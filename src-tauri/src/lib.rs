@@ -7,6 +7,7 @@
 use porthole_core::live::{LiveFrame, LiveSession};
 use porthole_core::replay::Index;
 use porthole_core::{CoreError, CreateSpec, Machine, Machines, ProviderKind, StateDir};
+use porthole_proto::Progress;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -40,6 +41,31 @@ pub struct AppState {
     replays: Mutex<HashMap<String, Arc<AtomicBool>>>,
 }
 
+/// Forwards `name`'s progress lines to the UI until the returned guard drops.
+fn progress_to(ms: &Machines, name: &str, ch: Channel<Progress>) -> AbortOnDrop {
+    let mut rx = ms.watch_progress();
+    let name = name.to_string();
+    AbortOnDrop(tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(p) if p.machine == name => {
+                    let _ = ch.send(p);
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return,
+            }
+        }
+    }))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 #[tauri::command]
 async fn machines_list(s: State<'_, AppState>) -> Res<Vec<Machine>> {
     Ok(s.ms.list().await?)
@@ -59,7 +85,12 @@ struct CreateReq {
 }
 
 #[tauri::command]
-async fn machine_create(s: State<'_, AppState>, req: CreateReq) -> Res<Machine> {
+async fn machine_create(
+    s: State<'_, AppState>,
+    req: CreateReq,
+    on_progress: Channel<Progress>,
+) -> Res<Machine> {
+    let _progress = progress_to(&s.ms, &req.name, on_progress);
     let spec = CreateSpec {
         name: req.name,
         provider: Some(ProviderKind::parse(&req.provider)?),
@@ -75,7 +106,12 @@ async fn machine_create(s: State<'_, AppState>, req: CreateReq) -> Res<Machine> 
 }
 
 #[tauri::command]
-async fn machine_start(s: State<'_, AppState>, name: String) -> Res<Machine> {
+async fn machine_start(
+    s: State<'_, AppState>,
+    name: String,
+    on_progress: Channel<Progress>,
+) -> Res<Machine> {
+    let _progress = progress_to(&s.ms, &name, on_progress);
     Ok(s.ms.start(&name).await?)
 }
 
@@ -96,7 +132,13 @@ async fn machine_destroy(s: State<'_, AppState>, name: String) -> Res<()> {
 }
 
 #[tauri::command]
-async fn machine_snapshot(s: State<'_, AppState>, name: String, snapshot: String) -> Res<()> {
+async fn machine_snapshot(
+    s: State<'_, AppState>,
+    name: String,
+    snapshot: String,
+    on_progress: Channel<Progress>,
+) -> Res<()> {
+    let _progress = progress_to(&s.ms, &name, on_progress);
     s.ms.snapshot(&name, &snapshot).await?;
     Ok(())
 }
@@ -139,6 +181,13 @@ async fn live_start(
     Ok(
         json!({"sessionId": session["id"], "codec": "H264", "width": d["width"].as_u64().unwrap_or(1280), "height": d["height"].as_u64().unwrap_or(800)}),
     )
+}
+
+/// The guest screen's size and whether it can follow the window (`GET /v1/display`).
+#[tauri::command]
+async fn display_info(s: State<'_, AppState>, name: String) -> Res<Value> {
+    let m = s.ms.get(&name).await?;
+    Ok(s.ms.client(&m)?.get("/v1/display").await?)
 }
 
 #[tauri::command]
@@ -393,6 +442,7 @@ pub fn run() {
             machine_health,
             live_start,
             live_stop,
+            display_info,
             live_input,
             control,
             events,

@@ -209,14 +209,18 @@ function displayInUse(n) {
  * Starts Xvfb on a free display (probing /tmp/.X11-unix) and waits until it accepts
  * connections. Returns { display: ':N', number, child, stop() }.
  */
-export async function startXvfb({ width = 1280, height = 800, depth = 24, log } = {}) {
+/** An X server on a free display: Xvfb (fixed size), or with `server: 'Xvnc'` TigerVNC's Xvnc
+ * without a VNC port (its RandR can change the screen size, as the local sandbox's can). */
+export async function startXvfb({ width = 1280, height = 800, depth = 24, log, server = 'Xvfb' } = {}) {
   let lastProblem = '';
   for (let attempt = 0; attempt < 10; attempt++) {
     let n = 100 + Math.floor(Math.random() * 800);
     while (displayInUse(n)) n++;
-    const child = spawnGroup('Xvfb', [
-      `:${n}`, '-screen', '0', `${width}x${height}x${depth}`, '-nolisten', 'tcp',
-    ], { log });
+    const args = server === 'Xvnc'
+      ? [`:${n}`, '-geometry', `${width}x${height}`, '-depth', String(depth), '-rfbport', '-1',
+        '-SecurityTypes', 'None', '-nolisten', 'tcp']
+      : [`:${n}`, '-screen', '0', `${width}x${height}x${depth}`, '-nolisten', 'tcp'];
+    const child = spawnGroup(server, args, { log });
     const sock = `/tmp/.X11-unix/X${n}`;
     const deadline = Date.now() + 15000;
     let ready = false;
@@ -228,10 +232,10 @@ export async function startXvfb({ width = 1280, height = 800, depth = 24, log } 
       const display = `:${n}`;
       return { display, number: n, child, stop: () => killGroup(child) };
     }
-    lastProblem = `Xvfb :${n} ${describeExit(child.exitInfo)}` + (log ? `\n${tail(log, 20)}` : '');
+    lastProblem = `${server} :${n} ${describeExit(child.exitInfo)}` + (log ? `\n${tail(log, 20)}` : '');
     await killGroup(child);
   }
-  throw new Error(`could not start Xvfb: ${lastProblem}`);
+  throw new Error(`could not start ${server}: ${lastProblem}`);
 }
 
 export function xdotool(display, ...args) {

@@ -219,6 +219,13 @@ const ROWS = [
     verify: (r, ctx) => assert.equal(r.json.id, ctx.session) },
 
   // Control, and computer actions refused while the agent may not act.
+  // Xvfb here: the screen is fixed, and the agent says so (tests/e2e/display.test.mjs resizes on Xvnc).
+  { method: 'GET', path: '/v1/display', expect: 200, verify: (r) => assert.equal(r.json.resizable, false) },
+  { method: 'POST', path: '/v1/display', ...json({ width: 1024, height: 768 }), expect: 409,
+    verify: (r) => assert.equal(r.json.error.code, 'display_fixed') },
+  { method: 'POST', path: '/v1/display', ...json({ width: 10, height: 768 }), expect: 400 },
+  { method: 'POST', path: '/v1/display', ...json({ width: WIDTH, height: HEIGHT }), expect: 200,
+    verify: (r) => assert.deepEqual([r.json.width, r.json.height], [WIDTH, HEIGHT]) }, // no change: fine even on Xvfb
   { method: 'GET', path: '/v1/control', expect: 200, verify: (r) => assert.equal(r.json.holder, 'agent') },
   { method: 'POST', path: '/v1/control', ...json({ action: 'take' }), expect: 200,
     verify: (r) => assert.equal(r.json.holder, 'human') },

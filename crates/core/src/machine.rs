@@ -113,6 +113,9 @@ pub fn hex(b: &[u8]) -> String {
 pub struct Machines {
     pub store: Store,
     pub state: StateDir,
+    /// Steps of long operations, for whoever shows progress (the app); lines nobody reads are
+    /// dropped.
+    progress: tokio::sync::broadcast::Sender<porthole_proto::Progress>,
 }
 
 type Row = (
@@ -144,7 +147,25 @@ fn from_row(r: Row) -> Machine {
 impl Machines {
     pub async fn open(state: StateDir) -> Result<Self> {
         let store = Store::open(&state.db()).await?;
-        Ok(Self { store, state })
+        let (progress, _) = tokio::sync::broadcast::channel(256);
+        Ok(Self {
+            store,
+            state,
+            progress,
+        })
+    }
+
+    /// Progress of every long operation from now on (see [`porthole_proto::Progress`]).
+    pub fn watch_progress(&self) -> tokio::sync::broadcast::Receiver<porthole_proto::Progress> {
+        self.progress.subscribe()
+    }
+
+    /// Reports a step of `op` on `machine` (`[k/n] what` lines carry their step).
+    pub fn report(&self, machine: &str, op: &str, line: &str) {
+        tracing::debug!(machine, op, line, "progress");
+        let _ = self
+            .progress
+            .send(porthole_proto::Progress::line(machine, op, line));
     }
 
     pub async fn get(&self, name: &str) -> Result<Machine> {
@@ -232,6 +253,7 @@ impl Machines {
             return Err(CoreError::MachineExists(spec.name.clone()));
         }
         let kind = spec.provider.unwrap_or(ProviderKind::Local);
+        self.report(&spec.name, "create", &format!("creating a {} machine", kind.as_str()));
         let mut m = Machine {
             name: spec.name.clone(),
             provider: kind,
@@ -306,6 +328,7 @@ impl Machines {
         if m.status == "running" && self.dead_reason(&m).is_none() {
             return Ok(m);
         }
+        self.report(name, "start", "starting");
         let r = match m.provider {
             ProviderKind::Local => {
                 LocalSandbox::new(self.state.clone())
@@ -367,7 +390,7 @@ impl Machines {
         let dir = self.state.snapshots().join(snap);
         let spec = match m.provider {
             ProviderKind::Local => LocalSandbox::new(self.state.clone()).snapshot(&m, &dir).await?,
-            ProviderKind::Qemu => crate::provider::qemu::Qemu::new(self.state.clone()).snapshot(&m, &dir, !disk_only).await?,
+            ProviderKind::Qemu => crate::provider::qemu::Qemu::new(self.state.clone()).snapshot(self, &m, &dir, !disk_only).await?,
             ProviderKind::Remote => return Err(CoreError::Invalid("remote hosts cannot be snapshotted from here; snapshot them with your cloud's tools".into())),
         };
         sqlx::query("INSERT INTO snapshots (name, machine, provider, path, spec, created_at) VALUES (?, ?, ?, ?, ?, ?)")
@@ -406,6 +429,8 @@ impl Machines {
         alive: impl Fn() -> Option<String>,
     ) -> Result<()> {
         let client = self.client(m)?;
+        let op = if m.status == "creating" { "create" } else { "start" };
+        self.report(&m.name, op, "waiting for the agent");
         let start = Instant::now();
         let mut last;
         loop {

@@ -164,6 +164,65 @@ pub enum ViewerMessage {
     Control {
         action: ControlAction,
     },
+    /// Asks the guest's screen to become `width`x`height` (the viewer's window), only while this
+    /// viewer holds control; the size before is restored when control goes back.
+    Display {
+        width: u32,
+        height: u32,
+    },
+}
+
+/// `GET /v1/display` and the answer to `POST /v1/display` (`{"width", "height"}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS), ts(export))]
+pub struct DisplayState {
+    pub width: u32,
+    pub height: u32,
+    /// Whether the X server can change its size (Xvnc can, Xvfb cannot).
+    pub resizable: bool,
+    /// Why not, when it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, ts(optional))]
+    pub reason: Option<String>,
+}
+
+/// One step of a long machine operation (create, start, snapshot) for a progress display: the
+/// guest image recipe's `[k/n] what` lines carry `step` and `steps`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(ts_rs::TS), ts(export))]
+pub struct Progress {
+    pub machine: String,
+    /// `create`, `start` or `snapshot`.
+    pub op: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, ts(optional))]
+    pub step: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, ts(optional))]
+    pub steps: Option<u32>,
+}
+
+impl Progress {
+    /// A progress line; `[k/n] rest` becomes step k of n with message `rest`.
+    pub fn line(machine: &str, op: &str, line: &str) -> Self {
+        let parsed = line.strip_prefix('[').and_then(|r| {
+            let (frac, rest) = r.split_once("] ")?;
+            let (k, n) = frac.split_once('/')?;
+            Some((k.parse().ok()?, n.parse().ok()?, rest))
+        });
+        let (step, steps, message) = match parsed {
+            Some((k, n, rest)) => (Some(k), Some(n), rest),
+            None => (None, None, line),
+        };
+        Self {
+            machine: machine.into(),
+            op: op.into(),
+            message: message.trim().into(),
+            step,
+            steps,
+        }
+    }
 }
 
 /// Messages the agent sends on the `porthole` data channel.
@@ -209,6 +268,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn progress_lines_carry_the_recipe_steps() {
+        #[track_caller]
+        fn check(line: &str, step: Option<u32>, steps: Option<u32>, message: &str) {
+            let p = Progress::line("m", "create", line);
+            assert_eq!((p.step, p.steps, p.message.as_str()), (step, steps, message), "{line}");
+        }
+        check("[2/6] install desktop (12:00:01)", Some(2), Some(6), "install desktop (12:00:01)");
+        check("booting the VM", None, None, "booting the VM");
+        check("[x/6] odd", None, None, "[x/6] odd");
+        check("[3/6]no space", None, None, "[3/6]no space");
+        check("  Get:1 http://deb.debian.org  ", None, None, "Get:1 http://deb.debian.org");
+    }
+
+    #[test]
     fn viewer_messages_parse_as_the_contract_writes_them() {
         let m: ViewerMessage =
             serde_json::from_str(r#"{"type":"pointer","x":10,"y":20,"buttons":1}"#).unwrap();
@@ -238,6 +311,9 @@ mod tests {
                 action: ControlAction::Take
             }
         );
+        let m: ViewerMessage =
+            serde_json::from_str(r#"{"type":"display","width":1000,"height":700}"#).unwrap();
+        assert_eq!(m, ViewerMessage::Display { width: 1000, height: 700 });
         assert!(serde_json::from_str::<ViewerMessage>(r#"{"type":"warp"}"#).is_err());
     }
 

@@ -1,4 +1,7 @@
-//! The local sandbox: bubblewrap around Xvfb, openbox, (Chromium) and the guest agent.
+//! The local sandbox: bubblewrap around an X server, openbox, (Chromium) and the guest agent.
+//!
+//! The X server is TigerVNC's Xvnc when installed (no VNC port: only its RandR, which lets the
+//! screen follow a viewer's window), else Xvfb (fixed size).
 //!
 //! Two network modes:
 //! - `loopback` (any user, no privileges): the sandbox shares the host's network; the agent
@@ -120,12 +123,14 @@ impl LocalSandbox {
     fn check_tools() -> Result<()> {
         for (bin, pkg) in [
             ("bwrap", "bubblewrap"),
-            ("Xvfb", "xvfb"),
             ("openbox", "openbox"),
         ] {
             if which(bin).is_none() {
                 return Err(CoreError::Missing(format!("{bin} is not installed: sudo apt-get install {pkg} (or run packaging/install-deps.sh)")));
             }
+        }
+        if which("Xvnc").is_none() && which("Xvfb").is_none() {
+            return Err(CoreError::Missing("no X server: sudo apt-get install tigervnc-standalone-server (resizable) or xvfb (or run packaging/install-deps.sh)".into()));
         }
         Ok(())
     }
@@ -240,7 +245,9 @@ impl LocalSandbox {
         };
         format!(
             "#!/bin/sh\n# Runs inside the sandbox (written by porthole).\nexport DISPLAY=:{d} W={w} H={h}\n\
-             Xvfb :{d} -screen 0 {w}x{h}x24 -nolisten tcp >/run/porthole/logs/xvfb.log 2>&1 &\n\
+             if command -v Xvnc >/dev/null; then\n  \
+             Xvnc :{d} -geometry {w}x{h} -depth 24 -rfbport -1 -SecurityTypes None -nolisten tcp >/run/porthole/logs/xserver.log 2>&1 &\n\
+             else\n  Xvfb :{d} -screen 0 {w}x{h}x24 -nolisten tcp >/run/porthole/logs/xserver.log 2>&1 &\nfi\n\
              (\n  i=0; while [ ! -e /tmp/.X11-unix/X{d} ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done\n  \
              openbox >/run/porthole/logs/openbox.log 2>&1 &\n{browser}) &\n{agent}\n"
         )
@@ -336,6 +343,8 @@ impl LocalSandbox {
     /// Starts the sandbox described by `m.spec` and waits for its agent.
     async fn boot(&self, ms: &Machines, m: &mut Machine) -> Result<()> {
         Self::check_tools()?;
+        let op = if m.status == "creating" { "create" } else { "start" };
+        ms.report(&m.name, op, "starting the sandbox: X server, window manager, agent");
         let agent = agent_bin()?;
         let mdir = self.state.machine(&m.name);
         for d in ["home", "agent", "logs"] {

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
@@ -297,8 +297,9 @@ impl Qemu {
         Ok(Some(img))
     }
 
-    /// The image, built first when missing (minutes; progress lines go to stderr).
-    pub async fn ensure_image(&self) -> Result<Image> {
+    /// The image, built first when missing (minutes; the recipe's lines go to stderr and to
+    /// `report`).
+    pub async fn ensure_image(&self, report: &(dyn Fn(&str) + Sync)) -> Result<Image> {
         if let Some(img) = self.cached_image()? {
             return Ok(img);
         }
@@ -328,14 +329,25 @@ impl Qemu {
             "porthole: building the QEMU guest image into {} (a few minutes, once)",
             dest.display()
         );
-        let st = tokio::process::Command::new("bash")
+        report("building the guest image (a few minutes, once)");
+        let mut child = tokio::process::Command::new("bash")
             .arg(&script)
             .arg(&dest)
-            .stdout(std::process::Stdio::inherit())
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
-            .status()
-            .await
+            .spawn()
             .map_err(io("run the image recipe"))?;
+        // The recipe's stdout is its progress ("[k/n] what" and the tools' chatter): echoed for
+        // the CLI, reported for the app.
+        let mut lines =
+            BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("{line}");
+            if !line.trim().is_empty() {
+                report(&line);
+            }
+        }
+        let st = child.wait().await.map_err(io("run the image recipe"))?;
         let _ = std::fs::remove_file(&script);
         if !st.success() {
             return Err(CoreError::Invalid(format!(
@@ -506,6 +518,12 @@ impl Qemu {
         std::fs::create_dir_all(mdir.join("logs")).map_err(io("create the machine's logs dir"))?;
         let log_path = mdir.join("logs/qemu.log");
         let log = std::fs::File::create(&log_path).map_err(io("create qemu.log"))?;
+        let op = if m.status == "creating" { "create" } else { "start" };
+        let accel = m.spec["accel"].as_str().unwrap_or("tcg").to_string();
+        ms.report(&m.name, op, &match incoming {
+            Some(_) => format!("restoring the VM's memory snapshot ({accel})"),
+            None => format!("booting the VM ({accel}{})", if accel == "tcg" { ", emulated: ~15 s" } else { "" }),
+        });
         let mut child = tokio::process::Command::new("qemu-system-x86_64")
             .args(&args)
             .stdin(std::process::Stdio::null())
@@ -676,7 +694,7 @@ impl Qemu {
 
     /// Saves the machine: `disk` (the overlay) or `memory` (overlay + RAM and device state).
     /// The machine keeps running afterwards.
-    pub async fn snapshot(&self, m: &Machine, dir: &Path, memory: bool) -> Result<Value> {
+    pub async fn snapshot(&self, ms: &Machines, m: &Machine, dir: &Path, memory: bool) -> Result<Value> {
         if m.status != "running" || m.pid.is_none_or(|p| !pid_alive(p)) {
             return Err(CoreError::Invalid(format!(
                 "machine '{}' is not running; start it before taking a snapshot",
@@ -690,6 +708,7 @@ impl Qemu {
         }
         let mdir = self.state.machine(&m.name);
         std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+        ms.report(&m.name, "snapshot", "flushing the guest's disks");
         let mut ctl = Ctl::connect(&mdir.join("ctl.sock"), Duration::from_secs(5)).await?;
         ctl.send(&[("sync", String::new())]).await?;
         ctl.expect("sync", Duration::from_secs(30), &|| None)
@@ -705,8 +724,16 @@ impl Qemu {
                     json!({"uri": format!("exec:cat > {}", shell_quote(&mem.to_string_lossy()))}),
                 )
                 .await?;
+                let mut last = Instant::now();
                 loop {
                     let st = qmp.exec("query-migrate", json!({})).await?;
+                    if last.elapsed() >= Duration::from_millis(500) {
+                        last = Instant::now();
+                        let (done, total) = (st["ram"]["transferred"].as_u64().unwrap_or(0), st["ram"]["total"].as_u64().unwrap_or(0));
+                        if total > 0 {
+                            ms.report(&m.name, "snapshot", &format!("saving memory: {} of {} MiB", done >> 20, total >> 20));
+                        }
+                    }
                     match st["status"].as_str().unwrap_or("") {
                         "completed" => break,
                         "failed" | "cancelled" => {
@@ -719,6 +746,7 @@ impl Qemu {
                     }
                 }
             }
+            ms.report(&m.name, "snapshot", "copying the disk");
             let out = tokio::process::Command::new("cp")
                 .args(["--sparse=always", "--reflink=auto"])
                 .arg(mdir.join("disk.qcow2"))
@@ -829,7 +857,9 @@ impl Provider for Qemu {
             None if super::local::is_root() && which("ip").is_some() => "tap",
             None => "loopback",
         };
-        let img = self.ensure_image().await?;
+        let img = self
+            .ensure_image(&|l: &str| ms.report(&spec.name, "create", l))
+            .await?;
         let (accel, why) = pick_accel();
         let workspace = match &spec.workspace {
             Some(w) => {

@@ -4,4 +4,4 @@ import type { ControlAction } from "./ControlAction";
 /**
  * Messages a viewer sends on the `porthole` data channel.
  */
-export type ViewerMessage = { "type": "pointer", x: number, y: number, buttons: number, } | { "type": "wheel", dx: number, dy: number, } | { "type": "key", code: string, key: string, down: boolean, } | { "type": "text", text: string, } | { "type": "clipboard", text: string, } | { "type": "control", action: ControlAction, };
+export type ViewerMessage = { "type": "pointer", x: number, y: number, buttons: number, } | { "type": "wheel", dx: number, dy: number, } | { "type": "key", code: string, key: string, down: boolean, } | { "type": "text", text: string, } | { "type": "clipboard", text: string, } | { "type": "control", action: ControlAction, } | { "type": "display", width: number, height: number, };
