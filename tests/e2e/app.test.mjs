@@ -113,7 +113,11 @@ const w = {
 };
 
 function env(extra = {}) {
-  const e = { ...process.env, PORTHOLE_HOME: w.home, PORTHOLE_AGENT_BIN: AGENT, ...extra };
+  // The webview's storage (localStorage: the remembered Fit to window choice) is per run too.
+  const e = {
+    ...process.env, PORTHOLE_HOME: w.home, PORTHOLE_AGENT_BIN: AGENT,
+    XDG_DATA_HOME: path.join(w.home, 'xdg-data'), XDG_CACHE_HOME: path.join(w.home, 'xdg-cache'), ...extra,
+  };
   delete e.RUST_LOG;
   return e;
 }
@@ -523,5 +527,53 @@ describe('desktop app through tauri-driver', { timeout: 20 * 60 * 1000 }, () => 
     const playhead = await wd.exec(() => parseFloat(document.querySelector('.playhead')?.style.left || 'NaN'));
     const expected = (first.t_ms / duration) * 100;
     assert.ok(Math.abs(playhead - expected) < 2, `playhead at ${playhead}%, expected about ${expected.toFixed(1)}%`);
+  }));
+
+  // Last: a resize starts a new recording part, which the replay step above does not expect.
+  it('fits the guest screen to the window while in control, and gives it back on release', { timeout: STEP_TIMEOUT }, step('fit', async () => {
+    needs('live');
+    const wd = w.wd;
+    await wd.exec((n) => { location.hash = `#/live/${n}`; }, NAME);
+    await wd.click(await waitEl(byText, ['button', 'Take control'], 'the Take control button'));
+    await waitFor(() => wd.exec(() => /You have control/.test(document.querySelector('[data-testid="control-state"]')?.textContent || '')),
+      { timeout: 15000, message: 'the control state to read "You have control"' });
+    const fit = await waitEl(byText, ['button', 'Fit to window'], 'the Fit to window toggle');
+    await waitFor(() => wd.exec(() => {
+      const b = [...document.querySelectorAll('button')].find((x) => x.textContent.trim() === 'Fit to window');
+      return b && !b.disabled;
+    }), { timeout: 15000, message: 'the Fit to window toggle to be enabled (the sandbox runs Xvnc)' });
+    assert.deepEqual(await agentCall('GET', '/v1/display'), { ...GUEST, resizable: true });
+    await wd.click(fit);
+    // The guest's X screen takes another size, and the canvas draws frames of exactly that size.
+    const size = await waitFor(async () => {
+      const d = await agentCall('GET', '/v1/display');
+      return (d.width !== GUEST.width || d.height !== GUEST.height) && d;
+    }, { timeout: 15000, message: 'the guest screen to change size after Fit to window' });
+    const xsize = await guest('xdpyinfo | grep dimensions');
+    assert.match(xsize, new RegExp(`${size.width}x${size.height} pixels`), 'the X server itself reports the size');
+    await waitFor(() => wd.exec((sw, sh) => {
+      const c = document.querySelector('[data-testid="video-canvas"]');
+      return c && c.width === sw && c.height === sh;
+    }, size.width, size.height), { timeout: 20000, message: `the live canvas to draw ${size.width}x${size.height} frames` });
+    // The shape follows the space the picture has: its box and the guest agree within a pixel or two.
+    const box = await wd.exec(() => {
+      const r = document.querySelector('[data-testid="video-canvas"]').getBoundingClientRect();
+      return { w: r.width, h: r.height };
+    });
+    assert.ok(Math.abs(box.w - size.width) <= 2 && Math.abs(box.h - size.height) <= 2,
+      `the canvas box ${JSON.stringify(box)} is not the guest size ${JSON.stringify(size)}: the picture should be 1:1`);
+    const ev = (await allEvents()).filter((e) => e.kind === 'display').at(-1);
+    assert.equal(ev?.actor, 'human', `a human display event: ${JSON.stringify(ev)}`);
+    await saveShot('app-e2e-fit.png');
+
+    await wd.click(await waitEl(byText, ['button', 'Release control'], 'the Release control button'));
+    await waitFor(async () => {
+      const d = await agentCall('GET', '/v1/display');
+      return d.width === GUEST.width && d.height === GUEST.height;
+    }, { timeout: 15000, message: 'the guest screen to go back to its size on release' });
+    await waitFor(() => wd.exec((sw, sh) => {
+      const c = document.querySelector('[data-testid="video-canvas"]');
+      return c && c.width === sw && c.height === sh;
+    }, GUEST.width, GUEST.height), { timeout: 20000, message: 'the live canvas back at the guest size' });
   }));
 });

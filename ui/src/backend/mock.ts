@@ -15,12 +15,15 @@ import type {
   ControlAction,
   ControlState,
   CreateMachine,
+  DisplayState,
   Event,
   FrameSink,
   Health,
   InputMessage,
   LiveInfo,
   Machine,
+  Progress,
+  ProgressSink,
   Run,
   RunStart,
   SecretInfo,
@@ -44,6 +47,13 @@ interface LiveConn {
   timer: ReturnType<typeof setInterval> | null;
   onEvent: (e: Event) => void;
   sent: number;
+  /** Starts the stream again at the machine's screen size (a new keyframe at the new size). */
+  resize: () => void;
+}
+
+interface Size {
+  width: number;
+  height: number;
 }
 
 interface MockMachine {
@@ -59,6 +69,12 @@ interface MockMachine {
   buttons: number;
   lastMoveLogged: number;
   live: LiveConn | null;
+  /** The X display and its screen: Xvnc follows a viewer's window, Xvfb is fixed. */
+  xDisplay: string;
+  screen: Size;
+  resizable: boolean;
+  /** The size before a viewer resized the screen, put back when control returns. */
+  restore: Size | null;
 }
 
 interface StoredSession {
@@ -73,6 +89,20 @@ function err(code: string, message: string): BackendError {
 function sessionIdAt(ms: number): string {
   return `s-${Math.floor(ms / 1000).toString(16)}`;
 }
+
+/** As the backend parses a progress line: `[k/n] what` is step k of n. */
+function progressLine(machine: string, op: string, line: string): Progress {
+  const m = /^\[(\d+)\/(\d+)\] (.*)$/s.exec(line);
+  return m ? { machine, op, message: m[3].trim(), step: Number(m[1]), steps: Number(m[2]) } : { machine, op, message: line.trim() };
+}
+
+/** Wall-clock time as the image recipe stamps its steps (22:10:03). */
+function stamp(): string {
+  return new Date().toTimeString().slice(0, 8);
+}
+
+const SCREEN_MIN = { width: 320, height: 240 };
+const SCREEN_MAX = { width: 3840, height: 2160 };
 
 export function createMockBackend(opts: MockOptions = {}): Backend {
   const latency = opts.latency ?? 1;
@@ -89,7 +119,7 @@ export function createMockBackend(opts: MockOptions = {}): Backend {
 
   function addMachine(
     m: Omit<Machine, 'created_at'> & { created_at?: number },
-    o: { agentVersion?: string; problems?: string[]; ageS?: number; script?: Parameters<typeof sessionScript>[0] } = {},
+    o: { agentVersion?: string; problems?: string[]; ageS?: number; script?: Parameters<typeof sessionScript>[0]; xDisplay?: string; fixedScreen?: boolean } = {},
   ): MockMachine {
     const start = Date.now() - (o.ageS ?? 30) * 1000;
     const mm: MockMachine = {
@@ -105,6 +135,10 @@ export function createMockBackend(opts: MockOptions = {}): Backend {
       buttons: 0,
       lastMoveLogged: 0,
       live: null,
+      xDisplay: o.xDisplay ?? ':101',
+      screen: { width: LAYOUT.width, height: LAYOUT.height },
+      resizable: !o.fixedScreen,
+      restore: null,
     };
     machines.set(m.name, mm);
     return mm;
@@ -138,7 +172,7 @@ export function createMockBackend(opts: MockOptions = {}): Backend {
       agent_url: 'https://gpu-box.lan:7443',
       spec: { fingerprint: 'sha256:4f9a1c2e77d0b35e', token_file: '/home/dev/.config/porthole/gpu-box.token' },
     },
-    { ageS: 41, script: { seed: 37, durationMs: 3_600_000 } },
+    { ageS: 41, script: { seed: 37, durationMs: 3_600_000 }, xDisplay: ':99', fixedScreen: true },
   );
   addMachine(
     { name: 'run-7f3a', provider: 'local', status: 'running', agent_url: 'http://10.88.0.7:7680', spec: { network: 'netns', run: 'r-7f3a' } },
@@ -283,8 +317,68 @@ export function createMockBackend(opts: MockOptions = {}): Backend {
     mm.live = null;
   }
 
-  function renderFor(events: () => Event[], machine: string, width: number, height: number) {
-    return (ctx: OffscreenCanvasRenderingContext2D | CanvasRenderingContext2D, t: number) => drawScene(ctx, width, height, t, events(), machine);
+  function renderFor(events: () => Event[], machine: string, width: number, height: number, screen?: Size) {
+    return (ctx: OffscreenCanvasRenderingContext2D | CanvasRenderingContext2D, t: number) => drawScene(ctx, width, height, t, events(), machine, screen);
+  }
+
+  /** Reports `lines` as a long operation's progress, `[delay ms, line]` each. */
+  async function progress(name: string, op: string, onProgress: ProgressSink | undefined, lines: [number, string][]): Promise<void> {
+    for (const [ms, line] of lines) {
+      await wait(ms);
+      onProgress?.(progressLine(name, op, line));
+    }
+  }
+
+  let imageBuilt = false;
+
+  /** What the image recipe prints the first time a QEMU machine is created. */
+  function imageRecipe(): [number, string][] {
+    if (imageBuilt) return [];
+    imageBuilt = true;
+    return [
+      [300, 'building the guest image (a few minutes, once)'],
+      [400, `[1/6] debootstrap Debian bookworm (${stamp()})`],
+      [300, 'I: Retrieving InRelease'],
+      [250, 'I: Validating debian-archive-keyring 2023.3+deb12u1'],
+      [300, 'I: Extracting libc6...'],
+      [300, 'I: Configuring systemd...'],
+      [400, `[2/6] install desktop, Chromium, tmux, kernel (${stamp()})`],
+      [300, 'Get:214 http://deb.debian.org/debian bookworm/main amd64 chromium amd64 131.0.6778.139-1~deb12u1 [78.4 MB]'],
+      [300, 'Unpacking xserver-xorg-core (2:21.1.7-3+deb12u8) ...'],
+      [300, 'Setting up linux-image-6.1.0-28-amd64 (6.1.119-1) ...'],
+      [400, `[3/6] install the guest agent (${stamp()})`],
+      [400, `[4/6] autologin, session and agent service (${stamp()})`],
+      [350, `[5/6] clean the apt cache and zero free space (${stamp()})`],
+      [500, `[6/6] compress into qcow2 (${stamp()})`],
+    ];
+  }
+
+  /** Sets the guest screen's size and puts it on the timeline. */
+  function setScreen(mm: MockMachine, size: Size, actor: Event['actor'], by: string): void {
+    const from = mm.screen;
+    if (from.width === size.width && from.height === size.height) return;
+    mm.screen = { ...size };
+    push(mm, { t_ms: clockOf(mm), actor, kind: 'display', data: { width: size.width, height: size.height, from, by } });
+    mm.live?.resize();
+  }
+
+  function fixedReason(mm: MockMachine): string {
+    return `the X server on ${mm.xDisplay} has a fixed ${mm.screen.width}x${mm.screen.height} screen (Xvfb cannot add RandR modes); run the display under Xvnc (tigervnc-standalone-server) to let it follow the window`;
+  }
+
+  /** A viewer holding control asks for its window's size (rounded down to even, bounded). */
+  function displayInput(mm: MockMachine, width: number, height: number): void {
+    const fail = (message: string) => {
+      push(mm, { t_ms: clockOf(mm), actor: 'system', kind: 'error', data: { viewer: 'app', input: 'display', message } });
+    };
+    if (!mm.resizable) return fail(fixedReason(mm));
+    const size = { width: width & ~1, height: height & ~1 };
+    if (size.width < SCREEN_MIN.width || size.height < SCREEN_MIN.height || size.width > SCREEN_MAX.width || size.height > SCREEN_MAX.height) {
+      return fail(`display size ${width}x${height} is out of range: width ${SCREEN_MIN.width}..=${SCREEN_MAX.width}, height ${SCREEN_MIN.height}..=${SCREEN_MAX.height}`);
+    }
+    const before = mm.screen;
+    setScreen(mm, size, 'human', 'app');
+    if (!mm.restore) mm.restore = before;
   }
 
   function thumbnail(events: Event[], t: number, machine: string): string | null {
@@ -319,7 +413,7 @@ export function createMockBackend(opts: MockOptions = {}): Backend {
       return [...machines.values()].map((mm) => ({ ...mm.m }));
     },
 
-    async machineCreate(req: CreateMachine) {
+    async machineCreate(req: CreateMachine, onProgress?: ProgressSink) {
       await wait(150);
       const name = req.name ?? '';
       if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$/.test(name)) {
@@ -332,6 +426,7 @@ export function createMockBackend(opts: MockOptions = {}): Backend {
         if (!req.tokenFile) throw err('invalid', 'token file: a remote machine needs the file holding its bearer token');
       }
       if (req.envPath && !req.envPath.endsWith('.json')) throw err('invalid', `environment file ${req.envPath}: expected a .json file`);
+      onProgress?.(progressLine(name, 'create', `creating a ${req.provider} machine`));
       const mm = addMachine(
         {
           name,
@@ -343,7 +438,16 @@ export function createMockBackend(opts: MockOptions = {}): Backend {
         },
         { ageS: 0, script: { seed: name.length * 131 + 7, durationMs: 3_600_000 } },
       );
-      await wait(req.provider === 'qemu' ? 4000 : 1800);
+      if (req.provider === 'qemu') {
+        await progress(name, 'create', onProgress, [...imageRecipe(), [500, 'booting the VM (tcg, emulated: ~15 s)'], [1200, 'waiting for the agent']]);
+        await wait(1500);
+      } else if (req.provider === 'local') {
+        await progress(name, 'create', onProgress, [[300, 'starting the sandbox: X server, window manager, agent'], [700, 'waiting for the agent']]);
+        await wait(800);
+      } else {
+        await progress(name, 'create', onProgress, [[200, 'waiting for the agent']]);
+        await wait(600);
+      }
       mm.m.status = 'running';
       mm.m.agent_url = req.provider === 'remote' ? req.url! : `http://10.88.0.${10 + machines.size}:7680`;
       mm.sessionStart = Date.now();
@@ -351,11 +455,16 @@ export function createMockBackend(opts: MockOptions = {}): Backend {
       return { ...mm.m };
     },
 
-    async machineStart(name) {
+    async machineStart(name, onProgress) {
       const mm = get(name);
       if (mm.m.status === 'running') return { ...mm.m };
       mm.m.status = 'creating';
-      await wait(2000);
+      await progress(name, 'start', onProgress, [
+        [0, 'starting'],
+        mm.m.provider === 'qemu' ? [300, 'booting the VM (tcg, emulated: ~15 s)'] : [200, 'starting the sandbox: X server, window manager, agent'],
+        [700, 'waiting for the agent'],
+      ]);
+      await wait(1000);
       mm.m.status = 'running';
       mm.m.error = null;
       mm.m.agent_url = mm.m.agent_url ?? `http://127.0.0.1:${17000 + machines.size}`;
@@ -363,6 +472,8 @@ export function createMockBackend(opts: MockOptions = {}): Backend {
       mm.sessionId = sessionIdAt(mm.sessionStart);
       mm.pos = 0;
       mm.log = [];
+      mm.screen = { width: LAYOUT.width, height: LAYOUT.height };
+      mm.restore = null;
       return { ...mm.m };
     },
 
@@ -382,13 +493,25 @@ export function createMockBackend(opts: MockOptions = {}): Backend {
       machines.delete(name);
     },
 
-    async machineSnapshot(name, snapshot) {
+    async machineSnapshot(name, snapshot, onProgress) {
       const mm = get(name);
       if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(snapshot)) {
         throw err('invalid', `snapshot name '${snapshot}': use letters, digits, '-', '_' or '.', starting with a letter or digit`);
       }
       if (mm.m.provider === 'remote') throw err('unsupported', `machine '${name}' is remote: snapshots are taken on the host that runs it`);
-      await wait(1500);
+      if (mm.m.provider === 'qemu' && mm.m.status === 'running') {
+        const total = Number(mm.m.spec.memory_mib) || 2048;
+        await progress(name, 'snapshot', onProgress, [
+          [0, "flushing the guest's disks"],
+          [400, `saving memory: ${Math.round(total * 0.15)} of ${total} MiB`],
+          [500, `saving memory: ${Math.round(total * 0.55)} of ${total} MiB`],
+          [500, `saving memory: ${total} of ${total} MiB`],
+          [300, 'copying the disk'],
+        ]);
+        await wait(600);
+      } else {
+        await wait(1500);
+      }
       mm.m.spec = { ...mm.m.spec, snapshot };
     },
 
@@ -401,7 +524,7 @@ export function createMockBackend(opts: MockOptions = {}): Backend {
         version: mm.agentVersion,
         problems: mm.problems,
         session_id: mm.sessionId,
-        display: { name: ':101', width: LAYOUT.width, height: LAYOUT.height },
+        display: { name: mm.xDisplay, width: mm.screen.width, height: mm.screen.height },
       };
       return { health, compat: compatOf(mm) };
     },
@@ -414,17 +537,31 @@ export function createMockBackend(opts: MockOptions = {}): Backend {
       const fps = Math.max(1, Math.min(o?.maxFps ?? defaultFps, defaultFps));
       // A capped viewer gets the reduced tier: half the resolution as well as fewer frames
       // (software encoders in a browser cannot keep up with several full-size streams).
-      const [w, h] = o?.maxFps ? [LAYOUT.width / 2, LAYOUT.height / 2] : [LAYOUT.width, LAYOUT.height];
-      const source = mode === 'none' ? null : new FrameSource({ width: w, height: h, codec, fps, mode, onFrame, render: renderFor(() => mm.log, name, w, h) });
+      const makeSource = () => {
+        if (mode === 'none') return null;
+        const screen = mm.screen;
+        const [w, h] = o?.maxFps ? [Math.floor(screen.width / 4) * 2, Math.floor(screen.height / 4) * 2] : [screen.width, screen.height];
+        return new FrameSource({ width: w, height: h, codec, fps, mode, onFrame, render: renderFor(() => mm.log, name, w, h, screen) });
+      };
       // Events before now were read with `events`; the stream carries what happens next.
       advance(mm);
-      const live: LiveConn = { source, timer: null, onEvent, sent: mm.log.length };
+      const live: LiveConn = {
+        source: makeSource(),
+        timer: null,
+        onEvent,
+        sent: mm.log.length,
+        resize: () => {
+          live.source?.close();
+          live.source = makeSource();
+        },
+      };
       mm.live = live;
       live.timer = setInterval(() => {
         advance(mm);
+        const source = live.source;
         if (source && !source.busy()) source.encode(clockOf(mm));
       }, 1000 / fps);
-      const info: LiveInfo = { sessionId: mm.sessionId, codec: codec ?? 'H264', width: LAYOUT.width, height: LAYOUT.height };
+      const info: LiveInfo = { sessionId: mm.sessionId, codec: codec ?? 'H264', width: mm.screen.width, height: mm.screen.height };
       return info;
     },
 
@@ -466,8 +603,18 @@ export function createMockBackend(opts: MockOptions = {}): Backend {
         push(mm, { t_ms: t, actor: 'human', kind: 'input', data: { device: 'key', code: msg.code, key: msg.key, down: msg.down, viewer: 'app' } });
       } else if (msg.type === 'text') {
         push(mm, { t_ms: t, actor: 'human', kind: 'input', data: { device: 'text', text: msg.text, viewer: 'app' } });
+      } else if (msg.type === 'display') {
+        displayInput(mm, msg.width, msg.height);
       }
       advance(mm);
+    },
+
+    async displayInfo(name) {
+      await wait(80);
+      const mm = running(name);
+      const info: DisplayState = { width: mm.screen.width, height: mm.screen.height, resizable: mm.resizable };
+      if (!mm.resizable) info.reason = fixedReason(mm);
+      return info;
     },
 
     async control(name, action: ControlAction) {
@@ -486,6 +633,11 @@ export function createMockBackend(opts: MockOptions = {}): Backend {
               : { holder: c.holder === 'human' ? 'human' : 'agent', agent_paused: c.holder === 'human', since_t_ms: t };
       mm.control = next;
       push(mm, { t_ms: t, actor: 'human', kind: 'control', data: { action, by: 'app', state: next } });
+      if (next.holder !== 'human' && mm.restore) {
+        // The viewer resized the screen while it held control: put it back for the agent.
+        setScreen(mm, mm.restore, 'system', 'restore');
+        mm.restore = null;
+      }
       advance(mm);
       return { ...next };
     },

@@ -3,7 +3,7 @@
 // Struct arguments (`req`) are deserialized with serde `rename_all = "camelCase"`.
 
 import { Channel, invoke } from '@tauri-apps/api/core';
-import type { Backend, BackendError, Event, FrameSink } from './types';
+import type { Backend, BackendError, Event, FrameSink, Progress, ProgressSink } from './types';
 
 function toBackendError(e: unknown): BackendError {
   if (e && typeof e === 'object' && 'message' in e) {
@@ -34,14 +34,22 @@ function frameChannel(onFrame: FrameSink): Channel<ArrayBuffer> {
   return ch;
 }
 
+/** A channel for a command's `onProgress` (`Channel<Progress>`, always passed; lines nobody
+ * listens to are dropped here). */
+function progressChannel(onProgress?: ProgressSink): Channel<Progress> {
+  const ch = new Channel<Progress>();
+  ch.onmessage = onProgress ?? (() => {});
+  return ch;
+}
+
 export function createTauriBackend(): Backend {
   return {
     machinesList: () => call('machines_list'),
-    machineCreate: (req) => call('machine_create', { req }),
-    machineStart: (name) => call('machine_start', { name }),
+    machineCreate: (req, onProgress) => call('machine_create', { req, onProgress: progressChannel(onProgress) }),
+    machineStart: (name, onProgress) => call('machine_start', { name, onProgress: progressChannel(onProgress) }),
     machineStop: (name) => call('machine_stop', { name }),
     machineDestroy: (name) => call('machine_destroy', { name }),
-    machineSnapshot: (name, snapshot) => call('machine_snapshot', { name, snapshot }),
+    machineSnapshot: (name, snapshot, onProgress) => call('machine_snapshot', { name, snapshot, onProgress: progressChannel(onProgress) }),
     machineHealth: (name) => call('machine_health', { name }),
 
     liveStart: (name, onFrame, onEvent, opts) => {
@@ -51,6 +59,7 @@ export function createTauriBackend(): Backend {
     },
     liveStop: (name) => call('live_stop', { name }),
     liveInput: (name, msg) => call('live_input', { name, msg }),
+    displayInfo: (name) => call('display_info', { name }),
     control: (name, action) => call('control', { name, action }),
     events: (name, after) => call('events', { name, after }),
 

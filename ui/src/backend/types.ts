@@ -5,14 +5,18 @@
 // ./bindings; tests/run.sh fails when the committed files are stale). Never edit those.
 import type { ControlAction } from './bindings/ControlAction';
 import type { ControlState } from './bindings/ControlState';
+import type { DisplayState } from './bindings/DisplayState';
 import type { Event } from './bindings/Event';
 import type { Health } from './bindings/Health';
+import type { Progress } from './bindings/Progress';
 import type { ViewerMessage } from './bindings/ViewerMessage';
 export type { Actor } from './bindings/Actor';
 export type { ControlAction } from './bindings/ControlAction';
 export type { ControlState } from './bindings/ControlState';
+export type { DisplayState } from './bindings/DisplayState';
 export type { Event } from './bindings/Event';
 export type { Health } from './bindings/Health';
+export type { Progress } from './bindings/Progress';
 export type { StreamStats } from './bindings/StreamStats';
 export type { ViewerMessage } from './bindings/ViewerMessage';
 
@@ -130,18 +134,23 @@ export interface BackendError {
 
 export type FrameSink = (buf: ArrayBuffer) => void;
 
+/** Called with each step of a long machine operation while it runs. */
+export type ProgressSink = (p: Progress) => void;
+
 export interface Backend {
   machinesList(): Promise<Machine[]>;
-  machineCreate(req: CreateMachine): Promise<Machine>;
-  machineStart(name: string): Promise<Machine>;
+  machineCreate(req: CreateMachine, onProgress?: ProgressSink): Promise<Machine>;
+  machineStart(name: string, onProgress?: ProgressSink): Promise<Machine>;
   machineStop(name: string): Promise<Machine>;
   machineDestroy(name: string): Promise<void>;
-  machineSnapshot(name: string, snapshot: string): Promise<void>;
+  machineSnapshot(name: string, snapshot: string, onProgress?: ProgressSink): Promise<void>;
   machineHealth(name: string): Promise<{ health: Health; compat: AgentCompat }>;
 
   liveStart(name: string, onFrame: FrameSink, onEvent: (e: Event) => void, opts?: { maxFps?: number }): Promise<LiveInfo>;
   liveStop(name: string): Promise<void>;
   liveInput(name: string, msg: InputMessage): Promise<void>;
+  /** The guest screen's size and whether it can follow the viewer's window. */
+  displayInfo(name: string): Promise<DisplayState>;
   control(name: string, action: ControlAction): Promise<ControlState>;
   events(name: string, after: number): Promise<{ events: Event[]; next: number }>;
 

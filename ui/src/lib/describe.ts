@@ -40,8 +40,12 @@ export function describe(e: Event): string {
       return `port ${d.port}${d.name ? ` (${d.name})` : ''} ${d.state ?? ''}`.trim();
     case 'stalled':
       return `stalled: ${d.message ?? (d.idle_ms ? `no progress for ${Math.round(d.idle_ms / 1000)} s` : '')}`;
+    case 'display': {
+      const from = d.from && typeof d.from.width === 'number' ? `${d.from.width}×${d.from.height} → ` : '';
+      return `screen ${from}${d.width}×${d.height}${d.by === 'restore' ? ' (restored)' : ''}`;
+    }
     case 'error':
-      return `error: ${d.message ?? ''}`;
+      return `error: ${d.input === 'display' ? 'resize the screen: ' : ''}${d.message ?? ''}`;
     case 'session':
     case 'recording':
     case 'stream':

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { buildFrame, H264_CODEC, HEADER_BYTES, parseFrame, sniffCodec, StreamDecoder, VP8_CODEC } from '../video/decoder';
+import { buildFrame, H264_CODEC, HEADER_BYTES, parseFrame, sniffCodec, StreamDecoder, streamFormat, VP8_CODEC } from '../video/decoder';
 import { FakeVideoDecoder } from './setup';
 
 const H264_KEY = new Uint8Array([0, 0, 0, 1, 0x67, 0x42, 0xe0, 0x1f, 0, 0, 0, 1, 0x65, 0x88]);
@@ -107,6 +107,32 @@ describe('StreamDecoder', () => {
     // Once the target is drawn, falling behind drops the backlog again.
     seek.push(buildFrame({ key: false, tMs: 1353, rtp: 0 }, H264_DELTA));
     expect(dec.state).toBe('closed');
+  });
+
+  it('a keyframe with a new SPS (the guest screen was resized) gets a new decoder; the same SPS does not', async () => {
+    // SPS + PPS + IDR, as the agent's encoder starts a stream; another size is another SPS.
+    const key = (sps: number[]) => new Uint8Array([0, 0, 0, 1, 0x67, ...sps, 0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80, 0, 0, 1, 0x65, 0x88, 0x84]);
+    const small = key([0x42, 0xc0, 0x1f, 0xda, 0x01, 0x40, 0x16, 0xe8]);
+    const large = key([0x42, 0xc0, 0x28, 0xda, 0x00, 0xf0, 0x04, 0x4f]);
+    expect(streamFormat(small, 'H264')).toBe('sps 103 66 192 31 218 1 64 22 232');
+    expect(streamFormat(large, 'H264')).not.toBe(streamFormat(small, 'H264'));
+    expect(streamFormat(H264_DELTA, 'H264')).toBeNull();
+
+    const d = new StreamDecoder('H264');
+    const drawn: number[] = [];
+    d.onDrawn((f) => drawn.push(f.tMs));
+    d.push(buildFrame({ key: true, tMs: 0, rtp: 0 }, small));
+    d.push(buildFrame({ key: false, tMs: 33, rtp: 0 }, H264_DELTA));
+    d.push(buildFrame({ key: true, tMs: 2000, rtp: 0 }, small));
+    expect(FakeVideoDecoder.instances).toHaveLength(1);
+    d.push(buildFrame({ key: true, tMs: 2100, rtp: 0 }, large));
+    d.push(buildFrame({ key: false, tMs: 2133, rtp: 0 }, H264_DELTA));
+    expect(FakeVideoDecoder.instances).toHaveLength(2);
+    expect(FakeVideoDecoder.instances[0].state).toBe('closed');
+    expect(FakeVideoDecoder.instances[1].chunks.map((c) => c.type)).toEqual(['key', 'delta']);
+    await tick();
+    expect(drawn).toContain(2133);
+    expect(d.stats()).toMatchObject({ errors: 0, dropped: 0 });
   });
 
   it('restart (a seek) drops everything until a keyframe', () => {

@@ -1,10 +1,50 @@
-import { fireEvent, screen, waitFor, within } from '@testing-library/react';
+import { act, fireEvent, screen, waitFor, within } from '@testing-library/react';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { backend } from '../backend';
+import { backend, type InputMessage } from '../backend';
 import { GRID_FPS, LiveView } from '../views/Live';
+import { FIT_DEBOUNCE_MS, FIT_KEY } from '../views/useFitDisplay';
 import { renderView } from './util';
 
-afterEach(() => vi.restoreAllMocks());
+afterEach(() => {
+  vi.restoreAllMocks();
+  vi.unstubAllGlobals();
+});
+
+const rect = (width: number, height: number) => ({ left: 0, top: 0, width, height, right: width, bottom: height, x: 0, y: 0, toJSON: () => ({}) }) as DOMRect;
+
+/**
+ * jsdom has no layout: the video area measures `area` (CSS pixels), and resizing it is up to
+ * the test (`resize`), as a ResizeObserver would report it.
+ */
+function videoArea(width: number, height: number) {
+  const area = { width, height };
+  vi.spyOn(HTMLElement.prototype, 'getBoundingClientRect').mockImplementation(function (this: HTMLElement) {
+    return this.classList.contains('video-box') ? rect(area.width, area.height) : rect(0, 0);
+  });
+  const observers: (() => void)[] = [];
+  vi.stubGlobal(
+    'ResizeObserver',
+    class {
+      constructor(private cb: () => void) {}
+      observe() {
+        observers.push(this.cb);
+      }
+      disconnect() {
+        observers.splice(observers.indexOf(this.cb), 1);
+      }
+    },
+  );
+  return {
+    resize(w: number, h: number) {
+      area.width = w;
+      area.height = h;
+      act(() => observers.forEach((cb) => cb()));
+    },
+  };
+}
+
+const displayMessages = (spy: { mock: { calls: [string, InputMessage][] } }) => spy.mock.calls.map((c) => c[1]).filter((m) => m.type === 'display');
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** The canvas shows the 1280x800 stream at half size, 640x400 CSS pixels, at the page origin. */
 function halfSizeCanvas() {
@@ -68,6 +108,109 @@ describe('Live', () => {
     const calls = input.mock.calls.length;
     fireEvent.pointerDown(stage, { clientX: 10, clientY: 10, buttons: 1 });
     expect(input.mock.calls.length).toBe(calls);
+  });
+
+  it('fit to window: offered only with control, sends the area size when turned on and again on resize', async () => {
+    const area = videoArea(1001.7, 625.9);
+    const input = vi.spyOn(backend, 'liveInput');
+    renderView(<LiveView machine="web-app" />);
+    await screen.findByText(/1280×800 · session s-/);
+    expect(screen.queryByRole('button', { name: 'Fit to window' })).toBeNull();
+
+    fireEvent.click(screen.getByRole('button', { name: 'Take control' }));
+    const fit = await screen.findByRole('button', { name: 'Fit to window' });
+    await waitFor(() => expect((fit as HTMLButtonElement).disabled).toBe(false));
+    // Off by default: nothing sent.
+    expect(fit.getAttribute('aria-pressed')).toBe('false');
+    await sleep(FIT_DEBOUNCE_MS + 50);
+    expect(displayMessages(input)).toEqual([]);
+
+    fireEvent.click(fit);
+    expect(fit.getAttribute('aria-pressed')).toBe('true');
+    expect(localStorage.getItem(FIT_KEY)).toBe('on');
+    expect(displayMessages(input)).toEqual([{ type: 'display', width: 1001, height: 625 }]);
+    expect(input.mock.calls.at(-1)![0]).toBe('web-app');
+    // The agent rounds down to even; the stream and the header follow.
+    await screen.findByText(/1000×624 · session s-/);
+
+    // A resize is sent once the window settles, and only when the size changed.
+    area.resize(1200, 700);
+    area.resize(1200, 700.4);
+    expect(displayMessages(input)).toHaveLength(1);
+    await waitFor(() => expect(displayMessages(input)).toEqual([
+      { type: 'display', width: 1001, height: 625 },
+      { type: 'display', width: 1200, height: 700 },
+    ]));
+    await screen.findByText(/1200×700 · session s-/);
+    area.resize(1200, 700);
+    await sleep(FIT_DEBOUNCE_MS + 50);
+    expect(displayMessages(input)).toHaveLength(2);
+
+    // Pointer coordinates are in the new screen's pixels: the picture at half size, clicked at its middle.
+    const canvas = screen.getByTestId('video-canvas');
+    canvas.getBoundingClientRect = () => rect(600, 350);
+    fireEvent.pointerDown(screen.getByTestId('video-stage'), { clientX: 300, clientY: 175, buttons: 1 });
+    expect(input.mock.calls.at(-1)![1]).toEqual({ type: 'pointer', x: 600, y: 350, buttons: 1 });
+    fireEvent.pointerUp(screen.getByTestId('video-stage'), { clientX: 300, clientY: 175, buttons: 0 });
+
+    // Releasing control: the agent restores its size, and the toggle goes away.
+    fireEvent.click(screen.getByRole('button', { name: 'Release control' }));
+    await screen.findByRole('button', { name: 'Take control' });
+    expect(screen.queryByRole('button', { name: 'Fit to window' })).toBeNull();
+    await screen.findByText(/1280×800 · session s-/);
+  });
+
+  it('fit to window, remembered: taking control sends the size at once', async () => {
+    localStorage.setItem(FIT_KEY, 'on');
+    videoArea(1100, 690);
+    const input = vi.spyOn(backend, 'liveInput');
+    renderView(<LiveView machine="web-app" />);
+    await screen.findByText(/1280×800 · session s-/);
+    fireEvent.click(screen.getByRole('button', { name: 'Take control' }));
+    await waitFor(() => expect(displayMessages(input)).toEqual([{ type: 'display', width: 1100, height: 690 }]));
+    expect(screen.getByRole('button', { name: 'Fit to window' }).getAttribute('aria-pressed')).toBe('true');
+
+    // Turned off: back to the screen's own size.
+    fireEvent.click(screen.getByRole('button', { name: 'Fit to window' }));
+    expect(localStorage.getItem(FIT_KEY)).toBe('off');
+    expect(displayMessages(input).at(-1)).toEqual({ type: 'display', width: 1280, height: 800 });
+    fireEvent.click(screen.getByRole('button', { name: 'Release control' }));
+    await screen.findByRole('button', { name: 'Take control' });
+  });
+
+  it('fit to window is disabled, with the reason, where the screen cannot change size', async () => {
+    localStorage.setItem(FIT_KEY, 'on');
+    videoArea(1000, 640);
+    const input = vi.spyOn(backend, 'liveInput');
+    renderView(<LiveView machine="gpu-box" />);
+    await screen.findByText(/1280×800 · session s-/);
+    fireEvent.click(screen.getByRole('button', { name: 'Take control' }));
+    const fit = await screen.findByRole('button', { name: 'Fit to window' });
+    await waitFor(() => expect(fit.getAttribute('title')).toMatch(/fixed 1280x800 screen \(Xvfb cannot add RandR modes\)/));
+    expect((fit as HTMLButtonElement).disabled).toBe(true);
+    expect(fit.getAttribute('aria-pressed')).toBe('false');
+    expect(fit.parentElement!.getAttribute('title')).toBe(fit.getAttribute('title'));
+    await sleep(FIT_DEBOUNCE_MS + 50);
+    expect(displayMessages(input)).toEqual([]);
+    fireEvent.click(screen.getByRole('button', { name: 'Release control' }));
+    await screen.findByRole('button', { name: 'Take control' });
+  });
+
+  it("fit to window: a resize the agent refuses is shown to the user", async () => {
+    videoArea(1000, 640);
+    // The agent thinks it can; the X server then says otherwise.
+    vi.spyOn(backend, 'displayInfo').mockResolvedValue({ width: 1280, height: 800, resizable: true });
+    renderView(<LiveView machine="gpu-box" />);
+    await screen.findByText(/1280×800 · session s-/);
+    fireEvent.click(screen.getByRole('button', { name: 'Take control' }));
+    const fit = await screen.findByRole('button', { name: 'Fit to window' });
+    await waitFor(() => expect((fit as HTMLButtonElement).disabled).toBe(false));
+    fireEvent.click(fit);
+    const alert = await screen.findByRole('alert');
+    expect(alert.textContent).toMatch(/^Fit to window: the X server on :99 has a fixed 1280x800 screen/);
+    expect(screen.getByText(/1280×800 · session s-/)).toBeTruthy();
+    fireEvent.click(screen.getByRole('button', { name: 'Release control' }));
+    await screen.findByRole('button', { name: 'Take control' });
   });
 
   it('grid: every running machine at a reduced rate, the focused one at full rate', async () => {

@@ -1,6 +1,6 @@
-import { fireEvent, screen, waitFor, within } from '@testing-library/react';
+import { act, fireEvent, screen, waitFor, within } from '@testing-library/react';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { backend } from '../backend';
+import { backend, type Machine, type Progress, type ProgressSink } from '../backend';
 import { MachinesView, validateCreate } from '../views/Machines';
 import { renderView } from './util';
 
@@ -110,6 +110,101 @@ describe('Machines', () => {
     fireEvent.click(within(screen.getByRole('dialog')).getByRole('button', { name: 'Destroy' }));
     await waitFor(() => expect(destroy).toHaveBeenCalledWith('old-vm'));
     await waitFor(() => expect(screen.queryByTestId('machine-old-vm')).toBeNull());
+  });
+
+  it("shows a create's progress in its row: a step bar for numbered steps, kept through chatter, gone at the end", async () => {
+    let emit: ProgressSink = () => {};
+    let finish: (m: Machine) => void = () => {};
+    const create = vi.spyOn(backend, 'machineCreate').mockImplementation((_req, onProgress) => {
+      emit = onProgress!;
+      return new Promise<Machine>((resolve) => (finish = resolve));
+    });
+    const form = await openForm();
+    fireEvent.click(within(form).getByRole('radio', { name: 'QEMU VM' }));
+    fireEvent.change(within(form).getByLabelText('Name'), { target: { value: 'vm-1' } });
+    fireEvent.click(within(form).getByRole('button', { name: 'Create machine' }));
+    await waitFor(() => expect(create).toHaveBeenCalledTimes(1));
+    expect(create.mock.calls[0][1]).toEqual(expect.any(Function));
+
+    const row = screen.getByTestId('machine-vm-1');
+    // Before the first line: busy, no step yet, and the time so far.
+    const bar = within(row).getByRole('progressbar', { name: 'Creating vm-1' });
+    expect(bar.classList.contains('indeterminate')).toBe(true);
+    expect(bar.getAttribute('aria-valuenow')).toBeNull();
+    expect(within(row).getByTitle('Elapsed').textContent).toBe('0s');
+
+    const line = (message: string, step?: number, steps?: number): Progress => ({ machine: 'vm-1', op: 'create', message, ...(step ? { step, steps } : {}) });
+    act(() => emit(line('creating a qemu machine')));
+    expect(within(row).getByText('creating a qemu machine')).toBeTruthy();
+    expect(bar.getAttribute('aria-valuenow')).toBeNull();
+
+    act(() => emit(line('install desktop, Chromium, tmux, kernel (22:10:03)', 2, 6)));
+    expect(within(row).getByText('install desktop, Chromium, tmux, kernel (22:10:03)')).toBeTruthy();
+    expect(within(row).getByText('Creating… · step 2 of 6')).toBeTruthy();
+    expect(bar.classList.contains('indeterminate')).toBe(false);
+    expect(bar.getAttribute('aria-valuenow')).toBe('2');
+    expect(bar.getAttribute('aria-valuemax')).toBe('6');
+    expect((bar.firstElementChild as HTMLElement).style.width).toBe('33%');
+
+    // apt's chatter replaces the line but not the step.
+    act(() => emit(line('Get:214 http://deb.debian.org/debian bookworm/main amd64 chromium [78.4 MB]')));
+    expect(within(row).getByText(/^Get:214 /)).toBeTruthy();
+    expect(within(row).queryByText(/install desktop/)).toBeNull();
+    expect(bar.getAttribute('aria-valuenow')).toBe('2');
+    expect(within(row).getByText('Creating… · step 2 of 6')).toBeTruthy();
+
+    act(() => emit(line('clean the apt cache (22:14:40)', 5, 6)));
+    expect(bar.getAttribute('aria-valuenow')).toBe('5');
+    act(() => emit(line('booting the VM (tcg, emulated: ~15 s)')));
+    expect(bar.getAttribute('aria-valuenow')).toBe('5');
+
+    await act(async () => finish({ name: 'vm-1', provider: 'qemu', status: 'running', agent_url: 'http://127.0.0.1:17010', spec: {}, created_at: Date.now() }));
+    expect(screen.queryByRole('progressbar')).toBeNull();
+    expect(screen.queryByTestId('op-progress')).toBeNull();
+    // A line arriving after the end changes nothing.
+    act(() => emit(line('waiting for the agent')));
+    expect(screen.queryByText('waiting for the agent')).toBeNull();
+  });
+
+  it("shows a start's progress on the machine's row until it is running", async () => {
+    let emit: ProgressSink = () => {};
+    let finish: () => void = () => {};
+    const real = backend.machineStart.bind(backend);
+    const start = vi.spyOn(backend, 'machineStart').mockImplementation((name, onProgress) => {
+      emit = onProgress!;
+      return new Promise<void>((r) => (finish = r)).then(() => real(name));
+    });
+    renderView(<MachinesView />);
+    const row = await screen.findByTestId('machine-broken-vm');
+    fireEvent.click(within(row).getByRole('button', { name: 'Start' }));
+    expect(start).toHaveBeenCalledWith('broken-vm', expect.any(Function));
+    act(() => emit({ machine: 'broken-vm', op: 'start', message: 'booting the VM (tcg, emulated: ~15 s)' }));
+    expect(within(row).getByRole('progressbar', { name: 'Starting broken-vm' })).toBeTruthy();
+    expect(within(row).getByText('booting the VM (tcg, emulated: ~15 s)')).toBeTruthy();
+    expect(within(row).getByText('Starting…')).toBeTruthy();
+    // The old failure is not shown while it starts again.
+    expect(within(row).queryByText(/Permission denied/)).toBeNull();
+    await act(async () => finish());
+    await waitFor(() => expect(within(screen.getByTestId('machine-broken-vm')).queryByRole('progressbar')).toBeNull());
+    await waitFor(() => expect(screen.getByTestId('machine-broken-vm').querySelector('.dot-running')).toBeTruthy());
+  });
+
+  it('the mock backend reports realistic progress: the image recipe\'s steps, chatter, the boot', async () => {
+    const lines: Progress[] = [];
+    const m = await backend.machineCreate({ name: 'vm-progress', provider: 'qemu' }, (p) => lines.push(p));
+    expect(m.status).toBe('running');
+    expect(lines[0]).toEqual({ machine: 'vm-progress', op: 'create', message: 'creating a qemu machine' });
+    const steps = lines.filter((p) => p.step !== undefined);
+    expect(steps.map((p) => p.step)).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(steps.every((p) => p.steps === 6 && !p.message.startsWith('['))).toBe(true);
+    expect(lines.filter((p) => p.step === undefined).length).toBeGreaterThan(4);
+    expect(lines.at(-1)!.message).toBe('waiting for the agent');
+
+    const snap: Progress[] = [];
+    await backend.machineSnapshot('vm-progress', 'clean', (p) => snap.push(p));
+    expect(snap.map((p) => p.message)).toContain("flushing the guest's disks");
+    expect(snap.some((p) => /^saving memory: \d+ of \d+ MiB$/.test(p.message))).toBe(true);
+    expect(snap.every((p) => p.op === 'snapshot')).toBe(true);
   });
 
   it('validateCreate mirrors the rules', () => {

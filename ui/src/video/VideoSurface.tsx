@@ -17,6 +17,8 @@ export interface VideoSurfaceProps {
   /** While true, input on the picture goes to `onInput`. */
   interactive?: boolean;
   onInput?: (msg: InputMessage) => void;
+  /** Told the space available for the picture (CSS pixels, whole) on mount and when it changes. */
+  onAreaResize?: (size: { width: number; height: number }) => void;
   /** Shown until the first frame is drawn. */
   placeholder?: string;
   className?: string;
@@ -24,7 +26,7 @@ export interface VideoSurfaceProps {
 }
 
 export function VideoSurface(props: VideoSurfaceProps) {
-  const { decoder, stream, clock, overlayEvents, showStats, interactive, onInput, placeholder, className, label } = props;
+  const { decoder, stream, clock, overlayEvents, showStats, interactive, onInput, onAreaResize, placeholder, className, label } = props;
   const boxRef = useRef<HTMLDivElement>(null);
   const stageRef = useRef<HTMLDivElement>(null);
   const videoRef = useRef<HTMLCanvasElement>(null);
@@ -38,6 +40,8 @@ export function VideoSurface(props: VideoSurfaceProps) {
   eventsRef.current = overlayEvents;
   const onInputRef = useRef(onInput);
   onInputRef.current = onInput;
+  const onAreaRef = useRef(onAreaResize);
+  onAreaRef.current = onAreaResize;
 
   // The decoder draws into our canvas.
   useEffect(() => {
@@ -64,6 +68,13 @@ export function VideoSurface(props: VideoSurfaceProps) {
     const box = boxRef.current;
     if (!box) return;
     const measure = () => {
+      if (onAreaRef.current) {
+        // The box's content area, rounded down so a picture of that size fits without scaling.
+        const r = box.getBoundingClientRect();
+        const width = Math.floor(r.width - (box.offsetWidth - box.clientWidth));
+        const height = Math.floor(r.height - (box.offsetHeight - box.clientHeight));
+        if (width > 0 && height > 0) onAreaRef.current({ width, height });
+      }
       const s = streamRef.current ?? { width: 1280, height: 800 };
       const bw = box.clientWidth;
       const bh = box.clientHeight;

@@ -52,6 +52,30 @@ export function sniffCodec(key: Uint8Array): Codec | null {
   return null;
 }
 
+/**
+ * What a keyframe says about the picture format: the H.264 sequence parameter set (size,
+ * profile), or the VP8 frame size. A keyframe with another format (the guest screen was resized)
+ * gets a fresh decoder.
+ */
+export function streamFormat(key: Uint8Array, codec: Codec): string | null {
+  if (codec === 'VP8') return key.length >= 10 && key[3] === 0x9d ? `vp8 ${key[6]} ${key[7]} ${key[8]} ${key[9]}` : null;
+  const n = key.length;
+  const startCode = (i: number) => key[i] === 0 && key[i + 1] === 0 && (key[i + 2] === 1 || (key[i + 2] === 0 && key[i + 3] === 1));
+  for (let i = 0; i + 3 < n; ) {
+    if (!(key[i] === 0 && key[i + 1] === 0 && key[i + 2] === 1)) {
+      i++;
+      continue;
+    }
+    const start = i + 3;
+    let end = start;
+    while (end + 2 < n && !startCode(end)) end++;
+    if (end + 2 >= n) end = n;
+    if ((key[start] & 0x1f) === 7) return `sps ${Array.from(key.subarray(start, end)).join(' ')}`;
+    i = end;
+  }
+  return null;
+}
+
 export function webCodecsAvailable(): boolean {
   return typeof globalThis.VideoDecoder === 'function' && typeof globalThis.EncodedVideoChunk === 'function';
 }
@@ -90,6 +114,8 @@ export class StreamDecoder {
   private dec: VideoDecoder | null = null;
   private waitKey = true;
   private codec: Codec | null = null;
+  /** The current decoder's picture format (see `streamFormat`). */
+  private format: string | null = null;
   private nextTs = 1;
   private pending = new Map<number, { tMs: number; arrived: number }>();
   private drawnAt: number[] = [];
@@ -133,6 +159,11 @@ export class StreamDecoder {
       // Falling behind: drop the backlog and start again at the next keyframe.
       this.restart();
     }
+    if (f.key && this.dec && this.codec && this.format) {
+      const format = streamFormat(f.data, this.codec);
+      // A new size mid-stream (the guest screen was resized): start a decoder for it here.
+      if (format && format !== this.format) this.dropDecoder();
+    }
     if (this.waitKey) {
       if (!f.key) {
         this.s.dropped++;
@@ -165,6 +196,10 @@ export class StreamDecoder {
    */
   restart(keepUntilMs: number | null = null): void {
     this.keepUntil = keepUntilMs;
+    this.dropDecoder();
+  }
+
+  private dropDecoder(): void {
     if (this.dec && this.dec.state !== 'closed') {
       try {
         this.dec.close();
@@ -198,6 +233,7 @@ export class StreamDecoder {
   private configure(f: ParsedFrame): boolean {
     const codec = sniffCodec(f.data) ?? this.codecHint;
     this.codec = codec;
+    this.format = streamFormat(f.data, codec);
     if (!webCodecsAvailable()) {
       this.waitKey = false;
       return true;

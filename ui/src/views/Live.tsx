@@ -10,6 +10,7 @@ import { fmtClock } from '../lib/format';
 import { href, navigate } from '../lib/route';
 import type { SessionClock } from '../video/overlay';
 import { VideoSurface } from '../video/VideoSurface';
+import { useFitDisplay, type FitDisplay } from './useFitDisplay';
 import { useLive, type LiveSession } from './useLive';
 
 /** Grid tiles run at this frame rate until focused. */
@@ -41,7 +42,7 @@ export function LiveView({ machine }: { machine: string | null }) {
 }
 
 /** Take/Release, pause/resume and the state line; shared by Live and Runs. */
-export function ControlBar({ live, showStats, onToggleStats }: { live: LiveSession; showStats: boolean; onToggleStats: () => void }) {
+export function ControlBar({ live, showStats, onToggleStats, fit }: { live: LiveSession; showStats: boolean; onToggleStats: () => void; fit?: FitDisplay }) {
   const toast = useToast();
   const [pending, setPending] = useState(false);
   const human = live.control.holder === 'human';
@@ -63,6 +64,7 @@ export function ControlBar({ live, showStats, onToggleStats }: { live: LiveSessi
       <button className={showStats ? 'toggle on' : 'toggle'} aria-pressed={showStats} onClick={onToggleStats}>
         Stats
       </button>
+      {human && fit?.offered && <FitToggle fit={fit} />}
       {!human && (
         <button onClick={() => act(live.control.agent_paused ? 'resume_agent' : 'pause_agent')} disabled={pending || !!live.error}>
           {live.control.agent_paused ? 'Resume agent' : 'Pause agent'}
@@ -81,8 +83,32 @@ export function ControlBar({ live, showStats, onToggleStats }: { live: LiveSessi
   );
 }
 
+/** Opt-in: while you hold control the machine's screen takes the size of the picture's space. */
+function FitToggle({ fit }: { fit: FitDisplay }) {
+  const title =
+    fit.resizable === false
+      ? (fit.reason ?? "This machine's screen has a fixed size")
+      : fit.resizable === null
+        ? 'Checking whether the screen can change size…'
+        : "Resize the machine's screen to this window while you have control";
+  // A disabled button shows no tooltip in some engines: the wrapper carries it too.
+  return (
+    <span className="toggle-wrap" title={title}>
+      <button
+        className={fit.on && fit.resizable ? 'toggle on' : 'toggle'}
+        aria-pressed={fit.on && !!fit.resizable}
+        disabled={!fit.resizable}
+        title={title}
+        onClick={() => fit.setOn(!fit.on)}
+      >
+        Fit to window
+      </button>
+    </span>
+  );
+}
+
 /** The picture with its input wiring. */
-export function LiveStage({ name, live, showStats }: { name: string; live: LiveSession; showStats: boolean }) {
+export function LiveStage({ name, live, showStats, onAreaResize }: { name: string; live: LiveSession; showStats: boolean; onAreaResize?: (size: { width: number; height: number }) => void }) {
   const human = live.control.holder === 'human';
   const onInput = (msg: InputMessage) => {
     backend.liveInput(name, msg).catch(() => undefined);
@@ -94,11 +120,12 @@ export function LiveStage({ name, live, showStats }: { name: string; live: LiveS
       <VideoSurface
         decoder={live.decoder}
         clock={live.clock}
-        stream={live.info ? { width: live.info.width, height: live.info.height } : null}
+        stream={live.screen}
         overlayEvents={live.overlayEvents}
         showStats={showStats}
         interactive={human}
         onInput={onInput}
+        onAreaResize={onAreaResize}
         placeholder={live.info ? 'Waiting for the first keyframe…' : 'Connecting…'}
         label={`${name} desktop`}
       />
@@ -125,6 +152,7 @@ function ClockReadout({ clock }: { clock: SessionClock | null }) {
 
 function LiveSingle({ name, machines }: { name: string; machines: Machine[] | null }) {
   const live = useLive(name);
+  const fit = useFitDisplay(name, live);
   const [showStats, setShowStats] = useState(false);
   return (
     <div className="page live-page">
@@ -143,16 +171,16 @@ function LiveSingle({ name, machines }: { name: string; machines: Machine[] | nu
           </select>
           {live.info && (
             <span className="muted small">
-              {live.info.codec} · {live.info.width}×{live.info.height} · session {live.info.sessionId}
+              {live.info.codec} · {(live.screen ?? live.info).width}×{(live.screen ?? live.info).height} · session {live.info.sessionId}
             </span>
           )}
           <ClockReadout clock={live.clock} />
         </div>
-        <ControlBar live={live} showStats={showStats} onToggleStats={() => setShowStats((s) => !s)} />
+        <ControlBar live={live} showStats={showStats} onToggleStats={() => setShowStats((s) => !s)} fit={fit} />
       </header>
       <div className="live-body">
         <div className="live-main">
-          <LiveStage name={name} live={live} showStats={showStats} />
+          <LiveStage name={name} live={live} showStats={showStats} onAreaResize={fit.onArea} />
           <section className="side-panel grow terminals-panel">
             <TerminalsPanel terminals={live.terminals} empty="No terminal output yet." />
           </section>
@@ -242,7 +270,7 @@ function GridTile({ machine, focused, onFocus }: { machine: Machine; focused: bo
         <VideoSurface
           decoder={live.decoder}
           clock={live.clock}
-          stream={live.info ? { width: live.info.width, height: live.info.height } : null}
+          stream={live.screen}
           overlayEvents={live.overlayEvents}
           placeholder="Connecting…"
           className="tile-video"

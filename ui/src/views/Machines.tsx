@@ -1,7 +1,8 @@
 import { useCallback, useEffect, useRef, useState, type FormEvent } from 'react';
-import { backend, type AgentCompat, type CreateMachine, type Health, type Machine, type ProviderKind } from '../backend';
+import { backend, type AgentCompat, type CreateMachine, type Health, type Machine, type ProgressSink, type ProviderKind } from '../backend';
 import { Field } from '../components/Field';
 import { ConfirmDialog, Modal, Spinner } from '../components/Modal';
+import { nextProgress, OpProgress, startProgress, type OpProgressState } from '../components/OpProgress';
 import { StatusDot } from '../components/StatusDot';
 import { useToast } from '../components/Toasts';
 import { errorMessage, fieldOfError, jsonPathOfError } from '../lib/errors';
@@ -22,6 +23,7 @@ export function MachinesView() {
   const [machines, setMachines] = useState<Machine[] | null>(null);
   const [health, setHealth] = useState<Record<string, HealthEntry>>({});
   const [busy, setBusy] = useState<Record<string, string>>({});
+  const [progress, setProgress] = useState<Record<string, OpProgressState>>({});
   const [creating, setCreating] = useState<Machine | null>(null);
   const [showCreate, setShowCreate] = useState(false);
   const [snapshotOf, setSnapshotOf] = useState<string | null>(null);
@@ -61,14 +63,37 @@ export function MachinesView() {
     };
   }, [load]);
 
-  const op = async (name: string, label: string, fn: () => Promise<unknown>, done?: string) => {
+  /** Shows the progress of a long operation on `name` until `end`; late lines are ignored. */
+  const track = (name: string) => {
+    let open = true;
+    setProgress((all) => ({ ...all, [name]: startProgress() }));
+    return {
+      onProgress: ((p) => {
+        if (open) setProgress((all) => (all[name] ? { ...all, [name]: nextProgress(all[name], p) } : all));
+      }) as ProgressSink,
+      end: () => {
+        open = false;
+        setProgress((all) => {
+          if (!(name in all)) return all;
+          const n = { ...all };
+          delete n[name];
+          return n;
+        });
+      },
+    };
+  };
+  const createTrack = useRef<ReturnType<typeof track> | null>(null);
+
+  const op = async (name: string, label: string, fn: (onProgress?: ProgressSink) => Promise<unknown>, done?: string, withProgress = false) => {
     setBusy((b) => ({ ...b, [name]: label }));
+    const t = withProgress ? track(name) : null;
     try {
-      await fn();
+      await fn(t?.onProgress);
       if (done) toast.success(done);
     } catch (e) {
       toast.error(errorMessage(e));
     } finally {
+      t?.end();
       setBusy((b) => {
         const n = { ...b };
         delete n[name];
@@ -100,8 +125,14 @@ export function MachinesView() {
       {showCreate && (
         <CreateMachineForm
           onCancel={() => setShowCreate(false)}
-          onStart={(m) => setCreating(m)}
+          onStart={(m) => {
+            setCreating(m);
+            createTrack.current = track(m.name);
+          }}
+          onProgress={(p) => createTrack.current?.onProgress(p)}
           onDone={(m) => {
+            createTrack.current?.end();
+            createTrack.current = null;
             setCreating(null);
             if (m) {
               setShowCreate(false);
@@ -136,8 +167,11 @@ export function MachinesView() {
             <tbody>
               {rows.map((m) => {
                 const h = health[m.name];
-                const b = busy[m.name] ?? (m === creating ? 'Creating…' : undefined);
+                // The machine being created: our placeholder row, then the listed one while it is `creating`.
+                const isNew = creating?.name === m.name && (m === creating || m.status === 'creating');
+                const b = busy[m.name] ?? (isNew ? 'Creating…' : undefined);
                 const status = b ? 'creating' : m.status;
+                const pr = b ? progress[m.name] : undefined;
                 return (
                   <tr key={m.name} data-testid={`machine-${m.name}`}>
                     <td>
@@ -145,10 +179,14 @@ export function MachinesView() {
                         <StatusDot status={status} />
                         <div>
                           <div className="strong">{m.name}</div>
-                          <div className="muted small">
-                            {b ?? m.status} · created {fmtWhen(m.created_at)}
-                          </div>
-                          {m.status === 'failed' && m.error && (
+                          {pr ? (
+                            <OpProgress state={pr} label={b ?? 'Working…'} what={`${(b ?? 'Working…').replace(/…$/, '')} ${m.name}`} />
+                          ) : (
+                            <div className="muted small">
+                              {b ?? m.status} · created {fmtWhen(m.created_at)}
+                            </div>
+                          )}
+                          {m.status === 'failed' && m.error && !pr && (
                             <div className="cell-error small clamp-2" title={m.error}>
                               {m.error}
                             </div>
@@ -163,7 +201,7 @@ export function MachinesView() {
                     <td className="mono small nowrap">{m.agent_url ?? '—'}</td>
                     <td className="right">
                       <div className="row-actions">
-                        {b ? (
+                        {pr ? null : b ? (
                           <span className="muted small busy">
                             <Spinner /> {b}
                           </span>
@@ -177,7 +215,7 @@ export function MachinesView() {
                             {m.status === 'running' ? (
                               <button onClick={() => op(m.name, 'Stopping…', () => backend.machineStop(m.name), `Stopped ${m.name}`)}>Stop</button>
                             ) : (
-                              <button onClick={() => op(m.name, 'Starting…', () => backend.machineStart(m.name), `Started ${m.name}`)}>Start</button>
+                              <button onClick={() => op(m.name, 'Starting…', (onProgress) => backend.machineStart(m.name, onProgress), `Started ${m.name}`, true)}>Start</button>
                             )}
                             <button onClick={() => setSnapshotOf(m.name)} disabled={m.provider === 'remote'} title={m.provider === 'remote' ? 'Remote machines are snapshotted on their host' : 'Save the disk state'}>
                               Snapshot
@@ -211,7 +249,7 @@ export function MachinesView() {
           onSnapshot={(snap) => {
             const name = snapshotOf;
             setSnapshotOf(null);
-            void op(name, 'Snapshotting…', () => backend.machineSnapshot(name, snap), `Saved snapshot ${snap} of ${name}`);
+            void op(name, 'Snapshotting…', (onProgress) => backend.machineSnapshot(name, snap, onProgress), `Saved snapshot ${snap} of ${name}`, true);
           }}
         />
       )}
@@ -283,7 +321,7 @@ export function validateCreate(f: CreateMachine): Errors {
   return e;
 }
 
-function CreateMachineForm(props: { onCancel: () => void; onStart: (m: Machine) => void; onDone: (m: Machine | null) => void }) {
+function CreateMachineForm(props: { onCancel: () => void; onStart: (m: Machine) => void; onProgress: ProgressSink; onDone: (m: Machine | null) => void }) {
   const toast = useToast();
   const [f, setF] = useState<CreateMachine>({ name: '', provider: 'local', envPath: '', workspace: '', url: '', tokenFile: '', fingerprint: '', browser: true });
   const [errors, setErrors] = useState<Errors>({});
@@ -316,7 +354,7 @@ function CreateMachineForm(props: { onCancel: () => void; onStart: (m: Machine) 
     setPending(true);
     props.onStart({ name: f.name, provider: f.provider, status: 'creating', agent_url: null, spec: {}, created_at: Date.now() });
     try {
-      const m = await backend.machineCreate(req);
+      const m = await backend.machineCreate(req, props.onProgress);
       props.onDone(m);
     } catch (e) {
       const msg = errorMessage(e);

@@ -24,6 +24,10 @@ export interface LiveSession {
   decoder: StreamDecoder | null;
   clock: SessionClock | null;
   info: LiveInfo | null;
+  /** The guest screen's size (pointer coordinates are in it): follows `display` events. */
+  screen: { width: number; height: number } | null;
+  /** The latest failed resize of the guest screen since connecting (an `error` event about `display`). */
+  displayError: Event | null;
   error: string | null;
   events: Event[];
   overlayEvents: () => Event[];
@@ -44,6 +48,8 @@ export function useLive(name: string | null, maxFps?: number): LiveSession {
   const [terminals, setTerminals] = useState<Map<string, string[]>>(new Map());
   const [control, setControl] = useState<ControlState>(DEFAULT_CONTROL);
   const [stalled, setStalled] = useState<Event | null>(null);
+  const [screen, setScreen] = useState<{ width: number; height: number } | null>(null);
+  const [displayError, setDisplayError] = useState<Event | null>(null);
   const overlayRef = useRef<Event[]>([]);
 
   useEffect(() => {
@@ -57,6 +63,8 @@ export function useLive(name: string | null, maxFps?: number): LiveSession {
     setTerminals(new Map());
     setControl(DEFAULT_CONTROL);
     setStalled(null);
+    setScreen(null);
+    setDisplayError(null);
     overlayRef.current = [];
 
     let alive = true;
@@ -67,6 +75,13 @@ export function useLive(name: string | null, maxFps?: number): LiveSession {
     let published = new Map<string, string[]>();
     let lastStall: Event | null = null;
     let flushTimer: number | null = null;
+    // The screen size: from the stream's info, then the latest `display` event, then (full-rate
+    // streams carry the whole screen) the size of the pictures themselves.
+    let sized = false;
+    let lastDisplay = -1;
+    let drawn = { width: 0, height: 0 };
+    const resize = (width: number, height: number) =>
+      setScreen((s) => (s && s.width === width && s.height === height ? s : { width, height }));
 
     const flush = () => {
       flushTimer = null;
@@ -108,18 +123,37 @@ export function useLive(name: string | null, maxFps?: number): LiveSession {
         changed.add(n);
       }
       if (e.kind === 'control' && e.data?.state?.holder) setControl(e.data.state as ControlState);
+      if (e.kind === 'display' && typeof e.data?.width === 'number' && typeof e.data?.height === 'number' && e.t_ms >= lastDisplay) {
+        lastDisplay = e.t_ms;
+        sized = true;
+        resize(e.data.width, e.data.height);
+      }
       if (e.kind === 'stalled') lastStall = e;
       else if (lastStall && e.actor === 'agent' && e.t_ms > lastStall.t_ms) lastStall = null;
       if (flushTimer === null) flushTimer = window.setTimeout(flush, 200);
     };
 
-    const offDrawn = decoder.onDrawn((f) => clock.observe(f.tMs));
+    const offDrawn = decoder.onDrawn((f) => {
+      clock.observe(f.tMs);
+      if (!maxFps && f.width > 0 && f.height > 0 && (f.width !== drawn.width || f.height !== drawn.height)) {
+        drawn = { width: f.width, height: f.height };
+        sized = true;
+        resize(f.width, f.height);
+      }
+    });
 
-    serial(name, () => backend.liveStart(name, (buf) => decoder.push(buf), add, maxFps ? { maxFps } : undefined)).then(
+    // Live events only (not history): a failed resize is news, an old one is not.
+    const onLive = (e: Event) => {
+      add(e);
+      if (e.kind === 'error' && e.data?.input === 'display' && alive) setDisplayError(e);
+    };
+
+    serial(name, () => backend.liveStart(name, (buf) => decoder.push(buf), onLive, maxFps ? { maxFps } : undefined)).then(
       (i) => {
         if (!alive) return;
         setInfo(i);
         decoder.setCodecHint(i.codec);
+        if (!sized) resize(i.width, i.height);
       },
       (e) => alive && setError(errorMessage(e)),
     );
@@ -160,5 +194,5 @@ export function useLive(name: string | null, maxFps?: number): LiveSession {
     [name],
   );
 
-  return { decoder: pipe?.decoder ?? null, clock: pipe?.clock ?? null, info, error, events, overlayEvents, terminals, control, stalled, sendControl };
+  return { decoder: pipe?.decoder ?? null, clock: pipe?.clock ?? null, info, screen, displayError, error, events, overlayEvents, terminals, control, stalled, sendControl };
 }

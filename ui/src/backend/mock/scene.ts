@@ -116,12 +116,24 @@ function rr(ctx: Ctx, x: number, y: number, w: number, h: number, r: number) {
 const SANS = 'system-ui, "DejaVu Sans", sans-serif';
 const MONO = '"DejaVu Sans Mono", ui-monospace, monospace';
 
-export function drawScene(ctx: Ctx, width: number, height: number, t: number, events: Event[], machine: string): void {
+/**
+ * Draws the desktop at session time `t` into a `width`x`height` picture of a `screen`-sized
+ * guest screen (the windows keep their place; a larger screen shows more desktop around them).
+ */
+export function drawScene(
+  ctx: Ctx,
+  width: number,
+  height: number,
+  t: number,
+  events: Event[],
+  machine: string,
+  screen: { width: number; height: number } = LAYOUT,
+): void {
   const s = stateAt(events, t);
   ctx.save();
-  ctx.scale(width / LAYOUT.width, height / LAYOUT.height);
-  const W = LAYOUT.width;
-  const H = LAYOUT.height;
+  ctx.scale(width / screen.width, height / screen.height);
+  const W = screen.width;
+  const H = screen.height;
 
   // Desktop.
   const bg = ctx.createLinearGradient(0, 0, W, H);
