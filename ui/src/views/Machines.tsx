@@ -217,7 +217,7 @@ export function MachinesView() {
                             ) : (
                               <button onClick={() => op(m.name, 'Starting…', (onProgress) => backend.machineStart(m.name, onProgress), `Started ${m.name}`, true)}>Start</button>
                             )}
-                            <button onClick={() => setSnapshotOf(m.name)} disabled={m.provider === 'remote'} title={m.provider === 'remote' ? 'Remote machines are snapshotted on their host' : 'Save the disk state'}>
+                            <button onClick={() => setSnapshotOf(m.name)} disabled={m.provider === 'remote'} title={m.provider === 'remote' ? 'Remote machines are snapshotted on their host' : m.provider === 'qemu' ? 'Save the VM, memory included' : 'Save the disk state'}>
                               Snapshot
                             </button>
                             <button className="danger-ghost" onClick={() => setDestroyOf(m.name)}>
@@ -245,6 +245,7 @@ export function MachinesView() {
       {snapshotOf && (
         <SnapshotDialog
           machine={snapshotOf}
+          provider={machines?.find((m) => m.name === snapshotOf)?.provider ?? 'local'}
           onClose={() => setSnapshotOf(null)}
           onSnapshot={(snap) => {
             const name = snapshotOf;
@@ -434,9 +435,10 @@ function CreateMachineForm(props: { onCancel: () => void; onStart: (m: Machine) 
   );
 }
 
-function SnapshotDialog(props: { machine: string; onClose: () => void; onSnapshot: (name: string) => void }) {
-  const [name, setName] = useState(`${props.machine}-${new Date().toISOString().slice(0, 10)}`);
-  const error = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(name) ? null : "Use letters, digits, '-', '_' or '.', starting with a letter or digit";
+function SnapshotDialog(props: { machine: string; provider: string; onClose: () => void; onSnapshot: (name: string) => void }) {
+  const [name, setName] = useState(`${props.machine}-${new Date().toISOString().slice(0, 10)}`.slice(0, 40));
+  // The same rule as crates/core's valid_name.
+  const error = /^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$/.test(name) ? null : "Use up to 40 letters, digits, '-' or '_', starting with a letter or digit";
   return (
     <Modal
       title={`Snapshot ${props.machine}`}
@@ -450,7 +452,11 @@ function SnapshotDialog(props: { machine: string; onClose: () => void; onSnapsho
         </>
       }
     >
-      <p className="muted">Only the disk is saved; running processes are not. New machines can start from it.</p>
+      <p className="muted">
+        {props.provider === 'qemu'
+          ? 'The disk and the running VM (memory included) are saved; machines made from it resume where this one is now.'
+          : 'Only the disk is saved; running processes are not. New machines can start from it.'}
+      </p>
       <Field label="Snapshot name" error={name ? error : null}>
         {(id) => <input id={id} value={name} onChange={(e) => setName(e.target.value)} spellCheck={false} />}
       </Field>
