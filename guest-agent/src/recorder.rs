@@ -226,7 +226,10 @@ pub fn spawn(app: Arc<App>) -> Result<(), String> {
                     match Mp4::open(&path, f.width, f.height, &f.data, app.timeline.started()) {
                         Ok(m) => {
                             mp4 = Some(m);
-                            app.timeline.emit(Actor::System, "recording", json!({"id": session, "state": "part", "part": part, "width": f.width, "height": f.height}));
+                            // The muxer starts every part's clock at 0: start_t_ms puts its
+                            // first frame back on the session clock for replay.
+                            let start = app.timeline.t_ms_of(pkt.captured_at);
+                            app.timeline.emit(Actor::System, "recording", json!({"id": session, "state": "part", "part": part, "width": f.width, "height": f.height, "start_t_ms": start}));
                         }
                         Err(e) => {
                             report(&app, e);

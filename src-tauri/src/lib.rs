@@ -5,7 +5,6 @@
 //! decodes with WebCodecs), for live view and replay alike.
 
 use porthole_core::live::{LiveFrame, LiveSession};
-use porthole_core::replay::Index;
 use porthole_core::{CoreError, CreateSpec, Machine, Machines, ProviderKind, StateDir};
 use porthole_proto::Progress;
 use serde::Serialize;
@@ -245,15 +244,12 @@ async fn sessions_sync(s: State<'_, AppState>, name: String) -> Res<Value> {
     Ok(serde_json::to_value(r).unwrap_or_default())
 }
 
-fn part_path(ms: &Machines, session: &str) -> std::path::PathBuf {
-    ms.state.recordings().join(session).join("video-0001.mp4")
-}
-
 #[tauri::command]
 async fn replay_open(s: State<'_, AppState>, session_id: String) -> Res<Value> {
-    let ix = Index::open(&part_path(&s.ms, &session_id))?;
+    let rec = porthole_core::sync::recording(&s.ms, &session_id).await?;
+    let first = &rec.parts[0];
     Ok(
-        json!({"sessionId": session_id, "duration_ms": ix.duration_ms(), "codec": "H264", "width": ix.width, "height": ix.height, "keyframes_ms": ix.keyframes_ms()}),
+        json!({"sessionId": session_id, "duration_ms": rec.duration_ms(), "codec": "H264", "width": first.width, "height": first.height, "keyframes_ms": rec.keyframes_ms()}),
     )
 }
 
@@ -282,11 +278,11 @@ async fn replay_play(
     {
         old.store(true, Ordering::SeqCst);
     }
-    let path = part_path(&s.ms, &session_id);
+    let rec = porthole_core::sync::recording(&s.ms, &session_id).await?;
     let speed = speed.clamp(0.25, 8.0);
     // Returns when playback ends or is stopped (the UI's player waits on it).
     tokio::task::spawn_blocking(move || {
-        porthole_core::replay::play(&path, from_ms, speed, &stop, |f| {
+        rec.play(from_ms, speed, &stop, |f| {
             on_frame.send(InvokeResponseBody::Raw(f.to_wire())).is_ok()
         })
     })

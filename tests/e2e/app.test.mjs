@@ -479,7 +479,11 @@ describe('desktop app through tauri-driver', { timeout: 20 * 60 * 1000 }, () => 
 
     // Frame times of the synced recording, in ms as the app's index reads them.
     const sessionId = await wd.exec(() => location.hash.split('/')[2]);
-    const frames = await recordedFrameTimes(path.join(w.home, 'recordings', decodeURIComponent(sessionId), 'video-0001.mp4'));
+    // The muxer starts the part's clock at 0; the agent's part event says where it starts.
+    const part1 = (await allEvents()).find((e) => e.kind === 'recording' && e.data?.state === 'part' && e.data.part === 1);
+    assert.ok(Number.isInteger(part1?.data?.start_t_ms), `the part event names its start: ${JSON.stringify(part1)}`);
+    const frames = (await recordedFrameTimes(path.join(w.home, 'recordings', decodeURIComponent(sessionId), 'video-0001.mp4')))
+      .map((t) => t + part1.data.start_t_ms);
 
     // The first picture is up before seeking (the start of the session).
     await waitFor(async () => {
@@ -575,5 +579,35 @@ describe('desktop app through tauri-driver', { timeout: 20 * 60 * 1000 }, () => 
       const c = document.querySelector('[data-testid="video-canvas"]');
       return c && c.width === sw && c.height === sh;
     }, GUEST.width, GUEST.height), { timeout: 20000, message: 'the live canvas back at the guest size' });
+
+    // The recording now has three parts (1280x800, the fitted size, 1280x800 again); replay
+    // plays across them on the session clock: seeking into the fitted stretch shows its size.
+    const parts = (await allEvents()).filter((e) => e.kind === 'recording' && e.data?.state === 'part');
+    assert.ok(parts.length >= 3, `recording parts: ${JSON.stringify(parts.map((e) => e.data))}`);
+    const fitted = parts.find((e) => e.data.width === size.width && e.data.height === size.height);
+    assert.ok(fitted, `a part at ${size.width}x${size.height}: ${JSON.stringify(parts.map((e) => e.data))}`);
+    await guest(`xsetroot -solid '#0000ff'`); // one more change, so the last part has frames
+    await waitCanvasColor([0, 0, 255], 'the live canvas to turn blue');
+    await waitFor(async () => {
+      await wd.exec(() => { location.hash = '#/replay'; });
+      await wd.click(await waitEl(byText, ['button', 'Sync recordings'], 'the Sync recordings button'));
+      await waitFor(() => wd.exec(() => /Synced \d+ sessions?/.test(document.body.innerText)), { timeout: 60000, message: 'the "Synced ..." toast' });
+      await wd.click(await waitEl(() => document.querySelector('[data-testid^="session-"]'), [], 'a session card in the library'));
+      const text = await waitFor(() => wd.exec(() => {
+        const t = document.querySelector('[data-testid="replay-position"]')?.textContent || '';
+        return / \/ \d/.test(t) && t;
+      }), { timeout: 30000, message: 'the player' });
+      return parseClock(text.split('/')[1]) > fitted.data.start_t_ms + 1000;
+    }, { timeout: 90000, interval: 1000, message: 'a synced recording that goes past the fitted part' });
+    const row = await waitEl((seq) => document.querySelector(`.event-row[data-seq="${seq}"]`), [fitted.seq], 'the part event in the replay list');
+    // Toasts sit over the list's bottom corner: bring the row to the middle first.
+    await wd.exec((seq) => document.querySelector(`.event-row[data-seq="${seq}"]`).scrollIntoView({ block: 'center' }), fitted.seq);
+    await wd.click(row);
+    await waitFor(() => wd.exec((sw, sh) => {
+      const c = document.querySelector('[data-testid="video-canvas"]');
+      return c && c.width === sw && c.height === sh;
+    }, size.width, size.height), { timeout: 20000, message: `the replay canvas to draw the fitted part at ${size.width}x${size.height}` });
+    const head = await wd.exec(() => document.querySelector('.replay-page .page-head')?.textContent || '');
+    assert.match(head, new RegExp(`${size.width}×${size.height}`), `the header names the size on screen: ${head}`);
   }));
 });

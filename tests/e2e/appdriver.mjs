@@ -86,8 +86,18 @@ export class WebDriver {
     return r ? r.ok : r;
   }
 
-  click(el) {
-    return this.cmd('POST', `/element/${el[ELEMENT]}/click`, {});
+  /** Clicks an element; when something lies over it (a toast in a corner), brings it to the
+   * middle of its scroll box and tries again for a few seconds (toasts fade on their own). */
+  async click(el) {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.cmd('POST', `/element/${el[ELEMENT]}/click`, {});
+      } catch (e) {
+        if (!/click intercepted/.test(e.message) || attempt >= 8) throw e;
+        await this.exec((x) => x.scrollIntoView({ block: 'center' }), el).catch(() => {});
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
   }
 
   type(el, text) {

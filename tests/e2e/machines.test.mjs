@@ -1013,7 +1013,7 @@ describe('porthole machines (CLI end to end)', { timeout: 90 * 60 * 1000 }, () =
       await browser.close().catch(() => {});
     }
 
-    const id1 = await execIn(q1.agent_url, tok1, 'echo hi > /root/marker; hostname; cat /etc/machine-id; pgrep -x Xvfb');
+    const id1 = await execIn(q1.agent_url, tok1, 'echo hi > /root/marker; hostname; cat /etc/machine-id; pgrep -x Xvnc || pgrep -x Xvfb');
     assert.equal(id1.exit_code, 0, JSON.stringify(id1));
     const [host1, mid1, xvfb1] = id1.stdout.trim().split('\n');
     assert.equal(host1, 'q1');
@@ -1036,12 +1036,12 @@ describe('porthole machines (CLI end to end)', { timeout: 90 * 60 * 1000 }, () =
     const tok2 = await w.token('q2');
     assert.notEqual(tok2, tok1, 'a clone must get its own token');
     assert.equal((await agentApi(q2.agent_url, tok1, '/v1/control')).status, 401, "the clone accepts its source's token");
-    const id2 = await execIn(q2.agent_url, tok2, 'cat /root/marker; hostname; cat /etc/machine-id; pgrep -x Xvfb');
+    const id2 = await execIn(q2.agent_url, tok2, 'cat /root/marker; hostname; cat /etc/machine-id; pgrep -x Xvnc || pgrep -x Xvfb');
     const [marker2, host2, mid2, xvfb2] = id2.stdout.trim().split('\n');
     assert.equal(marker2, 'hi', `marker on the clone: ${JSON.stringify(id2)}`);
     assert.equal(host2, 'q2', 'the clone keeps its source hostname');
     assert.notEqual(mid2, mid1, 'the clone keeps its source machine-id');
-    assert.equal(xvfb2, xvfb1, 'the desktop was not resumed warm (a new Xvfb process)');
+    assert.equal(xvfb2, xvfb1, 'the desktop was not resumed warm (a new X server process)');
     const rec = await agentOk(q2.agent_url, tok2, '/v1/recordings');
     assert.ok(!rec.recordings.some((x) => x.id === session1.id),
       `the clone shows its source's recording ${session1.id}: ${JSON.stringify(rec)}`);
@@ -1070,7 +1070,7 @@ describe('porthole machines (CLI end to end)', { timeout: 90 * 60 * 1000 }, () =
     assert.match(q3.agent_url, /^http:\/\/127\.0\.0\.1:\d+$/, JSON.stringify(q3));
     t.diagnostic(`q3 from disk snapshot ${Date.now() - t0} ms`);
     const tok3 = await w.token('q3');
-    const id3 = await execIn(q3.agent_url, tok3, 'cat /root/marker; pgrep -x Xvfb');
+    const id3 = await execIn(q3.agent_url, tok3, 'cat /root/marker; pgrep -x Xvnc || pgrep -x Xvfb');
     assert.equal(id3.stdout.trim().split('\n')[0], 'hi', JSON.stringify(id3));
 
     // A VM whose QEMU dies is listed as failed, with the reason.

@@ -113,10 +113,20 @@ pub async fn export(
     std::fs::create_dir_all(out.join("screenshots"))
         .map_err(CoreError::io(format!("create {}", out.display())))?;
     let src = ms.state.recordings().join(session);
-    // The clip: part 1, cut by stream copy when a range is asked for.
+    // The clip: part 1, cut by stream copy when a range is asked for. A session whose display
+    // changed size has more parts: they are joined into one video at part 1's size (re-encoded,
+    // letterboxed), so a reviewer sees all of it.
     let part = src.join("video-0001.mp4");
     let mut video = None;
-    if part.exists() {
+    let parts: Vec<PathBuf> = (1..)
+        .map(|k| src.join(format!("video-{k:04}.mp4")))
+        .take_while(|p| p.exists())
+        .collect();
+    if parts.len() > 1 {
+        let dst = out.join("video.mp4");
+        join_parts(&parts, from_ms, to_ms, &dst).await?;
+        video = Some(dst);
+    } else if part.exists() {
         let dst = out.join("video.mp4");
         if from_ms.is_none() && to_ms.is_none() {
             std::fs::copy(&part, &dst).map_err(CoreError::io("copy video"))?;
@@ -228,4 +238,53 @@ tr.action td{{color:#ffd27f}}tr.terminal td{{color:#b5c0cf;font-family:monospace
         screenshots: shots,
         video,
     })
+}
+
+/// Joins recording parts of different sizes into one H.264 MP4 at the first part's size.
+async fn join_parts(
+    parts: &[PathBuf],
+    from_ms: Option<u64>,
+    to_ms: Option<u64>,
+    dst: &Path,
+) -> Result<()> {
+    let first = crate::replay::Index::open(&parts[0])?;
+    let (w, h) = (first.width, first.height);
+    let mut c = tokio::process::Command::new("ffmpeg");
+    c.args(["-v", "error", "-y"]);
+    for p in parts {
+        c.arg("-i").arg(p);
+    }
+    let mut graph = String::new();
+    for i in 0..parts.len() {
+        graph += &format!(
+            "[{i}:v]scale={w}:{h}:force_original_aspect_ratio=decrease,pad={w}:{h}:(ow-iw)/2:(oh-ih)/2,setsar=1[v{i}];"
+        );
+    }
+    for i in 0..parts.len() {
+        graph += &format!("[v{i}]");
+    }
+    graph += &format!("concat=n={}:v=1:a=0[out]", parts.len());
+    c.args(["-filter_complex", &graph, "-map", "[out]"]);
+    if let Some(f) = from_ms {
+        c.args(["-ss", &format!("{:.3}", f as f64 / 1000.0)]);
+    }
+    if let Some(t) = to_ms {
+        c.args([
+            "-t",
+            &format!("{:.3}", (t - from_ms.unwrap_or(0)) as f64 / 1000.0),
+        ]);
+    }
+    c.args(["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-movflags", "+faststart"])
+        .arg(dst);
+    let o = c
+        .output()
+        .await
+        .map_err(CoreError::io("run ffmpeg (is it installed?)"))?;
+    if !o.status.success() {
+        return Err(CoreError::Invalid(format!(
+            "joining the recording's parts failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )));
+    }
+    Ok(())
 }

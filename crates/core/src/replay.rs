@@ -342,42 +342,126 @@ impl Index {
     }
 }
 
-/// Sends frames from the keyframe before `from_ms`, the ones before `from_ms` at once (the
-/// decoder needs them) and the rest paced at `speed`, until the end, `stop`, or `send` fails.
-pub fn play(
-    path: &Path,
-    from_ms: u64,
-    speed: f64,
-    stop: &std::sync::atomic::AtomicBool,
-    mut send: impl FnMut(crate::live::LiveFrame) -> bool,
-) -> Result<()> {
-    let ix = Index::open(path)?;
-    let mut f = File::open(path).map_err(CoreError::io("open recording"))?;
-    let start = std::time::Instant::now();
-    for i in ix.seek(from_ms)..ix.samples.len() {
-        if stop.load(std::sync::atomic::Ordering::SeqCst) {
-            break;
+/// A whole recording: its parts (a new one each time the display size changed), each index
+/// moved onto the session clock (the muxer starts every part at 0; the agent's `recording`
+/// `part` events say where each one starts).
+#[derive(Debug, Clone)]
+pub struct Recording {
+    pub parts: Vec<Index>,
+}
+
+impl Recording {
+    /// Opens `video-0001.mp4`, `video-0002.mp4`, ... in `dir`. `starts[k]` is the session time of
+    /// part k+1's first frame when known; otherwise a part starts where the one before ended.
+    pub fn open(dir: &Path, starts: &[Option<u64>]) -> Result<Self> {
+        let mut parts: Vec<Index> = Vec::new();
+        for k in 1.. {
+            let path = dir.join(format!("video-{k:04}.mp4"));
+            if !path.exists() {
+                break;
+            }
+            let mut ix = Index::open(&path)?;
+            let start = starts
+                .get(k - 1)
+                .copied()
+                .flatten()
+                .or_else(|| parts.last().map(|p| p.duration_ms() + 1))
+                .unwrap_or(0);
+            for s in &mut ix.samples {
+                s.t_ms += start;
+            }
+            parts.push(ix);
         }
-        let s = ix.samples[i];
-        if s.t_ms > from_ms {
-            let due =
-                std::time::Duration::from_secs_f64((s.t_ms - from_ms) as f64 / 1000.0 / speed);
-            if let Some(wait) = due.checked_sub(start.elapsed()) {
-                std::thread::sleep(wait);
+        if parts.is_empty() {
+            return Err(CoreError::Invalid(format!(
+                "no recording in {} (sync the machine's recordings first)",
+                dir.display()
+            )));
+        }
+        Ok(Self { parts })
+    }
+
+    /// Part starts from a session's events: `recording` events with `state: part`.
+    pub fn starts_from_events(events: &[porthole_proto::Event]) -> Vec<Option<u64>> {
+        let mut starts = Vec::new();
+        for e in events {
+            if e.kind != "recording" || e.data["state"] != "part" {
+                continue;
+            }
+            let Some(n) = e.data["part"].as_u64().filter(|&n| n >= 1) else {
+                continue;
+            };
+            let n = n as usize;
+            if starts.len() < n {
+                starts.resize(n, None);
+            }
+            // Recordings made before agents said `start_t_ms`: part 1 stays at 0 as it was.
+            starts[n - 1] = e.data["start_t_ms"]
+                .as_u64()
+                .or((n > 1).then_some(e.t_ms));
+        }
+        starts
+    }
+
+    pub fn duration_ms(&self) -> u64 {
+        self.parts.iter().map(Index::duration_ms).max().unwrap_or(0)
+    }
+
+    pub fn keyframes_ms(&self) -> Vec<u64> {
+        self.parts.iter().flat_map(Index::keyframes_ms).collect()
+    }
+
+    /// The part to start from for `t_ms`: the last one whose first frame is at or before it.
+    fn part_at(&self, t_ms: u64) -> usize {
+        self.parts
+            .iter()
+            .rposition(|p| p.samples.first().is_some_and(|s| s.t_ms <= t_ms))
+            .unwrap_or(0)
+    }
+
+    /// Sends frames from the keyframe before `from_ms`, the ones before `from_ms` at once (the
+    /// decoder needs them) and the rest paced at `speed`, on through the following parts (each
+    /// starts with a keyframe and its own parameter sets), until the end, `stop`, or `send`
+    /// fails.
+    pub fn play(
+        &self,
+        from_ms: u64,
+        speed: f64,
+        stop: &std::sync::atomic::AtomicBool,
+        mut send: impl FnMut(crate::live::LiveFrame) -> bool,
+    ) -> Result<()> {
+        let start = std::time::Instant::now();
+        let first = self.part_at(from_ms);
+        for (k, ix) in self.parts.iter().enumerate().skip(first) {
+            let mut f = File::open(&ix.path).map_err(CoreError::io("open recording"))?;
+            let from = if k == first { ix.seek(from_ms) } else { 0 };
+            for i in from..ix.samples.len() {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Ok(());
+                }
+                let s = ix.samples[i];
+                if s.t_ms > from_ms {
+                    let due = std::time::Duration::from_secs_f64(
+                        (s.t_ms - from_ms) as f64 / 1000.0 / speed,
+                    );
+                    if let Some(wait) = due.checked_sub(start.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+                let data = ix.read(&mut f, i)?;
+                let frame = crate::live::LiveFrame {
+                    data,
+                    keyframe: s.keyframe,
+                    rtp_timestamp: (s.t_ms * 90) as u32,
+                    t_ms: Some(s.t_ms),
+                };
+                if !send(frame) {
+                    return Ok(());
+                }
             }
         }
-        let data = ix.read(&mut f, i)?;
-        let frame = crate::live::LiveFrame {
-            data,
-            keyframe: s.keyframe,
-            rtp_timestamp: (s.t_ms * 90) as u32,
-            t_ms: Some(s.t_ms),
-        };
-        if !send(frame) {
-            break;
-        }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -386,7 +470,11 @@ mod tests {
 
     /// A real fragmented MP4 made by ffmpeg the way the agent's recorder muxes it.
     fn make(dir: &Path, secs: u32) -> PathBuf {
-        let p = dir.join("rec.mp4");
+        make_at(&dir.join("rec.mp4"), "320x240", secs)
+    }
+
+    fn make_at(p: &Path, size: &str, secs: u32) -> PathBuf {
+        let p = p.to_path_buf();
         let st = std::process::Command::new("ffmpeg")
             .args([
                 "-v",
@@ -395,7 +483,7 @@ mod tests {
                 "-f",
                 "lavfi",
                 "-i",
-                &format!("testsrc=size=320x240:rate=30:duration={secs}"),
+                &format!("testsrc=size={size}:rate=30:duration={secs}"),
             ])
             .args([
                 "-c:v",
@@ -422,6 +510,75 @@ mod tests {
             .expect("ffmpeg");
         assert!(st.success());
         p
+    }
+
+    fn part_event(part: u64, t_ms: u64, start: Option<u64>) -> porthole_proto::Event {
+        let mut data = serde_json::json!({"state": "part", "part": part});
+        if let Some(s) = start {
+            data["start_t_ms"] = s.into();
+        }
+        porthole_proto::Event {
+            seq: part,
+            t_ms,
+            actor: porthole_proto::Actor::System,
+            kind: "recording".into(),
+            data,
+        }
+    }
+
+    #[test]
+    fn part_starts_come_from_the_recording_events() {
+        #[track_caller]
+        fn check(events: &[porthole_proto::Event], want: &[Option<u64>]) {
+            assert_eq!(Recording::starts_from_events(events), want);
+        }
+        check(&[], &[]);
+        check(&[part_event(1, 70, Some(63)), part_event(2, 4000, Some(3959))], &[Some(63), Some(3959)]);
+        // Older agents: part 1 at 0 as before, later parts at their event's time.
+        check(&[part_event(1, 70, None), part_event(2, 4000, None)], &[None, Some(4000)]);
+        // A missing event leaves a hole for Recording::open to fill.
+        check(&[part_event(2, 4000, Some(3990))], &[None, Some(3990)]);
+    }
+
+    #[test]
+    fn a_recording_plays_on_across_parts_of_different_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        make_at(&dir.path().join("video-0001.mp4"), "320x240", 3);
+        make_at(&dir.path().join("video-0002.mp4"), "160x120", 2);
+        let rec = Recording::open(dir.path(), &[Some(100), Some(3500)]).unwrap();
+        assert_eq!(rec.parts.len(), 2);
+        assert_eq!((rec.parts[1].width, rec.parts[1].height), (160, 120));
+        assert_eq!(rec.parts[0].samples[0].t_ms, 100);
+        assert_eq!(rec.parts[1].samples[0].t_ms, 3500);
+        let d = rec.duration_ms();
+        assert!((5400..=5500).contains(&d), "duration {d}");
+        assert_eq!(rec.part_at(50), 0);
+        assert_eq!(rec.part_at(3499), 0);
+        assert_eq!(rec.part_at(3500), 1);
+
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let mut got: Vec<(u64, bool, usize)> = Vec::new();
+        rec.play(2900, 8.0, &stop, |f| {
+            got.push((f.t_ms.unwrap(), f.keyframe, f.data.len()));
+            true
+        })
+        .unwrap();
+        // From part 1's keyframe before 2900 (every 2 s: 2100), through part 2 to its end.
+        assert_eq!(got[0].0, 2100, "{:?}", &got[..3]);
+        assert!(got[0].1);
+        assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "times go forward");
+        let p2 = got.iter().position(|g| g.0 >= 3500).expect("frames of part 2");
+        assert!(got[p2].1, "part 2 starts with a keyframe");
+        assert!(got[p2 - 1].0 < 3200, "nothing between the parts");
+        assert_eq!(got.last().unwrap().0, d);
+        // Part 2's keyframe carries its own (smaller) SPS: a decoder can reconfigure.
+        let sps = |ix: &Index| ix.parameter_sets[0].clone();
+        assert_ne!(sps(&rec.parts[0]), sps(&rec.parts[1]));
+
+        // A part with no start known follows the one before.
+        let rec = Recording::open(dir.path(), &[None]).unwrap();
+        assert_eq!(rec.parts[1].samples[0].t_ms, rec.parts[0].duration_ms() + 1);
+        assert!(Recording::open(&dir.path().join("none"), &[]).is_err());
     }
 
     #[test]

@@ -222,3 +222,11 @@ pub fn thumbnail_data_url(ms: &Machines, session: &str) -> Option<String> {
         base64::engine::general_purpose::STANDARD.encode(bytes)
     ))
 }
+
+/// A synced session's recording, every part on the session clock (see
+/// [`crate::replay::Recording`]).
+pub async fn recording(ms: &Machines, session: &str) -> Result<crate::replay::Recording> {
+    let evs = events(&ms.store, session, None, None).await?;
+    let starts = crate::replay::Recording::starts_from_events(&evs);
+    crate::replay::Recording::open(&ms.state.recordings().join(session), &starts)
+}

@@ -142,6 +142,7 @@ function useTerminalsAt(events: Event[], pos: number): Map<string, string[]> {
 function Player({ sessionId }: { sessionId: string }) {
   const toast = useToast();
   const [info, setInfo] = useState<ReplayInfo | null>(null);
+  const [screen, setScreen] = useState<{ width: number; height: number } | null>(null);
   const [events, setEvents] = useState<Event[]>([]);
   const [error, setError] = useState<string | null>(null);
   const [playing, setPlaying] = useState(false);
@@ -185,6 +186,8 @@ function Player({ sessionId }: { sessionId: string }) {
   useEffect(() => {
     if (!pipe) return;
     return pipe.decoder.onDrawn((f) => {
+      // A session whose display changed size has parts of different sizes: follow the pictures.
+      if (f.width > 0 && f.height > 0) setScreen((s) => (s && s.width === f.width && s.height === f.height ? s : { width: f.width, height: f.height }));
       if (f.tMs + 1 < target.current) return;
       if (pauseAtTarget.current) {
         // Paused seek: keep this picture, drop whatever else is queued.
@@ -293,7 +296,7 @@ function Player({ sessionId }: { sessionId: string }) {
           <span className="strong mono">{sessionId}</span>
           {info && (
             <span className="muted small">
-              {fmtDuration(info.duration_ms)} · {info.codec} {info.width}×{info.height} · {events.length} events
+              {fmtDuration(info.duration_ms)} · {info.codec} {(screen ?? info).width}×{(screen ?? info).height} · {events.length} events
             </span>
           )}
         </div>
@@ -313,7 +316,7 @@ function Player({ sessionId }: { sessionId: string }) {
               <VideoSurface
                 decoder={pipe.decoder}
                 clock={pipe.clock}
-                stream={info ? { width: info.width, height: info.height } : null}
+                stream={screen ?? (info ? { width: info.width, height: info.height } : null)}
                 overlayEvents={overlayEvents}
                 showStats={showStats}
                 placeholder={info ? 'Loading…' : 'Opening session…'}

@@ -10,6 +10,7 @@ import { errorMessage, fieldOfError, jsonPathOfError } from '../lib/errors';
 import { fmtClock, fmtWhen } from '../lib/format';
 import { href } from '../lib/route';
 import { ControlBar, LiveStage } from './Live';
+import { useFitDisplay } from './useFitDisplay';
 import { useLive } from './useLive';
 
 const ACTIVE = new Set(['starting', 'running', 'creating']);
@@ -255,6 +256,7 @@ function RunDetail({ id }: { id: string }) {
   }, [load]);
 
   const live = useLive(machineUp && run ? run.machine : null);
+  const fit = useFitDisplay(machineUp && run ? run.machine : null, live);
   const transcript = live.terminals.get('agent') ?? [];
   const tasks: TaskItem[] | null = useMemo(() => {
     for (let i = live.events.length - 1; i >= 0; i--) {
@@ -334,7 +336,7 @@ function RunDetail({ id }: { id: string }) {
           <span className="mono small muted ellipsis">{run.branch}</span>
         </div>
         <div className="control-bar">
-          {machineUp && <ControlBar live={live} showStats={showStats} onToggleStats={() => setShowStats((s) => !s)} />}
+          {machineUp && <ControlBar live={live} showStats={showStats} onToggleStats={() => setShowStats((s) => !s)} fit={fit} />}
           <button onClick={doCollect} disabled={collecting}>
             {collecting && <Spinner />}Collect
           </button>
@@ -348,7 +350,7 @@ function RunDetail({ id }: { id: string }) {
       <div className="live-body">
         <div className="live-main">
           {machineUp ? (
-            <LiveStage name={run.machine} live={live} showStats={showStats} />
+            <LiveStage name={run.machine} live={live} showStats={showStats} onAreaResize={fit.onArea} />
           ) : (
             <div className="stage-wrap">
               <div className="video-box">
