@@ -108,7 +108,11 @@ impl App {
         let app = self.clone();
         tokio::spawn(async move {
             if let Err(e) = app.set_display(w, h, Actor::System, json!("restore")).await {
-                app.timeline.emit(Actor::System, "error", json!({"message": format!("restore the display size: {e}")}));
+                app.timeline.emit(
+                    Actor::System,
+                    "error",
+                    json!({"message": format!("restore the display size: {e}")}),
+                );
             }
         });
     }
@@ -402,8 +406,13 @@ async fn handle_message(app: &Arc<App>, viewer: &str, state: &Mutex<InputState>,
             }
             ViewerMessage::Display { width, height } => {
                 drop(st);
-                let before = crate::display::info(&app.cfg.display).ok().map(|d| (d.width, d.height));
-                match app.set_display(*width, *height, Actor::Human, json!(viewer)).await {
+                let before = crate::display::info(&app.cfg.display)
+                    .ok()
+                    .map(|d| (d.width, d.height));
+                match app
+                    .set_display(*width, *height, Actor::Human, json!(viewer))
+                    .await
+                {
                     Ok(_) => {
                         let mut r = app.display_restore.lock().unwrap();
                         if r.is_none() {

@@ -71,7 +71,11 @@ impl Screen {
 
     /// Why this server cannot follow a window, or None when it can.
     fn fixed_reason(&self, now: (u32, u32)) -> Result<Option<String>> {
-        let v = self.conn.randr_query_version(1, 3).map_err(|e| self.x(e))?.reply();
+        let v = self
+            .conn
+            .randr_query_version(1, 3)
+            .map_err(|e| self.x(e))?
+            .reply();
         let new_enough = matches!(&v, Ok(v) if (v.major_version, v.minor_version) >= (1, 2));
         if !new_enough {
             return Ok(Some(format!(
@@ -117,7 +121,10 @@ impl Screen {
             }
         }
         let (output, info) = found.ok_or_else(|| {
-            DisplayError::Fixed(format!("the X server on {} has no active output", self.display))
+            DisplayError::Fixed(format!(
+                "the X server on {} has no active output",
+                self.display
+            ))
         })?;
         let mode = match res
             .modes
@@ -151,7 +158,12 @@ impl Screen {
                     .randr_create_mode(self.root, mi, name.as_bytes())
                     .map_err(|e| x(&e))?
                     .reply()
-                    .map_err(|e| DisplayError::Fixed(format!("the X server on {} refused a new {name} mode: {e}", self.display)))?
+                    .map_err(|e| {
+                        DisplayError::Fixed(format!(
+                            "the X server on {} refused a new {name} mode: {e}",
+                            self.display
+                        ))
+                    })?
                     .mode;
                 c.randr_add_output_mode(output, id).map_err(|e| x(&e))?;
                 id
@@ -168,10 +180,21 @@ impl Screen {
         let both = (now.0.max(w), now.1.max(h));
         let mm = |px: u32| px * 254 / 960; // 96 dpi
         if both != now {
-            c.randr_set_screen_size(self.root, both.0 as u16, both.1 as u16, mm(both.0), mm(both.1))
-                .map_err(|e| x(&e))?
-                .check()
-                .map_err(|e| DisplayError::Fixed(format!("the X server on {} refused {}x{}: {e}", self.display, both.0, both.1)))?;
+            c.randr_set_screen_size(
+                self.root,
+                both.0 as u16,
+                both.1 as u16,
+                mm(both.0),
+                mm(both.1),
+            )
+            .map_err(|e| x(&e))?
+            .check()
+            .map_err(|e| {
+                DisplayError::Fixed(format!(
+                    "the X server on {} refused {}x{}: {e}",
+                    self.display, both.0, both.1
+                ))
+            })?;
         }
         // Mode creation and the size change bumped the configuration time: read it afresh.
         let res = c

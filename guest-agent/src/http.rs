@@ -406,7 +406,9 @@ async fn display_post(
     if let Err(r) = app.control.lock().unwrap().agent_may_act() {
         return Err(ApiError::new(StatusCode::CONFLICT, "control_refused", r.0));
     }
-    Ok(Json(app.set_display(w, h, Actor::Agent, json!("api")).await?))
+    Ok(Json(
+        app.set_display(w, h, Actor::Agent, json!("api")).await?,
+    ))
 }
 
 #[derive(Deserialize)]

@@ -274,8 +274,17 @@ async fn join_parts(
             &format!("{:.3}", (t - from_ms.unwrap_or(0)) as f64 / 1000.0),
         ]);
     }
-    c.args(["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-movflags", "+faststart"])
-        .arg(dst);
+    c.args([
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-pix_fmt",
+        "yuv420p",
+        "-movflags",
+        "+faststart",
+    ])
+    .arg(dst);
     let o = c
         .output()
         .await
@@ -297,7 +306,16 @@ mod tests {
         let st = std::process::Command::new("ffmpeg")
             .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
             .arg(format!("testsrc=size={size}:rate=30:duration={secs}"))
-            .args(["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-bf", "0"])
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-pix_fmt",
+                "yuv420p",
+                "-bf",
+                "0",
+            ])
             .args(["-movflags", "frag_keyframe+empty_moov+default_base_moof"])
             .arg(p)
             .status()
@@ -314,21 +332,32 @@ mod tests {
             .expect("ffprobe");
         let text = String::from_utf8_lossy(&o.stdout);
         let v: Vec<&str> = text.split_whitespace().flat_map(|l| l.split(',')).collect();
-        (v[0].parse().unwrap(), v[1].parse().unwrap(), v[2].parse().unwrap())
+        (
+            v[0].parse().unwrap(),
+            v[1].parse().unwrap(),
+            v[2].parse().unwrap(),
+        )
     }
 
     #[tokio::test]
     async fn parts_of_different_sizes_join_into_one_video_at_the_first_size() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (dir.path().join("video-0001.mp4"), dir.path().join("video-0002.mp4"));
+        let (a, b) = (
+            dir.path().join("video-0001.mp4"),
+            dir.path().join("video-0002.mp4"),
+        );
         part(&a, "320x240", 2);
         part(&b, "160x160", 1);
         let out = dir.path().join("video.mp4");
-        join_parts(&[a.clone(), b.clone()], None, None, &out).await.unwrap();
+        join_parts(&[a.clone(), b.clone()], None, None, &out)
+            .await
+            .unwrap();
         let (w, h, d) = probe(&out);
         assert_eq!((w, h), (320, 240));
         assert!((d - 3.0).abs() < 0.2, "duration {d}");
-        join_parts(&[a, b], Some(1500), Some(2500), &out).await.unwrap();
+        join_parts(&[a, b], Some(1500), Some(2500), &out)
+            .await
+            .unwrap();
         let (_, _, d) = probe(&out);
         assert!((d - 1.0).abs() < 0.2, "cut duration {d}");
     }

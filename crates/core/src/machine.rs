@@ -253,7 +253,11 @@ impl Machines {
             return Err(CoreError::MachineExists(spec.name.clone()));
         }
         let kind = spec.provider.unwrap_or(ProviderKind::Local);
-        self.report(&spec.name, "create", &format!("creating a {} machine", kind.as_str()));
+        self.report(
+            &spec.name,
+            "create",
+            &format!("creating a {} machine", kind.as_str()),
+        );
         let mut m = Machine {
             name: spec.name.clone(),
             provider: kind,
@@ -429,7 +433,11 @@ impl Machines {
         alive: impl Fn() -> Option<String>,
     ) -> Result<()> {
         let client = self.client(m)?;
-        let op = if m.status == "creating" { "create" } else { "start" };
+        let op = if m.status == "creating" {
+            "create"
+        } else {
+            "start"
+        };
         self.report(&m.name, op, "waiting for the agent");
         let start = Instant::now();
         let mut last;

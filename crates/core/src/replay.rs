@@ -396,9 +396,7 @@ impl Recording {
                 starts.resize(n, None);
             }
             // Recordings made before agents said `start_t_ms`: part 1 stays at 0 as it was.
-            starts[n - 1] = e.data["start_t_ms"]
-                .as_u64()
-                .or((n > 1).then_some(e.t_ms));
+            starts[n - 1] = e.data["start_t_ms"].as_u64().or((n > 1).then_some(e.t_ms));
         }
         starts
     }
@@ -533,9 +531,15 @@ mod tests {
             assert_eq!(Recording::starts_from_events(events), want);
         }
         check(&[], &[]);
-        check(&[part_event(1, 70, Some(63)), part_event(2, 4000, Some(3959))], &[Some(63), Some(3959)]);
+        check(
+            &[part_event(1, 70, Some(63)), part_event(2, 4000, Some(3959))],
+            &[Some(63), Some(3959)],
+        );
         // Older agents: part 1 at 0 as before, later parts at their event's time.
-        check(&[part_event(1, 70, None), part_event(2, 4000, None)], &[None, Some(4000)]);
+        check(
+            &[part_event(1, 70, None), part_event(2, 4000, None)],
+            &[None, Some(4000)],
+        );
         // A missing event leaves a hole for Recording::open to fill.
         check(&[part_event(2, 4000, Some(3990))], &[None, Some(3990)]);
     }
@@ -567,7 +571,10 @@ mod tests {
         assert_eq!(got[0].0, 2100, "{:?}", &got[..3]);
         assert!(got[0].1);
         assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "times go forward");
-        let p2 = got.iter().position(|g| g.0 >= 3500).expect("frames of part 2");
+        let p2 = got
+            .iter()
+            .position(|g| g.0 >= 3500)
+            .expect("frames of part 2");
         assert!(got[p2].1, "part 2 starts with a keyframe");
         assert!(got[p2 - 1].0 < 3200, "nothing between the parts");
         assert_eq!(got.last().unwrap().0, d);

@@ -272,13 +272,27 @@ mod tests {
         #[track_caller]
         fn check(line: &str, step: Option<u32>, steps: Option<u32>, message: &str) {
             let p = Progress::line("m", "create", line);
-            assert_eq!((p.step, p.steps, p.message.as_str()), (step, steps, message), "{line}");
+            assert_eq!(
+                (p.step, p.steps, p.message.as_str()),
+                (step, steps, message),
+                "{line}"
+            );
         }
-        check("[2/6] install desktop (12:00:01)", Some(2), Some(6), "install desktop (12:00:01)");
+        check(
+            "[2/6] install desktop (12:00:01)",
+            Some(2),
+            Some(6),
+            "install desktop (12:00:01)",
+        );
         check("booting the VM", None, None, "booting the VM");
         check("[x/6] odd", None, None, "[x/6] odd");
         check("[3/6]no space", None, None, "[3/6]no space");
-        check("  Get:1 http://deb.debian.org  ", None, None, "Get:1 http://deb.debian.org");
+        check(
+            "  Get:1 http://deb.debian.org  ",
+            None,
+            None,
+            "Get:1 http://deb.debian.org",
+        );
     }
 
     #[test]
@@ -313,7 +327,13 @@ mod tests {
         );
         let m: ViewerMessage =
             serde_json::from_str(r#"{"type":"display","width":1000,"height":700}"#).unwrap();
-        assert_eq!(m, ViewerMessage::Display { width: 1000, height: 700 });
+        assert_eq!(
+            m,
+            ViewerMessage::Display {
+                width: 1000,
+                height: 700
+            }
+        );
         assert!(serde_json::from_str::<ViewerMessage>(r#"{"type":"warp"}"#).is_err());
     }
 

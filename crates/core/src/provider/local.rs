@@ -121,10 +121,7 @@ impl LocalSandbox {
     }
 
     fn check_tools() -> Result<()> {
-        for (bin, pkg) in [
-            ("bwrap", "bubblewrap"),
-            ("openbox", "openbox"),
-        ] {
+        for (bin, pkg) in [("bwrap", "bubblewrap"), ("openbox", "openbox")] {
             if which(bin).is_none() {
                 return Err(CoreError::Missing(format!("{bin} is not installed: sudo apt-get install {pkg} (or run packaging/install-deps.sh)")));
             }
@@ -343,8 +340,16 @@ impl LocalSandbox {
     /// Starts the sandbox described by `m.spec` and waits for its agent.
     async fn boot(&self, ms: &Machines, m: &mut Machine) -> Result<()> {
         Self::check_tools()?;
-        let op = if m.status == "creating" { "create" } else { "start" };
-        ms.report(&m.name, op, "starting the sandbox: X server, window manager, agent");
+        let op = if m.status == "creating" {
+            "create"
+        } else {
+            "start"
+        };
+        ms.report(
+            &m.name,
+            op,
+            "starting the sandbox: X server, window manager, agent",
+        );
         let agent = agent_bin()?;
         let mdir = self.state.machine(&m.name);
         for d in ["home", "agent", "logs"] {

@@ -339,8 +339,7 @@ impl Qemu {
             .map_err(io("run the image recipe"))?;
         // The recipe's stdout is its progress ("[k/n] what" and the tools' chatter): echoed for
         // the CLI, reported for the app.
-        let mut lines =
-            BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             eprintln!("{line}");
             if !line.trim().is_empty() {
@@ -518,12 +517,27 @@ impl Qemu {
         std::fs::create_dir_all(mdir.join("logs")).map_err(io("create the machine's logs dir"))?;
         let log_path = mdir.join("logs/qemu.log");
         let log = std::fs::File::create(&log_path).map_err(io("create qemu.log"))?;
-        let op = if m.status == "creating" { "create" } else { "start" };
+        let op = if m.status == "creating" {
+            "create"
+        } else {
+            "start"
+        };
         let accel = m.spec["accel"].as_str().unwrap_or("tcg").to_string();
-        ms.report(&m.name, op, &match incoming {
-            Some(_) => format!("restoring the VM's memory snapshot ({accel})"),
-            None => format!("booting the VM ({accel}{})", if accel == "tcg" { ", emulated: ~15 s" } else { "" }),
-        });
+        ms.report(
+            &m.name,
+            op,
+            &match incoming {
+                Some(_) => format!("restoring the VM's memory snapshot ({accel})"),
+                None => format!(
+                    "booting the VM ({accel}{})",
+                    if accel == "tcg" {
+                        ", emulated: ~15 s"
+                    } else {
+                        ""
+                    }
+                ),
+            },
+        );
         let mut child = tokio::process::Command::new("qemu-system-x86_64")
             .args(&args)
             .stdin(std::process::Stdio::null())
@@ -694,7 +708,13 @@ impl Qemu {
 
     /// Saves the machine: `disk` (the overlay) or `memory` (overlay + RAM and device state).
     /// The machine keeps running afterwards.
-    pub async fn snapshot(&self, ms: &Machines, m: &Machine, dir: &Path, memory: bool) -> Result<Value> {
+    pub async fn snapshot(
+        &self,
+        ms: &Machines,
+        m: &Machine,
+        dir: &Path,
+        memory: bool,
+    ) -> Result<Value> {
         if m.status != "running" || m.pid.is_none_or(|p| !pid_alive(p)) {
             return Err(CoreError::Invalid(format!(
                 "machine '{}' is not running; start it before taking a snapshot",
@@ -729,9 +749,16 @@ impl Qemu {
                     let st = qmp.exec("query-migrate", json!({})).await?;
                     if last.elapsed() >= Duration::from_millis(500) {
                         last = Instant::now();
-                        let (done, total) = (st["ram"]["transferred"].as_u64().unwrap_or(0), st["ram"]["total"].as_u64().unwrap_or(0));
+                        let (done, total) = (
+                            st["ram"]["transferred"].as_u64().unwrap_or(0),
+                            st["ram"]["total"].as_u64().unwrap_or(0),
+                        );
                         if total > 0 {
-                            ms.report(&m.name, "snapshot", &format!("saving memory: {} of {} MiB", done >> 20, total >> 20));
+                            ms.report(
+                                &m.name,
+                                "snapshot",
+                                &format!("saving memory: {} of {} MiB", done >> 20, total >> 20),
+                            );
                         }
                     }
                     match st["status"].as_str().unwrap_or("") {
