@@ -145,9 +145,15 @@ async fn machine_snapshot(
 #[tauri::command]
 async fn machine_health(s: State<'_, AppState>, name: String) -> Res<Value> {
     let m = s.ms.get(&name).await?;
-    let h = s.ms.client(&m)?.health().await?;
+    let client = s.ms.client(&m)?;
+    let h = client.health().await?;
     let compat = porthole_core::compat::check(&h.version, env!("CARGO_PKG_VERSION"));
-    Ok(json!({"health": h, "compat": compat}))
+    // The environment's setup (install, start) is a long operation too: its steps, no logs.
+    let mut env = client.get("/v1/environment").await.unwrap_or(Value::Null);
+    for step in env["steps"].as_array_mut().into_iter().flatten() {
+        step.as_object_mut().map(|o| o.remove("log_tail"));
+    }
+    Ok(json!({"health": h, "compat": compat, "environment": env}))
 }
 
 #[tauri::command]

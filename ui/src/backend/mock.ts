@@ -16,6 +16,7 @@ import type {
   ControlState,
   CreateMachine,
   DisplayState,
+  EnvSetup,
   Event,
   FrameSink,
   Health,
@@ -298,6 +299,16 @@ export function createMockBackend(opts: MockOptions = {}): Backend {
     }
   }
 
+  /** web-app has an environment that finished setting up; ci-runner is still installing. */
+  function envOf(mm: MockMachine): EnvSetup {
+    const ageMs = Date.now() - mm.sessionStart;
+    if (mm.m.name === 'web-app')
+      return { state: 'ready', name: 'todo-app', steps: [{ name: 'install', state: 'done', exit_code: 0, duration_ms: 41_200 }, { name: 'start', state: 'done', exit_code: 0, duration_ms: 900 }] };
+    if (mm.m.name === 'ci-runner')
+      return { state: 'running', name: 'ci', steps: [{ name: 'install', state: 'running', duration_ms: ageMs }, { name: 'start', state: 'pending' }] };
+    return { state: 'none', steps: [] };
+  }
+
   function get(name: string): MockMachine {
     const mm = machines.get(name);
     if (!mm) throw err('not_found', `no machine named '${name}'; see the machine list`);
@@ -526,7 +537,7 @@ export function createMockBackend(opts: MockOptions = {}): Backend {
         session_id: mm.sessionId,
         display: { name: mm.xDisplay, width: mm.screen.width, height: mm.screen.height },
       };
-      return { health, compat: compatOf(mm) };
+      return { health, compat: compatOf(mm), environment: envOf(mm) };
     },
 
     async liveStart(name, onFrame: FrameSink, onEvent, o) {

@@ -40,6 +40,22 @@ export interface AgentCompat {
   message?: string;
 }
 
+/** One step of an environment's setup on the machine (`GET /v1/environment`, logs left out). */
+export interface EnvStep {
+  name: string;
+  state: 'pending' | 'running' | 'done' | 'failed' | 'skipped' | 'unsupported';
+  exit_code?: number | null;
+  duration_ms?: number | null;
+  message?: string | null;
+}
+
+/** Where the machine's environment setup is: `none` when it has no environment. */
+export interface EnvSetup {
+  state: 'none' | 'running' | 'ready' | 'failed';
+  name?: string | null;
+  steps: EnvStep[];
+}
+
 export interface CreateMachine {
   name: string;
   provider: ProviderKind;
@@ -144,7 +160,7 @@ export interface Backend {
   machineStop(name: string): Promise<Machine>;
   machineDestroy(name: string): Promise<void>;
   machineSnapshot(name: string, snapshot: string, onProgress?: ProgressSink): Promise<void>;
-  machineHealth(name: string): Promise<{ health: Health; compat: AgentCompat }>;
+  machineHealth(name: string): Promise<{ health: Health; compat: AgentCompat; environment?: EnvSetup | null }>;
 
   liveStart(name: string, onFrame: FrameSink, onEvent: (e: Event) => void, opts?: { maxFps?: number }): Promise<LiveInfo>;
   liveStop(name: string): Promise<void>;

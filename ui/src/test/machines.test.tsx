@@ -34,6 +34,28 @@ describe('Machines', () => {
     expect(screen.getByText('7 machines, 5 running')).toBeTruthy();
   });
 
+  it("shows each environment's setup: the running step, a failed one with its exit code, or ready", async () => {
+    renderView(<MachinesView />);
+    const web = await screen.findByTestId('machine-web-app');
+    await waitFor(() => expect(within(web).getByTestId('env-setup').textContent).toBe('env ready'));
+    const ci = screen.getByTestId('machine-ci-runner');
+    await waitFor(() => expect(within(ci).getByTestId('env-setup').textContent).toMatch(/install \(1\/2\)/));
+
+    const health = backend.machineHealth.bind(backend);
+    vi.spyOn(backend, 'machineHealth').mockImplementation(async (name) => {
+      const h = await health(name);
+      if (name !== 'ci-runner') return h;
+      return { ...h, environment: { state: 'failed', name: 'ci', steps: [{ name: 'install', state: 'failed', exit_code: 2, message: 'npm ci: ENOTFOUND' }, { name: 'start', state: 'skipped' }] } };
+    });
+    fireEvent.click(screen.getByRole('button', { name: 'Refresh' }));
+    const badge = await waitFor(() => {
+      const b = within(screen.getByTestId('machine-ci-runner')).getByTestId('env-setup');
+      expect(b.textContent).toBe('install failed (exit 2)');
+      return b;
+    });
+    expect(badge.getAttribute('title')).toBe('npm ci: ENOTFOUND');
+  });
+
   it('validates names: 1–40 letters, digits, - or _, starting with a letter or digit', async () => {
     const create = vi.spyOn(backend, 'machineCreate');
     const form = await openForm();

@@ -1,5 +1,5 @@
 import { useCallback, useEffect, useRef, useState, type FormEvent } from 'react';
-import { backend, type AgentCompat, type CreateMachine, type Health, type Machine, type ProgressSink, type ProviderKind } from '../backend';
+import { backend, type AgentCompat, type CreateMachine, type EnvSetup, type Health, type Machine, type ProgressSink, type ProviderKind } from '../backend';
 import { Field } from '../components/Field';
 import { ConfirmDialog, Modal, Spinner } from '../components/Modal';
 import { nextProgress, OpProgress, startProgress, type OpProgressState } from '../components/OpProgress';
@@ -10,7 +10,7 @@ import { fmtWhen } from '../lib/format';
 import { href } from '../lib/route';
 import { MACHINE_NAME_RULE, machineNameError } from '../lib/validate';
 
-type HealthEntry = { health: Health; compat: AgentCompat } | { error: string };
+type HealthEntry = { health: Health; compat: AgentCompat; environment?: EnvSetup | null } | { error: string };
 
 const PROVIDERS: { kind: ProviderKind; label: string; hint: string }[] = [
   { kind: 'local', label: 'Local sandbox', hint: 'bubblewrap on this computer; starts in seconds' },
@@ -53,15 +53,17 @@ export function MachinesView() {
     }
   }, []);
 
+  // An environment setting up (install can take minutes) is worth watching closely.
+  const settingUp = Object.values(health).some((h) => !('error' in h) && h.environment?.state === 'running');
   useEffect(() => {
     alive.current = true;
     void load();
-    const id = window.setInterval(load, 10_000);
+    const id = window.setInterval(load, settingUp ? 2_000 : 10_000);
     return () => {
       alive.current = false;
       window.clearInterval(id);
     };
-  }, [load]);
+  }, [load, settingUp]);
 
   /** Shows the progress of a long operation on `name` until `end`; late lines are ignored. */
   const track = (name: string) => {
@@ -288,6 +290,7 @@ function AgentCell({ machine, entry }: { machine: Machine; entry?: HealthEntry }
           upgrade the agent
         </span>
       )}
+      <EnvBadge env={entry.environment} />
       {health.status === 'degraded' ? (
         <span className="badge degraded" title={health.problems.join('\n')}>
           degraded: {health.problems[0] ?? 'see details'}
@@ -296,6 +299,36 @@ function AgentCell({ machine, entry }: { machine: Machine; entry?: HealthEntry }
         compat.ok && <span className="badge ok">healthy</span>
       )}
     </div>
+  );
+}
+
+/** The environment's setup at a glance: which step runs, which failed, or that it is ready. */
+function EnvBadge({ env }: { env?: EnvSetup | null }) {
+  if (!env || env.state === 'none') return null;
+  const steps = env.steps ?? [];
+  const label = env.name ? `environment ${env.name}` : 'environment';
+  if (env.state === 'running') {
+    const i = steps.findIndex((s) => s.state === 'running');
+    const step = i >= 0 ? steps[i] : null;
+    return (
+      <span className="badge setup" title={`${label}: setting up`} data-testid="env-setup">
+        <Spinner /> {step ? `${step.name} (${i + 1}/${steps.length})` : 'setting up'}
+      </span>
+    );
+  }
+  if (env.state === 'failed') {
+    const step = steps.find((s) => s.state === 'failed');
+    const what = step ? `${step.name} failed${step.exit_code != null ? ` (exit ${step.exit_code})` : ''}` : 'setup failed';
+    return (
+      <span className="badge warn" title={step?.message ?? `${label}: ${what}`} data-testid="env-setup">
+        {what}
+      </span>
+    );
+  }
+  return (
+    <span className="badge subtle" title={`${label}: ${steps.map((s) => `${s.name} ${s.state}`).join(', ')}`} data-testid="env-setup">
+      env ready
+    </span>
   );
 }
 
