@@ -179,7 +179,7 @@ function LiveSingle({ name, machines }: { name: string; machines: Machine[] | nu
         <ControlBar live={live} showStats={showStats} onToggleStats={() => setShowStats((s) => !s)} fit={fit} />
       </header>
       <div className="live-body">
-        <div className="live-main">
+        <div className={fit.active ? 'live-main fitting' : 'live-main'}>
           <LiveStage name={name} live={live} showStats={showStats} onAreaResize={fit.onArea} />
           <section className="side-panel grow terminals-panel">
             <TerminalsPanel terminals={live.terminals} empty="No terminal output yet." />

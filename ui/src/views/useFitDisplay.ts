@@ -25,6 +25,9 @@ export interface FitDisplay {
   resizable: boolean | null;
   /** Why it cannot. */
   reason: string | null;
+  /** Whether the screen is following the picture's space now (on, in control, resizable): the
+   * picture may then take all the room it has instead of keeping the screen's shape. */
+  active: boolean;
   setOn: (on: boolean) => void;
   /** The space available for the picture, from the video surface. */
   onArea: (size: Size) => void;
@@ -131,6 +134,7 @@ export function useFitDisplay(name: string | null, live: LiveSession): FitDispla
     on,
     resizable: display ? display.resizable : null,
     reason: display?.resizable === false ? (display.reason ?? "This machine's screen has a fixed size") : null,
+    active,
     setOn,
     onArea,
   };
