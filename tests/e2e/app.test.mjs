@@ -548,24 +548,23 @@ describe('desktop app through tauri-driver', { timeout: 20 * 60 * 1000 }, () => 
     }), { timeout: 15000, message: 'the Fit to window toggle to be enabled (the sandbox runs Xvnc)' });
     assert.deepEqual(await agentCall('GET', '/v1/display'), { ...GUEST, resizable: true });
     await wd.click(fit);
-    // The guest's X screen takes another size, and the canvas draws frames of exactly that size.
+    // The guest's X screen takes the size of the picture's space, and the canvas draws frames of
+    // exactly that size, 1:1 (its box and the guest agree within a pixel or two).
+    let seen = null;
     const size = await waitFor(async () => {
       const d = await agentCall('GET', '/v1/display');
-      return (d.width !== GUEST.width || d.height !== GUEST.height) && d;
-    }, { timeout: 15000, message: 'the guest screen to change size after Fit to window' });
+      const c = await wd.exec(() => {
+        const el = document.querySelector('[data-testid="video-canvas"]');
+        const r = el.getBoundingClientRect();
+        return { cw: el.width, ch: el.height, bw: r.width, bh: r.height };
+      });
+      seen = { display: d, canvas: c };
+      return (d.width !== GUEST.width || d.height !== GUEST.height) && c.cw === d.width && c.ch === d.height
+        && Math.abs(c.bw - d.width) <= 2 && Math.abs(c.bh - d.height) <= 2 && d;
+    }, { timeout: 20000, message: 'the guest screen to take the size of the picture, drawn 1:1' })
+      .catch((e) => { e.message += ` (last: ${JSON.stringify(seen)})`; throw e; });
     const xsize = await guest('xdpyinfo | grep dimensions');
     assert.match(xsize, new RegExp(`${size.width}x${size.height} pixels`), 'the X server itself reports the size');
-    await waitFor(() => wd.exec((sw, sh) => {
-      const c = document.querySelector('[data-testid="video-canvas"]');
-      return c && c.width === sw && c.height === sh;
-    }, size.width, size.height), { timeout: 20000, message: `the live canvas to draw ${size.width}x${size.height} frames` });
-    // The shape follows the space the picture has: its box and the guest agree within a pixel or two.
-    const box = await wd.exec(() => {
-      const r = document.querySelector('[data-testid="video-canvas"]').getBoundingClientRect();
-      return { w: r.width, h: r.height };
-    });
-    assert.ok(Math.abs(box.w - size.width) <= 2 && Math.abs(box.h - size.height) <= 2,
-      `the canvas box ${JSON.stringify(box)} is not the guest size ${JSON.stringify(size)}: the picture should be 1:1`);
     const ev = (await allEvents()).filter((e) => e.kind === 'display').at(-1);
     assert.equal(ev?.actor, 'human', `a human display event: ${JSON.stringify(ev)}`);
     await saveShot('app-e2e-fit.png');

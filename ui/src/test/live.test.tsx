@@ -128,7 +128,8 @@ describe('Live', () => {
     fireEvent.click(fit);
     expect(fit.getAttribute('aria-pressed')).toBe('true');
     expect(localStorage.getItem(FIT_KEY)).toBe('on');
-    expect(displayMessages(input)).toEqual([{ type: 'display', width: 1001, height: 625 }]);
+    // Sent once the layout has settled (within two frames), not before.
+    await waitFor(() => expect(displayMessages(input)).toEqual([{ type: 'display', width: 1001, height: 625 }]));
     expect(input.mock.calls.at(-1)![0]).toBe('web-app');
     // The agent rounds down to even; the stream and the header follow.
     await screen.findByText(/1000×624 · session s-/);

@@ -82,9 +82,16 @@ export function useFitDisplay(name: string | null, live: LiveSession): FitDispla
     };
   }, [name, human]);
 
-  // Turned on, or control taken with it on: the current size at once.
+  // Turned on, or control taken with it on: the size at once, once the layout has settled (the
+  // picture may just have been given more room, which the surface reports within a frame).
   useEffect(() => {
-    if (active && area.current) send(area.current);
+    if (!active) return;
+    let frame = requestAnimationFrame(() => {
+      frame = requestAnimationFrame(() => {
+        if (activeRef.current && area.current) send(area.current);
+      });
+    });
+    return () => cancelAnimationFrame(frame);
   }, [active, send]);
 
   const onArea = useCallback(
