@@ -225,8 +225,13 @@ pub fn attach_viewer(app: Arc<App>, viewer: Arc<Viewer>) {
             }
             let state = Arc::new(Mutex::new(InputState::default()));
             let (a2, id2, dc2) = (app.clone(), id.clone(), dc.clone());
+            // Subscribed now, not when the feed task starts: the viewer's first message may be
+            // handled before that, and what it causes (a refusal) must still reach the viewer.
+            let events = Mutex::new(Some(app.timeline.subscribe()));
             dc.on_open(Box::new(move || {
-                tokio::spawn(feed_viewer(a2, id2, dc2, codec, fps));
+                if let Some(ev) = events.lock().unwrap().take() {
+                    tokio::spawn(feed_viewer(a2.clone(), id2.clone(), dc2.clone(), codec, fps, ev));
+                }
                 Box::pin(async {})
             }));
             dc.on_message(Box::new(move |msg: DataChannelMessage| {
@@ -250,8 +255,8 @@ async fn feed_viewer(
     dc: Arc<RTCDataChannel>,
     codec: crate::encode::Codec,
     fps: u32,
+    mut events: tokio::sync::broadcast::Receiver<porthole_proto::Event>,
 ) {
-    let mut events = app.timeline.subscribe();
     let mut clip = app.clipboard().subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
