@@ -79,7 +79,7 @@ impl App {
         h: u32,
         actor: Actor,
         by: serde_json::Value,
-    ) -> Result<porthole_proto::DisplayState, crate::display::DisplayError> {
+    ) -> Result<((u32, u32), porthole_proto::DisplayState), crate::display::DisplayError> {
         let display = self.cfg.display.clone();
         let (before, after) =
             tokio::task::spawn_blocking(move || crate::display::resize(&display, w, h))
@@ -93,7 +93,7 @@ impl App {
                 json!({"width": now.0, "height": now.1, "from": {"width": before.0, "height": before.1}, "by": by}),
             );
         }
-        Ok(after)
+        Ok((before, after))
     }
 
     /// A human's viewer resized the screen and no human holds control any more: put it back, so
@@ -411,17 +411,14 @@ async fn handle_message(app: &Arc<App>, viewer: &str, state: &Mutex<InputState>,
             }
             ViewerMessage::Display { width, height } => {
                 drop(st);
-                let before = crate::display::info(&app.cfg.display)
-                    .ok()
-                    .map(|d| (d.width, d.height));
                 match app
                     .set_display(*width, *height, Actor::Human, json!(viewer))
                     .await
                 {
-                    Ok(_) => {
+                    Ok((before, _)) => {
                         let mut r = app.display_restore.lock().unwrap();
                         if r.is_none() {
-                            *r = before;
+                            *r = Some(before);
                         }
                     }
                     Err(e) => {

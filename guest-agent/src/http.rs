@@ -406,9 +406,8 @@ async fn display_post(
     if let Err(r) = app.control.lock().unwrap().agent_may_act() {
         return Err(ApiError::new(StatusCode::CONFLICT, "control_refused", r.0));
     }
-    Ok(Json(
-        app.set_display(w, h, Actor::Agent, json!("api")).await?,
-    ))
+    let (_, after) = app.set_display(w, h, Actor::Agent, json!("api")).await?;
+    Ok(Json(after))
 }
 
 #[derive(Deserialize)]
