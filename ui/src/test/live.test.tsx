@@ -144,6 +144,8 @@ describe('Live', () => {
     ]));
     await screen.findByText(/1200×700 · session s-/);
     area.resize(1200, 700);
+    // A border's worth of change is not a new screen.
+    area.resize(1202, 698);
     await sleep(FIT_DEBOUNCE_MS + 50);
     expect(displayMessages(input)).toHaveLength(2);
 
@@ -159,7 +161,7 @@ describe('Live', () => {
     await screen.findByRole('button', { name: 'Take control' });
     expect(screen.queryByRole('button', { name: 'Fit to window' })).toBeNull();
     await screen.findByText(/1280×800 · session s-/);
-  });
+  }, 15_000); // several debounce waits and a takeover on a mock stream
 
   it('fit to window, remembered: taking control sends the size at once', async () => {
     localStorage.setItem(FIT_KEY, 'on');

@@ -9,6 +9,8 @@ import { errorMessage } from '../lib/errors';
 import type { LiveSession } from './useLive';
 
 export const FIT_KEY = 'porthole.fitToWindow';
+/** Area changes this small (in both directions) after a resize are not sent. */
+export const FIT_SLACK_PX = 4;
 /** A resize waits this long for the window to settle. */
 export const FIT_DEBOUNCE_MS = 300;
 /** The sizes the agent accepts. */
@@ -60,7 +62,10 @@ export function useFitDisplay(name: string | null, live: LiveSession): FitDispla
       if (!name) return;
       const width = clamp(size.width, MIN.width, MAX.width);
       const height = clamp(size.height, MIN.height, MAX.height);
-      if (sent.current && sent.current.width === width && sent.current.height === height) return;
+      // A few pixels either way are not worth a new screen (and a new recording part): the
+      // picture's box can shift by a border's width once frames of the new size arrive.
+      const s = sent.current;
+      if (s && Math.abs(s.width - width) <= FIT_SLACK_PX && Math.abs(s.height - height) <= FIT_SLACK_PX) return;
       sent.current = { width, height };
       backend.liveInput(name, { type: 'display', width, height }).catch((e) => toast.error(errorMessage(e)));
     },
