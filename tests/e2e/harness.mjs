@@ -216,10 +216,13 @@ export async function startXvfb({ width = 1280, height = 800, depth = 24, log, s
   for (let attempt = 0; attempt < 10; attempt++) {
     let n = 100 + Math.floor(Math.random() * 800);
     while (displayInUse(n)) n++;
+    // -noreset: the readiness probe below connects and leaves; without it the server resets when
+    // that last client goes, and a client connecting during the reset (the busy xterm) fails
+    // with "Can't open display".
     const args = server === 'Xvnc'
       ? [`:${n}`, '-geometry', `${width}x${height}`, '-depth', String(depth), '-rfbport', '-1',
-        '-SecurityTypes', 'None', '-nolisten', 'tcp']
-      : [`:${n}`, '-screen', '0', `${width}x${height}x${depth}`, '-nolisten', 'tcp'];
+        '-SecurityTypes', 'None', '-nolisten', 'tcp', '-noreset']
+      : [`:${n}`, '-screen', '0', `${width}x${height}x${depth}`, '-nolisten', 'tcp', '-noreset'];
     const child = spawnGroup(server, args, { log });
     const sock = `/tmp/.X11-unix/X${n}`;
     const deadline = Date.now() + 15000;
