@@ -79,6 +79,12 @@ impl From<StreamError> for ApiError {
 
 type AppState = State<Arc<App>>;
 
+/// A request body that must be JSON (400 naming the parse error otherwise).
+fn json_body(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("body is not JSON: {e}")))
+}
+
 pub fn router(app: Arc<App>) -> Router {
     let authed = Router::new()
         .route("/v1/whep", post(whep_create))
@@ -350,8 +356,7 @@ async fn control_post(
     State(app): AppState,
     body: axum::body::Bytes,
 ) -> Result<Json<porthole_proto::ControlState>, ApiError> {
-    let v: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("body is not JSON: {e}")))?;
+    let v = json_body(&body)?;
     let action = v.get("action").and_then(Value::as_str).ok_or_else(|| {
         ApiError::bad_request(format!(
             "action: missing; expected one of {}",
@@ -393,8 +398,7 @@ async fn display_post(
     State(app): AppState,
     body: axum::body::Bytes,
 ) -> Result<Json<porthole_proto::DisplayState>, ApiError> {
-    let v: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("body is not JSON: {e}")))?;
+    let v = json_body(&body)?;
     let dim = |k: &str| {
         v.get(k)
             .and_then(Value::as_u64)
@@ -521,8 +525,7 @@ async fn environment_post(
     State(app): AppState,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let v: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("body is not JSON: {e}")))?;
+    let v = json_body(&body)?;
     let obj = v
         .as_object()
         .ok_or_else(|| ApiError::bad_request("body: expected an object with \"environment\""))?;

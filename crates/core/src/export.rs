@@ -138,23 +138,9 @@ pub async fn export(
                 c.args(["-ss", &format!("{:.3}", f as f64 / 1000.0)]);
             }
             c.arg("-i").arg(&part);
-            if let Some(t) = to_ms {
-                c.args([
-                    "-t",
-                    &format!("{:.3}", (t - from_ms.unwrap_or(0)) as f64 / 1000.0),
-                ]);
-            }
+            duration_arg(&mut c, from_ms, to_ms);
             c.args(["-c", "copy", "-movflags", "+faststart"]).arg(&dst);
-            let o = c
-                .output()
-                .await
-                .map_err(CoreError::io("run ffmpeg (is it installed?)"))?;
-            if !o.status.success() {
-                return Err(CoreError::Invalid(format!(
-                    "cutting the clip failed: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                )));
-            }
+            run_ffmpeg(c, "cutting the clip").await?;
             video = Some(dst);
         }
     }
@@ -268,12 +254,7 @@ async fn join_parts(
     if let Some(f) = from_ms {
         c.args(["-ss", &format!("{:.3}", f as f64 / 1000.0)]);
     }
-    if let Some(t) = to_ms {
-        c.args([
-            "-t",
-            &format!("{:.3}", (t - from_ms.unwrap_or(0)) as f64 / 1000.0),
-        ]);
-    }
+    duration_arg(&mut c, from_ms, to_ms);
     c.args([
         "-c:v",
         "libx264",
@@ -285,13 +266,28 @@ async fn join_parts(
         "+faststart",
     ])
     .arg(dst);
+    run_ffmpeg(c, "joining the recording's parts").await
+}
+
+/// `-t` for a clip that ends at `to_ms` (from `from_ms`, else the start).
+fn duration_arg(c: &mut tokio::process::Command, from_ms: Option<u64>, to_ms: Option<u64>) {
+    if let Some(t) = to_ms {
+        c.args([
+            "-t",
+            &format!("{:.3}", (t - from_ms.unwrap_or(0)) as f64 / 1000.0),
+        ]);
+    }
+}
+
+/// Runs ffmpeg; a failure names `what` and ffmpeg's own message.
+async fn run_ffmpeg(mut c: tokio::process::Command, what: &str) -> Result<()> {
     let o = c
         .output()
         .await
         .map_err(CoreError::io("run ffmpeg (is it installed?)"))?;
     if !o.status.success() {
         return Err(CoreError::Invalid(format!(
-            "joining the recording's parts failed: {}",
+            "{what} failed: {}",
             String::from_utf8_lossy(&o.stderr).trim()
         )));
     }

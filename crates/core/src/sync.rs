@@ -226,7 +226,24 @@ pub fn thumbnail_data_url(ms: &Machines, session: &str) -> Option<String> {
 /// A synced session's recording, every part on the session clock (see
 /// [`crate::replay::Recording`]).
 pub async fn recording(ms: &Machines, session: &str) -> Result<crate::replay::Recording> {
-    let evs = events(&ms.store, session, None, None).await?;
+    // Only the `recording` events: every seek opens the recording again, and a long session's
+    // terminal output would be read each time for nothing.
+    let rows: Vec<(i64, i64, String)> = sqlx::query_as(
+        "SELECT seq, t_ms, data FROM events WHERE session_id = ? AND kind = 'recording' ORDER BY seq",
+    )
+    .bind(session)
+    .fetch_all(&ms.store.pool)
+    .await?;
+    let evs: Vec<porthole_proto::Event> = rows
+        .into_iter()
+        .map(|r| porthole_proto::Event {
+            seq: r.0 as u64,
+            t_ms: r.1 as u64,
+            actor: porthole_proto::Actor::System,
+            kind: "recording".into(),
+            data: serde_json::from_str(&r.2).unwrap_or(Value::Null),
+        })
+        .collect();
     let starts = crate::replay::Recording::starts_from_events(&evs);
     crate::replay::Recording::open(&ms.state.recordings().join(session), &starts)
 }
