@@ -19,8 +19,10 @@ PKGS=(
   xvfb tigervnc-standalone-server x11-utils x11-xserver-utils xdotool openbox xterm xclip
   # browser peer + browser in the guest
   chromium chromium-driver fonts-dejavu-core
-  # environments and sandboxes
-  tmux bubblewrap iproute2 procps psmisc
+  # environments and sandboxes: bubblewrap, a private network for every machine (slirp4netns
+  # for outbound traffic, nftables for the rules that keep host addresses out of reach),
+  # setpriv/nsenter (util-linux); python3 is what the isolation tests attack with
+  tmux bubblewrap iproute2 procps psmisc slirp4netns nftables util-linux python3
   # a TURN server for the relay test (coturn)
   coturn
   # QEMU VMs and their guest image (packaging/guest-image/build.sh)
@@ -59,6 +61,13 @@ fi
 # A newer qemu-utils installed outside apt's sources is removed when Debian's qemu-system-x86
 # comes in (their versions must match): put Debian's back so qemu-img exists.
 if ! command -v qemu-img >/dev/null 2>&1; then $SUDO apt-get install -y -q --no-install-recommends qemu-utils; fi
+
+# slirp4netns opens /dev/net/tun for an ordinary user's machines; distributions make it 0666
+# (udev), some VM images leave it 0600, which refuses every non-root sandbox.
+if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" != "666" ]; then
+  echo "install-deps: /dev/net/tun is mode $(stat -c %a /dev/net/tun); making it 0666 as distributions do (slirp4netns needs it for ordinary users)"
+  $SUDO chmod 0666 /dev/net/tun
+fi
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps: cargo not found. Install Rust with rustup (https://rustup.rs), then rerun." >&2

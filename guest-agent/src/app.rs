@@ -20,7 +20,11 @@ pub struct Config {
     pub display: String,
     /// Where the HTTP API listens (advertised to the machine's own processes).
     pub listen: std::net::SocketAddr,
+    /// The operator's token (the app, the CLI): reaches every endpoint.
     pub token: String,
+    /// The coding agent's token, when the machine has two principals: it reaches only what
+    /// [`crate::http::agent_may`] allows. `None`: one token, the operator's (documented).
+    pub agent_token: Option<String>,
     pub data_dir: PathBuf,
     /// The computer-use coordinate space, mapped to the real screen by the agent.
     pub display_size: (u32, u32),
@@ -69,7 +73,10 @@ impl App {
         all.extend(secrets);
         self.timeline
             .redactor
-            .set(all.iter().map(|(k, v)| (k.clone(), v.clone())));
+            .set(all.iter().map(|(k, v)| (k.clone(), v.clone())).chain([(
+                "PORTHOLE_OPERATOR_TOKEN".to_string(),
+                self.cfg.token.clone(),
+            )]));
     }
 
     /// Changes the screen size (blocking X calls on a worker thread) and puts it on the timeline.
@@ -127,6 +134,8 @@ impl App {
         let t = self.timeline.now_ms();
         let mut c = self.control.lock().unwrap();
         if c.apply(action, who.clone(), t) {
+            // Under the control lock, so generations reach the injection thread in order.
+            self.input.revoke(c.generation());
             let st = c.state();
             drop(c);
             let by = match who {
@@ -148,7 +157,14 @@ impl App {
     pub async fn drop_viewer(self: &Arc<Self>, id: &str) -> bool {
         let existed = self.hub.remove_viewer(id).await.is_ok();
         let t = self.timeline.now_ms();
-        let released = self.control.lock().unwrap().viewer_gone(id, t);
+        let released = {
+            let mut c = self.control.lock().unwrap();
+            let released = c.viewer_gone(id, t);
+            if released {
+                self.input.revoke(c.generation());
+            }
+            released
+        };
         if released {
             let st = self.control.lock().unwrap().state();
             self.timeline.emit(
@@ -176,6 +192,42 @@ struct InputState {
     wheel: (f64, f64),
     last_move_event: Option<Instant>,
     last_refusal: Option<Instant>,
+    /// Modifiers this viewer holds down, from its own key messages (they carry no flags).
+    mods: Vec<&'static str>,
+}
+
+/// The `input` event recorded for a viewer's key, or `None` when there is nothing to record.
+/// Special keys by name, modifiers by name, printing keys only as a count: never a character
+/// (only a human at the controls sends keys, and the agent reads the timeline).
+pub(crate) fn key_input_event(
+    code: &str,
+    key: &str,
+    down: bool,
+    mods: &mut Vec<&'static str>,
+) -> Option<serde_json::Value> {
+    let own = keys::dom_modifier(code);
+    if let Some(m) = own {
+        mods.retain(|x| *x != m);
+        if down {
+            mods.push(m);
+        }
+    }
+    let others: Vec<&str> = mods.iter().copied().filter(|m| Some(*m) != own).collect();
+    match keys::dom_special_name(code, key) {
+        Some(name) => {
+            Some(json!({"device": "key", "key": name, "down": down, "modifiers": others}))
+        }
+        // The key going up says nothing the key going down did not.
+        None if down => {
+            Some(json!({"device": "key", "count": 1, "down": true, "modifiers": others}))
+        }
+        None => None,
+    }
+}
+
+/// The `input` event recorded for a viewer's text (a paste, an input method): its length only.
+pub(crate) fn text_input_event(text: &str) -> serde_json::Value {
+    json!({"device": "text", "count": text.chars().count()})
 }
 
 /// Wires a new viewer's peer connection: state changes, the `porthole` data channel.
@@ -389,13 +441,15 @@ async fn handle_message(app: &Arc<App>, viewer: &str, state: &Mutex<InputState>,
                         keysym: k,
                         down: *down,
                     });
-                    events.push(json!({"device": "key", "code": code, "key": key, "down": down}));
+                    if let Some(e) = key_input_event(code, key, *down, &mut st.mods) {
+                        events.push(e);
+                    }
                 }
                 None => tracing::warn!(viewer, code, key, "no keysym for key"),
             },
             ViewerMessage::Text { text } => {
                 actions.push(InputAction::Text(text.clone()));
-                events.push(json!({"device": "text", "text": text}));
+                events.push(text_input_event(text));
             }
             ViewerMessage::Clipboard { text } => {
                 // Not an input action: the guest's clipboard now holds it, for a paste there.
@@ -465,5 +519,109 @@ fn input_kind(m: &ViewerMessage) -> &'static str {
         ViewerMessage::Clipboard { .. } => "clipboard",
         ViewerMessage::Control { .. } => "control",
         ViewerMessage::Display { .. } => "display",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    /// A human's keys during takeover, in order (modifier state carries over between rows):
+    /// code, key, down → the recorded event data (`None`: not recorded). No printable
+    /// character or DOM `code` of a printing key may appear in any of them.
+    #[test]
+    fn key_events_carry_no_characters() {
+        let named = |key: &str, down: bool, mods: &[&str]| {
+            Some(json!({"device": "key", "key": key, "down": down, "modifiers": mods}))
+        };
+        let count = |mods: &[&str]| {
+            Some(json!({"device": "key", "count": 1, "down": true, "modifiers": mods}))
+        };
+        let rows: &[(&str, &str, bool, Option<Value>)] = &[
+            ("KeyP", "p", true, count(&[])),
+            ("KeyP", "p", false, None),
+            ("ShiftLeft", "Shift", true, named("ShiftLeft", true, &[])),
+            ("Digit1", "!", true, count(&["shift"])),
+            ("Digit1", "!", false, None),
+            ("ShiftLeft", "Shift", false, named("ShiftLeft", false, &[])),
+            ("Space", " ", true, count(&[])),
+            ("KeyE", "é", true, count(&[])),
+            (
+                "ControlLeft",
+                "Control",
+                true,
+                named("ControlLeft", true, &[]),
+            ),
+            ("KeyS", "s", true, count(&["ctrl"])),
+            ("AltLeft", "Alt", true, named("AltLeft", true, &["ctrl"])),
+            (
+                "Delete",
+                "Delete",
+                true,
+                named("Delete", true, &["ctrl", "alt"]),
+            ),
+            ("AltLeft", "Alt", false, named("AltLeft", false, &["ctrl"])),
+            (
+                "ControlLeft",
+                "Control",
+                false,
+                named("ControlLeft", false, &[]),
+            ),
+            ("Enter", "Enter", true, named("Enter", true, &[])),
+            ("Enter", "Enter", false, named("Enter", false, &[])),
+            (
+                "NumpadEnter",
+                "Enter",
+                true,
+                named("NumpadEnter", true, &[]),
+            ),
+            (
+                "Backspace",
+                "Backspace",
+                true,
+                named("Backspace", true, &[]),
+            ),
+            ("Tab", "Tab", true, named("Tab", true, &[])),
+            (
+                "ArrowLeft",
+                "ArrowLeft",
+                true,
+                named("ArrowLeft", true, &[]),
+            ),
+            ("F5", "F5", true, named("F5", true, &[])),
+            ("Escape", "Escape", true, named("Escape", true, &[])),
+            ("MetaLeft", "Meta", true, named("MetaLeft", true, &[])),
+            ("KeyL", "l", true, count(&["meta"])),
+            ("MetaLeft", "Meta", false, named("MetaLeft", false, &[])),
+            // An unfamiliar code for a named key: the name from `key`, never the code.
+            ("Unidentified", "Enter", true, named("Enter", true, &[])),
+            // A code that looks special but is not on the list stays a count.
+            ("Fx", "x", true, count(&[])),
+        ];
+        let mut mods = Vec::new();
+        for (code, key, down, want) in rows {
+            let got = key_input_event(code, key, *down, &mut mods);
+            assert_eq!(&got, want, "{code}/{key:?} down={down}");
+            if let Some(v) = got {
+                let s = v.to_string();
+                let printing = keys::dom_special_name(code, key).is_none();
+                if printing {
+                    assert!(
+                        !s.contains(&format!("\"{key}\"")),
+                        "{s} names the character {key:?}"
+                    );
+                    assert!(!s.contains(code), "{s} names the key {code}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn text_events_carry_a_count_only() {
+        for (text, n) in [("hunter2", 7), ("pässwörd ✓", 10), ("", 0), ("a\nb", 3)] {
+            let v = text_input_event(text);
+            assert_eq!(v, json!({"device": "text", "count": n}), "{text:?}");
+        }
     }
 }

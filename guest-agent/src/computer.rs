@@ -704,15 +704,20 @@ async fn computer(
 pub async fn perform(app: &Arc<App>, v: &Value, shot: &ShotQuery) -> Result<Value, ApiError> {
     let action = parse_action(v, app.cfg.display_size)?;
     let name = v["action"].as_str().unwrap_or_default().to_string();
-    let refusal = app.control.lock().unwrap().agent_may_act();
-    if let Err(r) = refusal {
-        app.timeline.emit(
-            Actor::Agent,
-            "refused",
-            json!({"action": name, "reason": r.0}),
-        );
-        return Err(ApiError::new(StatusCode::CONFLICT, "control_refused", r.0));
-    }
+    // Admitted at a control generation: the injection thread drops whatever of this action is
+    // still to come once control changes (a take, a pause), so the check cannot go stale.
+    let admission = app.control.lock().unwrap().agent_admission();
+    let generation = match admission {
+        Ok(g) => g,
+        Err(r) => {
+            app.timeline.emit(
+                Actor::Agent,
+                "refused",
+                json!({"action": name, "reason": r.0}),
+            );
+            return Err(ApiError::new(StatusCode::CONFLICT, "control_refused", r.0));
+        }
+    };
     let thumbs = app.cfg.record
         && !matches!(
             action,
@@ -729,7 +734,19 @@ pub async fn perform(app: &Arc<App>, v: &Value, shot: &ShotQuery) -> Result<Valu
         None
     };
     let started = Instant::now();
-    let out = run_action(app, &action, shot).await;
+    let out = match run_action(app, &action, shot, generation).await {
+        Err(e) if e.status == StatusCode::CONFLICT => {
+            // Stopped part-way by a control change: a refusal, like one before it started.
+            app.timeline.emit(
+                Actor::Agent,
+                "refused",
+                json!({"action": name, "reason": e.message, "interrupted": true,
+                       "duration_ms": started.elapsed().as_millis() as u64}),
+            );
+            return Err(e);
+        }
+        out => out,
+    };
     let mut data = v.clone();
     if let Some(o) = data.as_object_mut() {
         o.remove("action");
@@ -800,6 +817,7 @@ async fn run_action(
     app: &Arc<App>,
     action: &Action,
     shot: &ShotQuery,
+    generation: u64,
 ) -> Result<ActionOut, ApiError> {
     let declared = app.cfg.display_size;
     let a = app.clone();
@@ -945,14 +963,27 @@ async fn run_action(
         Action::HoldKey { keys, duration } => {
             press(&mut acts, keys, true);
             app.input
-                .run(std::mem::take(&mut acts))
+                .run_agent(generation, std::mem::take(&mut acts))
                 .await
-                .map_err(input_err)?;
-            tokio::time::sleep(*duration).await;
+                .map_err(|e| input_err_for(app, e))?;
+            tokio::select! {
+                _ = tokio::time::sleep(*duration) => {}
+                // Control changed: the injection thread has let go of the keys already.
+                _ = app.input.changed_from(generation) => {
+                    return Err(input_err_for(app, crate::input::InputError::Refused {
+                        admitted: generation,
+                        current: app.input.generation(),
+                    }));
+                }
+            }
             press(&mut acts, keys, false);
         }
     }
-    let at = app.input.run(acts).await.map_err(input_err)?;
+    let at = app
+        .input
+        .run_agent(generation, acts)
+        .await
+        .map_err(|e| input_err_for(app, e))?;
     if matches!(action, Action::CursorPosition) {
         let (x, y) = to_declared(at, declared, screen);
         output = Some(format!("X={x},Y={y}"));
@@ -961,7 +992,17 @@ async fn run_action(
     Ok((output, None, pos))
 }
 
-fn input_err(e: crate::input::InputError) -> ApiError {
+/// An injection error as the agent sees it: a control change is a 409 refusal (why, in the
+/// words of the control state now), anything else the display's fault.
+fn input_err_for(app: &App, e: crate::input::InputError) -> ApiError {
+    if let crate::input::InputError::Refused { .. } = e {
+        let why = app.control.lock().unwrap().agent_may_act().err();
+        let msg = match why {
+            Some(r) => format!("{}; the action was stopped part-way ({e})", r.0),
+            None => e.to_string(),
+        };
+        return ApiError::new(StatusCode::CONFLICT, "control_refused", msg);
+    }
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "input_failed",

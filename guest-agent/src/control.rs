@@ -1,6 +1,11 @@
 //! Who may act: the agent (by default), a human who took control, or nobody (agent paused).
 //!
 //! A pure state machine told the time (`t_ms`), so every transition is testable without a clock.
+//!
+//! Every change bumps a **generation**. The agent is admitted to act at one generation
+//! ([`Control::agent_admission`]) and its input carries it to the injection thread, which drops
+//! whatever carries an older one (see [`crate::input`]): a check made once, before a long
+//! action, cannot outlive a `take`.
 
 use porthole_proto::{ControlAction, ControlState, Holder};
 
@@ -18,6 +23,8 @@ pub struct Control {
     human: Option<Human>,
     agent_paused: bool,
     since_t_ms: u64,
+    /// Bumped on every change of holder or pause state.
+    generation: u64,
 }
 
 /// Why an action was refused, in words a caller can act on.
@@ -31,6 +38,7 @@ impl Default for Control {
             human: None,
             agent_paused: false,
             since_t_ms: 0,
+            generation: 0,
         }
     }
 }
@@ -70,8 +78,20 @@ impl Control {
         let changed = before != (self.human.clone(), self.agent_paused);
         if changed {
             self.since_t_ms = t_ms;
+            self.generation += 1;
         }
         changed
+    }
+
+    /// The current generation: it changes whenever who may act changes.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The generation the agent may act at, or why it may not act now. Input the agent sends
+    /// with this generation is injected only while it is still the current one.
+    pub fn agent_admission(&self) -> Result<u64, Refusal> {
+        self.agent_may_act().map(|()| self.generation)
     }
 
     /// A viewer left: control it held goes back to the agent.
@@ -79,6 +99,7 @@ impl Control {
         if self.human == Some(Human::Viewer(viewer.to_string())) {
             self.human = None;
             self.since_t_ms = t_ms;
+            self.generation += 1;
             return true;
         }
         false
@@ -166,5 +187,60 @@ mod tests {
         assert!(c.apply(Release, Human::Api, 600));
         assert!(c.apply(ResumeAgent, Human::Api, 700));
         assert!(c.agent_may_act().is_ok());
+    }
+
+    /// Each row: an action (or a viewer leaving), whether the generation moves, and whether the
+    /// agent is admitted afterwards. A generation taken before a row that moves it is stale.
+    #[test]
+    fn generations() {
+        enum Step {
+            Act(ControlAction, Human),
+            ViewerGone(&'static str),
+        }
+        use Step::*;
+        let v1 = || Human::Viewer("v1".into());
+        let rows: Vec<(Step, bool, bool)> = vec![
+            (Act(Take, v1()), true, false),
+            (Act(Take, v1()), false, false), // no change, same generation
+            (Act(Release, Human::Viewer("v2".into())), false, false),
+            (Act(PauseAgent, Human::Api), true, false), // paused under the human
+            (Act(Release, v1()), true, false),          // still paused: nobody
+            (Act(ResumeAgent, Human::Api), true, true),
+            (Act(ResumeAgent, Human::Api), false, true),
+            (Act(Take, Human::Api), true, false),
+            (Act(Take, v1()), true, false), // another human takes over: still a change
+            (ViewerGone("v2"), false, false),
+            (ViewerGone("v1"), true, true),
+            (Act(PauseAgent, Human::Api), true, false),
+        ];
+        let mut c = Control::default();
+        assert_eq!(c.agent_admission(), Ok(0));
+        for (i, (step, moves, admitted)) in rows.into_iter().enumerate() {
+            let before = c.generation();
+            let t = 10 * (i as u64 + 1);
+            match step {
+                Act(a, who) => {
+                    c.apply(a, who, t);
+                }
+                ViewerGone(v) => {
+                    c.viewer_gone(v, t);
+                }
+            }
+            assert_eq!(
+                c.generation() != before,
+                moves,
+                "row {i}: generation moved?"
+            );
+            if moves {
+                assert_eq!(c.generation(), before + 1, "row {i}: one step at a time");
+            }
+            match c.agent_admission() {
+                Ok(g) => {
+                    assert!(admitted, "row {i}: agent admitted");
+                    assert_eq!(g, c.generation(), "row {i}");
+                }
+                Err(r) => assert!(!admitted, "row {i}: agent refused: {r}"),
+            }
+        }
     }
 }

@@ -214,9 +214,84 @@ fn env_vars(
         .or_insert(format!("http://{addr}"));
     v.entry("PORTHOLE_MCP_URL".into())
         .or_insert(format!("http://{addr}/mcp"));
-    v.entry("PORTHOLE_TOKEN".into())
-        .or_insert(app.cfg.token.clone());
+    // The coding agent's token, never the operator's (whatever the environment says), when
+    // the agent serves two; one token (documented for a bare `serve`) is the operator's.
+    match &app.cfg.agent_token {
+        Some(t) => {
+            v.insert("PORTHOLE_TOKEN".into(), t.clone());
+        }
+        None => {
+            v.entry("PORTHOLE_TOKEN".into())
+                .or_insert(app.cfg.token.clone());
+        }
+    }
     v
+}
+
+/// A POSIX shell script exporting `vars`, for a terminal's shell to source. Names that are not
+/// environment variable names are left out (they could not be exported, and must not be able to
+/// turn into shell syntax).
+fn export_script(vars: &HashMap<String, String>) -> String {
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    let mut out = String::new();
+    for k in names {
+        let ok = k
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if ok {
+            out.push_str(&format!("export {k}={}\n", sh_quote(&vars[k])));
+        }
+    }
+    out
+}
+
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// What each terminal's shell sources, by the FIFO it reads it from (kept so that a restarted
+/// pane gets it again).
+fn terminal_envs() -> &'static Mutex<HashMap<PathBuf, Arc<String>>> {
+    static ENVS: std::sync::OnceLock<Mutex<HashMap<PathBuf, Arc<String>>>> =
+        std::sync::OnceLock::new();
+    ENVS.get_or_init(Default::default)
+}
+
+/// Hands a terminal its environment through a FIFO (mode 0600, in the agent's data dir) that
+/// its shell sources: secrets and tokens never appear on a command line (tmux's `-e NAME=value`
+/// would put them in `/proc/*/cmdline`, readable by every process in the machine) and never
+/// touch the disk. Writes the script once, to the first reader, within two minutes; gives up
+/// when the environment is re-applied.
+fn serve_terminal_env(app: Arc<App>, fifo: PathBuf, generation: u64) {
+    let Some(script) = terminal_envs().lock().unwrap().get(&fifo).cloned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let alive = || app.env.lock().unwrap().generation == generation;
+        hand_over(&fifo, &script, Duration::from_secs(120), alive).await;
+    });
+}
+
+/// Writes `script` to the first reader of the FIFO `fifo` within `wait`, while `alive()`;
+/// whether it did.
+async fn hand_over(fifo: &Path, script: &str, wait: Duration, alive: impl Fn() -> bool) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline && alive() {
+        // Fails (ENXIO) until the shell opens the FIFO to read it; refuses anything that is
+        // not a FIFO (so the script is never written into a file put in its place).
+        match tokio::net::unix::pipe::OpenOptions::new().open_sender(fifo) {
+            Ok(mut tx) => return tx.write_all(script.as_bytes()).await.is_ok(),
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(_) => return false,
+        }
+    }
+    false
 }
 
 /// Starts (or restarts) the environment sequence in the background.
@@ -275,8 +350,14 @@ pub async fn stop_previous(app: &App) {
         .arg("-S")
         .arg(tmux_socket(app))
         .args(["kill-session", "-t", TMUX_SESSION])
+        .env_remove("PORTHOLE_TOKEN")
         .output()
         .await;
+    let terminals = app.cfg.data_dir.join("terminals");
+    terminal_envs()
+        .lock()
+        .unwrap()
+        .retain(|p, _| !p.starts_with(&terminals));
 }
 
 fn set_step(app: &App, generation: u64, step: Step) {
@@ -519,10 +600,13 @@ pub fn tmux_socket(app: &App) -> PathBuf {
 }
 
 async fn tmux(app: &App, args: &[&str]) -> Result<String, String> {
+    // The tmux server a first command starts inherits this environment, and every pane the
+    // server's: never a token the agent itself may have been started with.
     let out = tokio::process::Command::new("tmux")
         .arg("-S")
         .arg(tmux_socket(app))
         .args(args)
+        .env_remove("PORTHOLE_TOKEN")
         .output()
         .await
         .map_err(|e| format!("tmux: {e} (is tmux installed?)"))?;
@@ -551,9 +635,12 @@ async fn start_terminals(
     generation: u64,
 ) -> Result<(), String> {
     let dir = app.cfg.data_dir.join("terminals");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
     let wsd = ws.to_string_lossy().to_string();
     let sock = tmux_socket(app).to_string_lossy().to_string();
+    let script = Arc::new(export_script(vars));
     let mut statuses = Vec::new();
     for (i, t) in env.terminals.iter().enumerate() {
         let name = terminal_name(t, i);
@@ -579,8 +666,32 @@ async fn start_terminals(
             .read_write(true)
             .open_receiver(&fifo)
             .map_err(|e| format!("open {}: {e}", fifo.display()))?;
+        // The environment (secrets, the token) comes through a FIFO the shell sources, never
+        // as `-e NAME=value` on tmux's command line.
+        let env_fifo = dir.join(format!("{window}.env"));
+        let _ = std::fs::remove_file(&env_fifo);
+        let cenv = std::ffi::CString::new(env_fifo.to_string_lossy().as_bytes())
+            .map_err(|e| e.to_string())?;
+        // SAFETY: valid NUL-terminated path.
+        if unsafe { libc::mkfifo(cenv.as_ptr(), 0o600) } != 0 {
+            return Err(format!(
+                "mkfifo {}: {}",
+                env_fifo.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        terminal_envs()
+            .lock()
+            .unwrap()
+            .insert(env_fifo.clone(), script.clone());
+        serve_terminal_env(app.clone(), env_fifo.clone(), generation);
         // The command waits until the pane's output is piped, so its first lines are kept.
-        let command = format!("tmux -S '{sock}' wait-for {gate}; {}", t.command);
+        let command = format!(
+            ". {}; tmux -S {} wait-for {gate}; {}",
+            sh_quote(&env_fifo.to_string_lossy()),
+            sh_quote(&sock),
+            t.command
+        );
         let mut args: Vec<String> = if i == 0 {
             vec![
                 "new-session".into(),
@@ -604,10 +715,6 @@ async fn start_terminals(
             ]
         };
         args.extend(["-c".into(), wsd.clone()]);
-        for (k, v) in vars {
-            args.push("-e".into());
-            args.push(format!("{k}={v}"));
-        }
         args.push(command);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         tmux(app, &refs).await?;
@@ -721,7 +828,7 @@ fn update_terminal(app: &App, name: &str, f: impl FnOnce(&mut TerminalStatus)) {
 }
 
 /// Restarts a terminal whose command exited (or kills and restarts a running one).
-pub async fn restart_terminal(app: &App, name: &str) -> Result<(), String> {
+pub async fn restart_terminal(app: &Arc<App>, name: &str) -> Result<(), String> {
     let target = app
         .env
         .lock()
@@ -731,6 +838,14 @@ pub async fn restart_terminal(app: &App, name: &str) -> Result<(), String> {
         .find(|t| t.name == name)
         .map(|t| t.window.clone());
     let target = target.ok_or_else(|| format!("no terminal named '{name}'"))?;
+    // The respawned shell sources its environment again.
+    let window = target.rsplit(':').next().unwrap_or_default();
+    let generation = app.env.lock().unwrap().generation;
+    serve_terminal_env(
+        app.clone(),
+        app.cfg.data_dir.join("terminals").join(format!("{window}.env")),
+        generation,
+    );
     tmux(app, &["respawn-pane", "-k", "-t", &target]).await?;
     app.timeline.emit(
         Actor::System,
@@ -813,6 +928,80 @@ mod tests {
         let e = "é".as_bytes();
         assert_eq!(r.push(&e[..1]), "");
         assert_eq!(r.push(&e[1..]), "é");
+    }
+
+    fn mkfifo(p: &Path) {
+        let c = std::ffi::CString::new(p.to_string_lossy().as_bytes()).unwrap();
+        // SAFETY: valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+
+    fn scratch_dir(name: &str) -> PathBuf {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let d = std::env::temp_dir().join(format!(
+            "porthole-env-test-{name}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[tokio::test]
+    async fn a_terminal_gets_its_environment_through_a_fifo_never_a_command_line() {
+        let dir = scratch_dir("fifo");
+        let fifo = dir.join("agent.env");
+        mkfifo(&fifo);
+        let secret = "sk-live 'quoted' $(touch pwned) `x` \\ \n line2";
+        let vars: HashMap<String, String> = [
+            ("API_KEY".to_string(), secret.to_string()),
+            ("PORTHOLE_TOKEN".to_string(), "agent-token-123".to_string()),
+            // Not a variable name: left out rather than turned into shell syntax.
+            ("X; touch pwned2".to_string(), "v".to_string()),
+        ]
+        .into();
+        let script = export_script(&vars);
+        assert!(!script.contains("pwned2"), "{script}");
+        let (f2, s2) = (fifo.clone(), script.clone());
+        let writer = tokio::spawn(async move {
+            hand_over(&f2, &s2, Duration::from_secs(20), || true).await
+        });
+        // What a pane runs: the FIFO's path is all its command line holds.
+        let command = format!(
+            ". {}; printf '%s|%s' \"$API_KEY\" \"$PORTHOLE_TOKEN\"",
+            sh_quote(&fifo.to_string_lossy())
+        );
+        assert!(!command.contains("sk-live"));
+        let out = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&command)
+            .current_dir(&dir)
+            .output()
+            .await
+            .unwrap();
+        assert!(writer.await.unwrap(), "the script was handed over");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{secret}|agent-token-123"),
+            "stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!dir.join("pwned").exists() && !dir.join("pwned2").exists());
+        // Nothing was stored: the FIFO holds no bytes once read.
+        assert_eq!(std::fs::metadata(&fifo).unwrap().len(), 0);
+
+        // A regular file put where the FIFO was never receives the script.
+        let _ = std::fs::remove_file(&fifo);
+        std::fs::write(&fifo, "").unwrap();
+        assert!(!hand_over(&fifo, &script, Duration::from_secs(1), || true).await);
+        assert_eq!(std::fs::read(&fifo).unwrap(), b"");
+        // No reader within the wait: gives up.
+        let lone = dir.join("lone.env");
+        mkfifo(&lone);
+        assert!(!hand_over(&lone, &script, Duration::from_millis(200), || true).await);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! process group, output capped (and said so), secrets passed as env and redacted from output.
 
 use crate::app::App;
-use crate::http::ApiError;
+use crate::http::{ApiError, Principal};
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
 use porthole_proto::Actor;
 use serde::Deserialize;
@@ -122,10 +123,39 @@ pub async fn run(
     })
 }
 
-pub async fn handler(State(app): State<Arc<App>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+/// `POST /v1/exec`. The operator may always run commands; the coding agent only while it may
+/// act (not while paused, not while a human holds control). A request that reached here
+/// without a principal is treated as the agent's.
+pub async fn handler(
+    State(app): State<Arc<App>>,
+    principal: Option<axum::Extension<Principal>>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let req: ExecRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("exec body: {e}")))?;
+    if exec_gated(principal.map(|p| p.0)) {
+        agent_may_exec(&app, &req)?;
+    }
     perform(&app, req).await.map(Json)
+}
+
+/// Whether an exec from this principal waits on the control lock.
+pub fn exec_gated(principal: Option<Principal>) -> bool {
+    principal != Some(Principal::Operator)
+}
+
+/// Refuses (409 `control_refused`, and a `refused` event) an agent's exec while it may not act.
+pub fn agent_may_exec(app: &App, req: &ExecRequest) -> Result<(), ApiError> {
+    let refusal = app.control.lock().unwrap().agent_may_act();
+    if let Err(r) = refusal {
+        app.timeline.emit(
+            Actor::Agent,
+            "refused",
+            json!({"action": "exec", "command": req.command, "reason": r.0}),
+        );
+        return Err(ApiError::new(StatusCode::CONFLICT, "control_refused", r.0));
+    }
+    Ok(())
 }
 
 /// Runs a validated request for the agent (HTTP and MCP alike); output redacted, recorded.
@@ -167,6 +197,18 @@ mod tests {
             cwd: None,
             env: HashMap::new(),
             timeout_ms,
+        }
+    }
+
+    /// Only the operator's exec skips the control lock; an unknown caller is the agent.
+    #[test]
+    fn who_is_gated() {
+        for (p, gated) in [
+            (Some(Principal::Operator), false),
+            (Some(Principal::Agent), true),
+            (None, true),
+        ] {
+            assert_eq!(exec_gated(p), gated, "{p:?}");
         }
     }
 

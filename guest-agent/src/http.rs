@@ -126,9 +126,41 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-async fn auth(State(app): AppState, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
+/// Who is calling, decided by which token the request carries. Handlers that act differently
+/// for the coding agent (exec while a human holds control) read it from the request's
+/// extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal {
+    /// The host user through the app or the CLI: trusted, reaches everything.
+    Operator,
+    /// The coding agent inside the machine: hostile by assumption.
+    Agent,
+}
+
+/// What the agent token may reach. Everything that would let the coding agent act as the human
+/// (control changes, WHEP viewers and their input, the display, secrets and the environment,
+/// sessions, recordings) is the operator's alone.
+pub fn agent_may(method: &axum::http::Method, path: &str) -> bool {
+    use axum::http::Method;
+    if path == "/mcp" || path.starts_with("/mcp/") {
+        return true;
+    }
+    matches!(
+        (method.clone(), path),
+        (Method::POST, "/v1/computer")
+            | (Method::GET, "/v1/screenshot")
+            | (Method::POST, "/v1/exec")
+            | (Method::GET, "/v1/events")
+            | (Method::GET, "/v1/events/stream")
+            | (Method::GET, "/v1/control")
+            | (Method::POST, "/v1/chapters")
+            | (Method::POST, "/v1/anthropic/tool_use")
+            | (Method::POST, "/v1/openai/computer_call")
+    )
+}
+
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         // The scheme name is case-insensitive (RFC 7235).
@@ -137,16 +169,47 @@ async fn auth(State(app): AppState, req: Request, next: Next) -> Response {
                 .filter(|p| p.eq_ignore_ascii_case("bearer "))
                 .map(|_| &v[7..])
         })
-        .unwrap_or("");
-    // Constant time: a timing side channel must not reveal the token byte by byte.
-    if given.is_empty() || !bool::from(given.as_bytes().ct_eq(app.cfg.token.as_bytes())) {
+        .unwrap_or("")
+}
+
+/// Which principal a token names, in constant time for both comparisons (a timing side
+/// channel must not reveal either token byte by byte, nor which one was close).
+pub fn principal_of(given: &str, operator: &str, agent: Option<&str>) -> Option<Principal> {
+    if given.is_empty() {
+        return None;
+    }
+    let op = bool::from(given.as_bytes().ct_eq(operator.as_bytes()));
+    let ag = agent.is_some_and(|a| bool::from(given.as_bytes().ct_eq(a.as_bytes())));
+    match (op, ag) {
+        (true, _) => Some(Principal::Operator),
+        (false, true) => Some(Principal::Agent),
+        _ => None,
+    }
+}
+
+async fn auth(State(app): AppState, mut req: Request, next: Next) -> Response {
+    let given = bearer(req.headers());
+    let Some(who) = principal_of(given, &app.cfg.token, app.cfg.agent_token.as_deref()) else {
         let msg = if given.is_empty() {
             "missing Authorization: Bearer <token>"
         } else {
             "wrong token"
         };
         return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", msg).into_response();
+    };
+    if who == Principal::Agent && !agent_may(req.method(), req.uri().path()) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "wrong_scope",
+            format!(
+                "{} {} needs the operator's token; the agent token reaches computer use, screenshot, exec, MCP, events, GET /v1/control and chapters",
+                req.method(),
+                req.uri().path()
+            ),
+        )
+        .into_response();
     }
+    req.extensions_mut().insert(who);
     next.run(req).await
 }
 
@@ -184,6 +247,7 @@ async fn json_errors(State(app): AppState, req: Request, next: Next) -> Response
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::NOT_ACCEPTABLE => "not_acceptable",
         StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "wrong_scope",
         _ => "error",
     };
     let message = if text.is_empty() {
@@ -757,4 +821,57 @@ async fn recording_thumb(
             )
         })?;
     Ok(([(header::CONTENT_TYPE, "image/jpeg")], bytes).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Method;
+
+    /// Each row: method, path, whether the agent token reaches it. The operator token reaches
+    /// all of them (no scope check applies to it).
+    #[test]
+    fn agent_scope() {
+        let check = |m: Method, p: &str, want: bool| {
+            assert_eq!(agent_may(&m, p), want, "{m} {p}");
+        };
+        check(Method::POST, "/v1/computer", true);
+        check(Method::GET, "/v1/screenshot", true);
+        check(Method::POST, "/v1/exec", true);
+        check(Method::POST, "/mcp", true);
+        check(Method::GET, "/v1/events", true);
+        check(Method::GET, "/v1/events/stream", true);
+        check(Method::GET, "/v1/control", true);
+        check(Method::POST, "/v1/chapters", true);
+        check(Method::POST, "/v1/anthropic/tool_use", true);
+        check(Method::POST, "/v1/openai/computer_call", true);
+        // Acting as the human, or touching what only the human owns.
+        check(Method::POST, "/v1/control", false);
+        check(Method::POST, "/v1/whep", false);
+        check(Method::DELETE, "/v1/whep/abc", false);
+        check(Method::PATCH, "/v1/whep/abc", false);
+        check(Method::POST, "/v1/display", false);
+        check(Method::GET, "/v1/display", false);
+        check(Method::POST, "/v1/environment", false);
+        check(Method::GET, "/v1/environment", false);
+        check(Method::POST, "/v1/environment/terminals/agent/restart", false);
+        check(Method::POST, "/v1/sessions", false);
+        check(Method::GET, "/v1/recordings", false);
+        check(Method::GET, "/v1/recordings/x/video", false);
+        check(Method::GET, "/v1/recordings/x/events", false);
+        // Path tricks: no prefix match outside /mcp.
+        check(Method::POST, "/v1/computer/../control", false);
+        check(Method::GET, "/mcpx", false);
+        check(Method::GET, "/v1/events/../recordings", false);
+    }
+
+    #[test]
+    fn principals() {
+        assert_eq!(principal_of("op", "op", Some("ag")), Some(Principal::Operator));
+        assert_eq!(principal_of("ag", "op", Some("ag")), Some(Principal::Agent));
+        assert_eq!(principal_of("ag", "op", None), None);
+        assert_eq!(principal_of("", "op", Some("ag")), None);
+        assert_eq!(principal_of("o", "op", Some("ag")), None);
+        assert_eq!(principal_of("opx", "op", Some("ag")), None);
+    }
 }

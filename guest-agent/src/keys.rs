@@ -200,6 +200,31 @@ pub fn dom_keysym(code: &str, key: &str) -> Option<u32> {
     }
 }
 
+/// The name a viewer's key may be recorded under when it does not print: its DOM `code`
+/// (`Enter`, `Backspace`, `ArrowLeft`, `F5`, `ShiftLeft`, ...), or for the few keys a browser
+/// names with an unfamiliar code, its `key`. `None` for keys that print: what they typed never
+/// reaches the timeline (a human's password would be readable there by the agent).
+pub fn dom_special_name<'a>(code: &'a str, key: &'a str) -> Option<&'a str> {
+    if dom_code_keysym(code).is_some() {
+        return Some(code);
+    }
+    match key {
+        "Enter" | "Backspace" | "Tab" | "Escape" => Some(key),
+        _ => None,
+    }
+}
+
+/// The modifier a DOM `code` is, by the name events record it under.
+pub fn dom_modifier(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "ControlLeft" | "ControlRight" => "ctrl",
+        "ShiftLeft" | "ShiftRight" => "shift",
+        "AltLeft" | "AltRight" => "alt",
+        "MetaLeft" | "MetaRight" | "OSLeft" | "OSRight" => "meta",
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

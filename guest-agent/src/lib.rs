@@ -18,6 +18,7 @@ pub mod events;
 pub mod exec;
 pub mod http;
 pub mod input;
+pub mod jail;
 pub mod keys;
 pub mod mcp;
 pub mod pipeline;

@@ -50,6 +50,22 @@ struct ServeArgs {
     /// File holding the bearer token (else PORTHOLE_TOKEN).
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// File holding the coding agent's token (scoped: computer use, screenshot, exec, MCP,
+    /// events, control state, chapters; every other endpoint answers 403 wrong_scope).
+    /// Without it the one token is the operator's.
+    #[arg(long)]
+    agent_token_file: Option<PathBuf>,
+    /// Delete the token files once read (a sandbox's private copies): processes the machine
+    /// starts later cannot read them.
+    #[arg(long)]
+    forget_token_files: bool,
+    /// Run the coding agent's processes (exec, environment steps, tmux, git on the workspace)
+    /// as this uid, so they cannot touch the agent's data or signal it (needs CAP_SETUID).
+    #[arg(long, requires = "workload_gid")]
+    workload_uid: Option<u32>,
+    /// The workload's gid (with --workload-uid).
+    #[arg(long, requires = "workload_uid")]
+    workload_gid: Option<u32>,
     /// Where recordings and state go (default $XDG_STATE_HOME/porthole-agent).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -105,6 +121,26 @@ fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
         _ => None,
     };
     let token = serve::read_token(a.token_file.as_deref())?;
+    let agent_token = match &a.agent_token_file {
+        Some(p) => Some(serve::read_token(Some(p))?),
+        None => None,
+    };
+    if agent_token.as_deref() == Some(token.as_str()) {
+        return Err(serve::ConfigError::SameTokens.into());
+    }
+    if a.forget_token_files {
+        for f in a.token_file.iter().chain(a.agent_token_file.iter()) {
+            std::fs::remove_file(f)
+                .with_context(|| format!("--forget-token-files: cannot remove {}", f.display()))?;
+        }
+    }
+    // The coding agent may share this uid: a non-dumpable process's memory, environment and
+    // descriptors are closed to other processes of the same uid (ptrace access checks), so
+    // the operator's token stays in here.
+    serve::make_undumpable();
+    if let (Some(u), Some(g)) = (a.workload_uid, a.workload_gid) {
+        porthole_agent::jail::set_workload(u, g);
+    }
     let display_size = serve::parse_size(&a.display_size)?;
     if !(1..=120).contains(&a.max_fps) {
         return Err(serve::ConfigError::Fps(a.max_fps).into());
@@ -125,13 +161,24 @@ fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
         None => Default::default(),
     };
     let data_dir = a.data_dir.unwrap_or_else(serve::default_data_dir);
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&data_dir)
+            .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+        // Only the agent: the recording and the events are evidence, and the workload (when it
+        // runs as another uid) must not be able to edit them.
+        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict data dir {}", data_dir.display()))?;
+    }
     Ok(Prepared {
         cfg: Config {
             display: a.display,
             listen: a.listen,
             token,
+            agent_token,
             data_dir,
             display_size,
             workspace: a.workspace,

@@ -133,10 +133,14 @@ impl ServerHandler for Mcp {
                 Ok(v) => result(v),
                 Err(e) => tool_error(e),
             },
+            // MCP is the coding agent's interface: its exec always waits on the control lock.
             "exec" => match serde_json::from_value::<ExecRequest>(args) {
-                Ok(r) => match crate::exec::perform(&self.app, r).await {
-                    Ok(v) => result(v),
+                Ok(r) => match crate::exec::agent_may_exec(&self.app, &r) {
                     Err(e) => tool_error(e),
+                    Ok(()) => match crate::exec::perform(&self.app, r).await {
+                        Ok(v) => result(v),
+                        Err(e) => tool_error(e),
+                    },
                 },
                 Err(e) => tool_error(ApiError::bad_request(format!("exec arguments: {e}"))),
             },

@@ -19,6 +19,8 @@ pub enum ConfigError {
     NoToken,
     #[error("token file {0} is empty")]
     EmptyToken(PathBuf),
+    #[error("--agent-token-file holds the operator's token: the coding agent's token must differ, or it could act as the operator")]
+    SameTokens,
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -51,6 +53,15 @@ pub fn parse_size(s: &str) -> Result<(u32, u32), ConfigError> {
         return Err(err());
     }
     Ok((w, h))
+}
+
+/// PR_SET_DUMPABLE 0: see the caller.
+pub fn make_undumpable() {
+    // SAFETY: prctl with constant arguments; it only changes this process's own flag.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
 }
 
 pub fn read_token(file: Option<&Path>) -> Result<String, ConfigError> {
@@ -167,7 +178,14 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
         .record
         .then(|| crate::recorder::recordings_dir(&p.cfg.data_dir));
     let timeline = Timeline::new(new_session_id(), record_root);
-    timeline.redactor.set(p.secrets.clone());
+    // The operator's token is a secret like any other: should it ever reach output (a process
+    // that read it before the agent forgot the file), it reads [REDACTED:PORTHOLE_OPERATOR_TOKEN].
+    timeline.redactor.set(
+        p.secrets
+            .clone()
+            .into_iter()
+            .chain([("PORTHOLE_OPERATOR_TOKEN".to_string(), p.cfg.token.clone())]),
+    );
     let app = Arc::new(App {
         input: Input::spawn(p.cfg.display.clone()),
         screenshots: Screenshotter::new(p.cfg.display.clone()),

@@ -273,6 +273,27 @@ describe('environment runtime: .cursor/environment.json, secrets, tmux terminals
     t.diagnostic(`notes terminal first line seen in terminal events: ${notes ? 'yes' : 'NO (printed before pipe-pane attached?)'}`);
   });
 
+  test('the terminals get the secret, never on a command line: no /proc/*/cmdline holds it (tmux -e would, for the tmux server\'s life)', async () => {
+    const st = await envStatus();
+    assert.deepEqual(st.terminals.map((x) => [x.name, x.running]), [['watcher', true], ['notes', true]], JSON.stringify(st.terminals));
+    const hits = [];
+    let withSecret = 0;
+    for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+      let cmd, environ;
+      try { cmd = readFileSync(`/proc/${pid}/cmdline`); } catch { continue; }
+      if (countIn(cmd, SECRET) > 0) hits.push(`/proc/${pid}/cmdline: ${cmd.toString().replace(/\0/g, ' ').slice(0, 300)}`);
+      try { environ = readFileSync(`/proc/${pid}/environ`); } catch { continue; }
+      if (countIn(environ, `${SECRET_NAME}=${SECRET}`) > 0 && cmd.toString().includes('watch.sh')) withSecret++;
+    }
+    assert.deepEqual(hits, [], 'the secret value is on a command line');
+    assert.ok(withSecret > 0, 'the watcher terminal\'s process has the secret in its environment');
+    // Handed over through a FIFO: nothing stored in the data dir's terminals/.
+    for (const f of readdirSync(path.join(agent.dataDir, 'terminals'))) {
+      const p = path.join(agent.dataDir, 'terminals', f);
+      assert.ok(!statSync(p).isFile() || countIn(readFileSync(p), SECRET) === 0, `${f} holds the secret`);
+    }
+  });
+
   test('POST /v1/environment re-applies the same environment: install is idempotent ("already installed")', async () => {
     const from = (await api('/v1/events?after=0&limit=1000000')).json.next;
     const r = await api('/v1/environment', { method: 'POST', body: { environment: envJson, secrets: { [SECRET_NAME]: SECRET } } });

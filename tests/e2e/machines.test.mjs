@@ -15,9 +15,10 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import {
-  existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync,
+  existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync,
 } from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import {
@@ -336,6 +337,76 @@ async function agentAnswers(url) {
 
 const computer = (url, token, action) => agentOk(url, token, '/v1/computer', { method: 'POST', body: action });
 const execIn = (url, token, command) => agentOk(url, token, '/v1/exec', { method: 'POST', body: { command } });
+
+/** A TCP listener on this host that records who connected. */
+async function hostListener(host) {
+  const conns = [];
+  const srv = net.createServer((s) => { conns.push(`${s.remoteAddress}:${s.remotePort}`); s.destroy(); });
+  await new Promise((resolve, reject) => { srv.once('error', reject); srv.listen(0, host, resolve); });
+  return { port: srv.address().port, conns, close: () => new Promise((r) => srv.close(() => r())) };
+}
+
+/** Whether this host opens a TCP connection to host:port within `ms`. */
+function hostReaches(host, port, ms = 5000) {
+  return new Promise((resolve) => {
+    const s = net.connect({ host, port, timeout: ms });
+    const done = (ok) => { s.destroy(); resolve(ok); };
+    s.once('connect', () => done(true));
+    s.once('timeout', () => done(false));
+    s.once('error', () => done(false));
+  });
+}
+
+/** From inside a VM, through its agent's exec: which of `targets` ([host, port]) it can open. */
+async function guestReaches(url, token, targets) {
+  const script = targets.map(([h, p]) =>
+    `if timeout 5 bash -c 'exec 3<>/dev/tcp/${h}/${p}' 2>/dev/null; then echo "${h} ${p} open"; else echo "${h} ${p} closed"; fi`).join('\n');
+  const r = await execIn(url, token, script);
+  assert.equal(r.exit_code, 0, JSON.stringify(r));
+  return Object.fromEntries(r.stdout.trim().split('\n').map((l) => {
+    const [h, p, st] = l.split(' ');
+    return [`${h}:${p}`, st];
+  }));
+}
+
+/**
+ * The VM reaches nothing of this host but what the host opened to it: listeners on 127.0.0.1
+ * and on every address (through QEMU's user-net gateway 10.0.2.2, which slirp maps to the
+ * host's loopback, the tap's host side, every host address) stay unreached, the cloud metadata
+ * address too; the agent still answers, and outbound traffic still flows when this host has it.
+ */
+async function assertVmOffTheHost(t, m, token, label) {
+  const lo = await hostListener('127.0.0.1');
+  const all = await hostListener('0.0.0.0');
+  try {
+    const hostIps = Object.values(os.networkInterfaces()).flat()
+      .filter((a) => a.family === 'IPv4' && !a.internal).map((a) => a.address);
+    const targets = [['10.0.2.2', lo.port], ['10.0.2.2', all.port], ['10.0.2.4', lo.port],
+      ['169.254.169.254', 80], ...hostIps.map((a) => [a, all.port])];
+    if (m.spec.tap_index) targets.push([`10.215.${m.spec.tap_index}.1`, all.port]);
+    // The probes are sound: this host itself reaches both listeners on those addresses.
+    assert.ok(await hostReaches('127.0.0.1', lo.port), `${label}: the host cannot reach its own loopback listener`);
+    for (const a of hostIps) assert.ok(await hostReaches(a, all.port), `${label}: the host cannot reach ${a}:${all.port}`);
+    lo.conns.length = 0; all.conns.length = 0;
+    const seen = await guestReaches(m.agent_url, token, targets);
+    t.diagnostic(`${label} from the guest: ${JSON.stringify(seen)}`);
+    for (const [h, p] of targets) {
+      assert.equal(seen[`${h}:${p}`], 'closed', `${label}: the guest opened ${h}:${p} on this host: ${JSON.stringify(seen)}`);
+    }
+    assert.deepEqual([...lo.conns, ...all.conns], [], `${label}: the host's listeners saw the guest`);
+    // Still reachable the way Porthole reaches it.
+    assert.ok(await agentAnswers(m.agent_url), `${label}: the agent stopped answering`);
+    if (await hostReaches('deb.debian.org', 80)) {
+      const out = await guestReaches(m.agent_url, token, [['deb.debian.org', 80]]);
+      assert.equal(out['deb.debian.org:80'], 'open', `${label}: outbound traffic is cut too: ${JSON.stringify(out)}`);
+    } else {
+      t.diagnostic(`${label}: this host has no outbound HTTP; outbound from the guest not checked`);
+    }
+  } finally {
+    await lo.close();
+    await all.close();
+  }
+}
 
 async function doActions(url, token, actions, pauseMs = 500) {
   for (const a of actions) {
@@ -994,6 +1065,8 @@ describe('porthole machines (CLI end to end)', { timeout: 90 * 60 * 1000 }, () =
       'the cached image is not stamped with the hash of packaging/guest-image/build.sh');
     const tok1 = await w.token('q1');
     assert.equal((await agentApi(q1.agent_url, null, '/v1/control')).status, 401);
+    assert.equal(q1.spec.isolated, true, JSON.stringify(q1.spec));
+    await assertVmOffTheHost(t, q1, tok1, 'q1 (tap)');
 
     await computer(q1.agent_url, tok1, { action: 'mouse_move', coordinate: [321, 123] });
     const pos = await computer(q1.agent_url, tok1, { action: 'cursor_position' });
@@ -1042,6 +1115,8 @@ describe('porthole machines (CLI end to end)', { timeout: 90 * 60 * 1000 }, () =
     assert.equal(host2, 'q2', 'the clone keeps its source hostname');
     assert.notEqual(mid2, mid1, 'the clone keeps its source machine-id');
     assert.equal(xvfb2, xvfb1, 'the desktop was not resumed warm (a new X server process)');
+    // The clone resumed a running guest: it is confined before it runs again.
+    await assertVmOffTheHost(t, q2, tok2, 'q2 (memory clone)');
     const rec = await agentOk(q2.agent_url, tok2, '/v1/recordings');
     assert.ok(!rec.recordings.some((x) => x.id === session1.id),
       `the clone shows its source's recording ${session1.id}: ${JSON.stringify(rec)}`);
@@ -1066,12 +1141,35 @@ describe('porthole machines (CLI end to end)', { timeout: 90 * 60 * 1000 }, () =
     for (const m of (await w.list()).filter((x) => x.name !== 'q1')) await w.ok(['machine', 'destroy', m.name], { env });
     t0 = Date.now();
     // Unprivileged mode: QEMU's user network, the agent on a forwarded loopback port.
-    const q3 = await create(['--name', 'q3', '--from-snapshot', 'disk', '--network', 'loopback']);
+    // With a shared workspace whose name would add QEMU options if its commas were not escaped.
+    const ws = path.join(w.home, 'ws,readonly=on,security_model=passthrough');
+    mkdirSync(ws);
+    writeFileSync(path.join(ws, 'from-host'), 'host\n');
+    const q3 = await create(['--name', 'q3', '--from-snapshot', 'disk', '--network', 'loopback', '--workspace', ws]);
     assert.match(q3.agent_url, /^http:\/\/127\.0\.0\.1:\d+$/, JSON.stringify(q3));
     t.diagnostic(`q3 from disk snapshot ${Date.now() - t0} ms`);
     const tok3 = await w.token('q3');
     const id3 = await execIn(q3.agent_url, tok3, 'cat /root/marker; pgrep -x Xvnc || pgrep -x Xvfb');
     assert.equal(id3.stdout.trim().split('\n')[0], 'hi', JSON.stringify(id3));
+    await assertVmOffTheHost(t, q3, tok3, 'q3 (loopback)');
+    // The share: the whole path (commas and all), writable, and nothing the guest makes in it
+    // means anything on the host (mapped-xattr): no setuid bit, device node or symlink.
+    const wsr = await execIn(q3.agent_url, tok3, [
+      'cd /workspace && cat from-host && echo guest > from-guest',
+      'cp /bin/true suid && chmod 4755 suid && chown 0:0 suid',
+      'mknod blk b 8 0; mkfifo fifo; ln -s /etc/shadow link',
+      'stat -c "%n %F %a" suid blk link 2>&1',
+    ].join('; '));
+    t.diagnostic(`q3 workspace from the guest: ${JSON.stringify(wsr)}`);
+    assert.match(wsr.stdout, /^host\n/, JSON.stringify(wsr));
+    assert.equal(readFileSync(path.join(ws, 'from-guest'), 'utf8'), 'guest\n');
+    for (const f of ['suid', 'blk', 'fifo', 'link']) {
+      let st;
+      try { st = lstatSync(path.join(ws, f)); } catch { continue; }
+      assert.ok(st.isFile(), `${f}: the guest made a ${st.mode.toString(8)} on the host, not a plain file`);
+      assert.equal(st.mode & 0o7000, 0, `${f}: mode ${st.mode.toString(8)} on the host`);
+    }
+    assert.ok(existsSync(path.join(ws, 'suid')), 'the guest could not create files in the workspace');
 
     // A VM whose QEMU dies is listed as failed, with the reason.
     process.kill(q3.pid, 'SIGKILL');

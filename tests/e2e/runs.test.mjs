@@ -4,13 +4,19 @@
 // parallel must each come back with their own commit and nothing else; the transcript, file
 // changes and task progress are on the timeline; an idle agent produces `stalled`; bad input is
 // refused before anything is created.
+//
+// The coding agent is hostile: a run's workspace is a clone of its own (the repository's `.git`
+// is never bound in), its branch comes back without anything the agent planted in the clone
+// (hooks, core.fsmonitor, core.hooksPath, aliases, ...) running on the host, and the repository's
+// config and hooks are untouched. A run gets only the secrets its environment declares, never on
+// a command line, and the agent token (never the operator's) in its environment and MCP config.
 
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import http from 'node:http';
-import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { agentBin, tmpDir, waitFor } from './harness.mjs';
@@ -70,6 +76,52 @@ function gitHttpServer(root, { user, password }) {
   });
 }
 
+const DECLARED = `declared-${randomBytes(8).toString('hex')}`;
+const UNDECLARED = `undeclared-${randomBytes(8).toString('hex')}`;
+const sha256 = (s) => createHash('sha256').update(s).digest('hex');
+
+// The hostile agent: commits, then plants in its clone's .git everything that would execute
+// when git runs with that clone as its repository, each touching a marker in $1 (a host path);
+// it runs no git command after planting (the machine's own git would set them off inside).
+const EVIL_AGENT = `#!/bin/sh
+M="$1"
+cd /workspace || exit 1
+printf 'token=%s\n' "$(printf %s "$PORTHOLE_TOKEN" | sha256sum | cut -d' ' -f1)"
+printf 'declared=%s\n' "$(printf %s "$RUN_DECLARED" | sha256sum | cut -d' ' -f1)"
+printf 'undeclared=[%s]\n' "$RUN_UNDECLARED"
+echo "evil note" > EVIL.md
+git add EVIL.md && git commit -q -m "evil agent" || exit 1
+mkdir -p .git/hooks .git/evil-hooks
+for h in post-checkout reference-transaction pre-push post-merge post-rewrite fsmonitor-watchman pre-auto-gc post-index-change; do
+  printf '#!/bin/sh\ntouch "%s/hook-%s"\n' "$M" "$h" > .git/hooks/$h
+  printf '#!/bin/sh\ntouch "%s/hookspath-%s"\n' "$M" "$h" > .git/evil-hooks/$h
+  chmod +x .git/hooks/$h .git/evil-hooks/$h
+done
+cat >> .git/config <<EOF
+[core]
+\tfsmonitor = "touch $M/fsmonitor #"
+\thooksPath = .git/evil-hooks
+\tsshCommand = "touch $M/sshcommand #"
+\talternateRefsCommand = "touch $M/alternaterefs #"
+[uploadpack]
+\tpackObjectsHook = "touch $M/packobjectshook #"
+[alias]
+\tst = "!touch $M/alias"
+[gpg]
+\tprogram = "touch $M/gpg #"
+[log]
+\tshowSignature = true
+[diff]
+\texternal = "touch $M/diffexternal #"
+[remote "origin"]
+\turl = "ext::sh -c touch% $M/ext"
+[protocol "ext"]
+\tallow = always
+EOF
+echo planted
+sleep 600
+`;
+
 describe('agent runs', { timeout: 15 * 60 * 1000 }, () => {
   let home, repo;
   const env = () => ({ PORTHOLE_HOME: home, PORTHOLE_AGENT_BIN: agentBin(), PORTHOLE_STALL_AFTER: '4' });
@@ -80,6 +132,12 @@ describe('agent runs', { timeout: 15 * 60 * 1000 }, () => {
     assert.equal(r.code, 0, `porthole ${args.join(' ')} failed: ${r.stderr}`);
     return JSON.parse(r.stdout);
   };
+  const setSecret = (name, value) => new Promise((resolve) => {
+    const c = execFile(CLI, ['secrets', 'set', name], { env: { ...process.env, ...env() } }, (err, stdout, stderr) => resolve({ code: err ? err.code : 0, stderr }));
+    c.stdin.end(`${value}\n`);
+  });
+  /** The run's branch as `run show` brings it back: its commits. */
+  const runCommits = async (id) => (await json('run', 'show', id)).commits;
   const agentEvents = async (machine) => {
     const list = await json('machine', 'list');
     const m = list.find((x) => x.name === machine);
@@ -95,8 +153,10 @@ describe('agent runs', { timeout: 15 * 60 * 1000 }, () => {
     cpSync(path.join(DEMO, 'webapp'), path.join(repo, 'webapp'), { recursive: true });
     cpSync(path.join(DEMO, 'demo-agent.py'), path.join(repo, 'demo-agent.py'));
     writeFileSync(path.join(repo, 'README.md'), '# app under test\n');
+    writeFileSync(path.join(repo, 'evil-agent.sh'), EVIL_AGENT);
     writeFileSync(path.join(repo, '.porthole', 'environment.json'), JSON.stringify({
       name: 'runs-test',
+      secrets: ['RUN_DECLARED'],
       start: 'python3 -m http.server 8080 --bind 127.0.0.1 --directory webapp',
       ports: [{ port: 8080, name: 'web' }],
     }, null, 2));
@@ -104,6 +164,9 @@ describe('agent runs', { timeout: 15 * 60 * 1000 }, () => {
       const r = await git(...args);
       assert.equal(r.code, 0, r.stderr);
     }
+    // One secret the environment declares, one global secret it does not.
+    assert.equal((await setSecret('RUN_DECLARED', DECLARED)).code, 0);
+    assert.equal((await setSecret('RUN_UNDECLARED', UNDECLARED)).code, 0);
   });
 
   after(async () => {
@@ -146,8 +209,8 @@ describe('agent runs', { timeout: 15 * 60 * 1000 }, () => {
     }
     assert.notEqual(runs[0].machine, runs[1].machine);
     for (const [i, r] of runs.entries()) {
-      await waitFor(async () => (await git('log', '--format=%s', `main..${r.branch}`)).stdout.trim().length > 0,
-        { timeout: 180000, interval: 1000, message: `a commit on ${r.branch}` });
+      await waitFor(async () => (await runCommits(r.id)).length > 0,
+        { timeout: 180000, interval: 1000, message: `a commit on ${r.branch} (run show)` });
       const files = (await git('diff', '--name-only', `main...${r.branch}`)).stdout.trim().split('\n');
       assert.deepEqual(files, ['NOTES.md'], `${r.branch} changes only NOTES.md`);
       const notes = (await git('show', `${r.branch}:NOTES.md`)).stdout;
@@ -195,6 +258,61 @@ describe('agent runs', { timeout: 15 * 60 * 1000 }, () => {
     await json('run', 'stop', r.id);
   });
 
+  test('a hostile agent: nothing it plants in its clone runs on the host; declared secrets only, never on a command line; the agent token', async () => {
+    const markers = path.join(home, 'markers');
+    mkdirSync(markers, { recursive: true });
+    const gitDir = path.join(repo, '.git');
+    const snap = () => Object.fromEntries(['config', 'HEAD', 'index', 'hooks', 'info'].flatMap((n) => {
+      const p = path.join(gitDir, n);
+      if (!existsSync(p)) return [];
+      if (statSync(p).isDirectory()) return readdirSync(p).map((f) => [`${n}/${f}`, readFileSync(path.join(p, f), 'utf8')]);
+      return [[n, readFileSync(p).toString('base64')]];
+    }));
+    const before = snap();
+    const r = await json('run', 'start', '--repo', repo, '--task', 'plant everything', '--agent', `sh evil-agent.sh ${markers}`);
+    assert.ok(!existsSync(path.join(repo, '.git', 'worktrees')) || readdirSync(path.join(repo, '.git', 'worktrees')).length === 0,
+      'no git worktree of the repository was made for the run');
+    assert.ok(existsSync(path.join(r.worktree, '.git')) && statSync(path.join(r.worktree, '.git')).isDirectory(), 'the run has a clone of its own');
+    const evs = await waitFor(async () => {
+      const e = await agentEvents(r.machine);
+      const t = e.filter((x) => x.kind === 'terminal' && x.data.name === 'agent').map((x) => x.data.text).join('');
+      return t.includes('planted') ? t : null;
+    }, { timeout: 120000, interval: 1000, message: 'the hostile agent planted its hooks and config' });
+
+    // Secrets: the declared one reached the agent's terminal, the undeclared one did not; the
+    // terminal's PORTHOLE_TOKEN is the agent token, not the operator's.
+    const agentToken = (await porthole('machine', 'token', r.machine, '--agent')).stdout.trim();
+    const operatorToken = (await porthole('machine', 'token', r.machine)).stdout.trim();
+    assert.ok(agentToken && agentToken !== operatorToken, 'two tokens');
+    assert.match(evs, new RegExp(`token=${sha256(agentToken)}`), `the agent terminal's PORTHOLE_TOKEN is the agent token: ${evs}`);
+    assert.match(evs, new RegExp(`declared=${sha256(DECLARED)}`), 'the declared secret reached the run');
+    assert.match(evs, /undeclared=\[\]/, 'an undeclared global secret did not');
+    // No process anywhere has a secret or a token on its command line.
+    const hits = [];
+    for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+      let cmd;
+      try { cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8'); } catch { continue; }
+      for (const [what, v] of [['declared secret', DECLARED], ['undeclared secret', UNDECLARED], ['agent token', agentToken], ['operator token', operatorToken]]) {
+        if (cmd.includes(v)) hits.push(`${what} in /proc/${pid}/cmdline: ${cmd.replace(/\0/g, ' ').slice(0, 300)}`);
+      }
+    }
+    assert.deepEqual(hits, [], 'secrets on command lines');
+    // The MCP config holds the agent token, 0600.
+    const mcp = path.join(home, 'machines', r.machine, 'home', '.porthole', 'mcp.json');
+    assert.equal(statSync(mcp).mode & 0o777, 0o600, 'mcp.json is 0600');
+    const mcpText = readFileSync(mcp, 'utf8');
+    assert.ok(mcpText.includes(agentToken) && !mcpText.includes(operatorToken), 'mcp.json carries the agent token only');
+
+    const c = await json('run', 'collect', r.id);
+    assert.equal(c.commits, 1, JSON.stringify(c));
+    await json('run', 'stop', r.id);
+    assert.deepEqual(readdirSync(markers), [], 'something the agent planted ran on the host');
+    assert.deepEqual(snap(), before, "the repository's config, HEAD, index, hooks or info changed");
+    assert.equal((await git('show', `${r.branch}:EVIL.md`)).stdout, 'evil note\n', 'the branch came back');
+    assert.equal((await git('status', '--porcelain')).stdout, '', 'the working tree is untouched');
+    assert.equal((await git('symbolic-ref', 'HEAD')).stdout.trim(), 'refs/heads/main');
+  });
+
   test('a URL repository: cloned with the vault token (none or a wrong one is refused first), the branch pushed back', async () => {
     const root = path.join(home, 'served');
     mkdirSync(root, { recursive: true });
@@ -204,10 +322,6 @@ describe('agent runs', { timeout: 15 * 60 * 1000 }, () => {
     await new Promise((r) => server.listen(0, '127.0.0.1', r));
     const url = `http://127.0.0.1:${server.address().port}/app.git`;
     const bare = (...args) => run('git', ['-C', path.join(root, 'app.git'), ...args]);
-    const setSecret = (value) => new Promise((resolve) => {
-      const c = execFile(CLI, ['secrets', 'set', 'GIT_TOKEN'], { env: { ...process.env, ...env() } }, (err, stdout, stderr) => resolve({ code: err ? err.code : 0, stderr }));
-      c.stdin.end(`${value}\n`);
-    });
     const nothingLeft = async (what) => {
       assert.ok((await json('run', 'list')).every((r) => r.repo !== url), `${what}: a run was recorded`);
       assert.deepEqual((await json('machine', 'list')).filter((m) => m.name.startsWith('run-')), [], `${what}: a machine was left`);
@@ -229,7 +343,7 @@ describe('agent runs', { timeout: 15 * 60 * 1000 }, () => {
       await nothingLeft('no credentials');
 
       const wrong = randomBytes(12).toString('hex');
-      assert.equal((await setSecret(wrong)).code, 0);
+      assert.equal((await setSecret('GIT_TOKEN', wrong)).code, 0);
       r = await start();
       assert.notEqual(r.code, 0);
       assert.match(r.stderr, /rejected the credentials \(vault secret GIT_TOKEN\)/);
@@ -237,16 +351,15 @@ describe('agent runs', { timeout: 15 * 60 * 1000 }, () => {
       assert.equal((await json('run', 'list')).length, before);
       await nothingLeft('wrong token');
       const listed = await json('secrets', 'list');
-      assert.deepEqual(listed.map((x) => x.name), ['GIT_TOKEN']);
+      assert.deepEqual(listed.map((x) => x.name).sort(), ['GIT_TOKEN', 'RUN_DECLARED', 'RUN_UNDECLARED']);
       assert.ok(!JSON.stringify(listed).includes(wrong), 'secrets list shows the value');
 
-      assert.equal((await setSecret(password)).code, 0);
+      assert.equal((await setSecret('GIT_TOKEN', password)).code, 0);
       const started = await json('run', 'start', '--repo', url, '--task', 'note from a clone', '--agent', 'python3 demo-agent.py');
       assert.equal(started.repo, url);
       assert.equal(started.branch, `porthole/${started.id}`);
-      const wt = started.worktree;
-      await waitFor(async () => (await run('git', ['-C', wt, 'log', '--format=%s', `origin/main..${started.branch}`])).stdout.trim().length > 0,
-        { timeout: 180000, interval: 1000, message: `a commit on ${started.branch} in the clone` });
+      await waitFor(async () => (await runCommits(started.id)).length > 0,
+        { timeout: 180000, interval: 1000, message: `a commit on ${started.branch} (run show)` });
       const c = await json('run', 'collect', started.id);
       assert.equal(c.pushed, true, `collect: ${JSON.stringify(c)}`);
       assert.equal(c.commits, 1);

@@ -55,8 +55,14 @@ enum MachineCmd {
     Stop(NameArgs),
     /// Stop a machine and remove everything it owns.
     Destroy(NameArgs),
-    /// Print the machine's agent token (for scripts).
-    Token { name: String },
+    /// Print the machine's operator token (the app's and the CLI's; reaches every endpoint).
+    Token {
+        name: String,
+        /// Print the coding agent's token instead: the only one the machine's own processes
+        /// see (computer use, screenshot, exec, MCP, events, chapters; 403 elsewhere).
+        #[arg(long)]
+        agent: bool,
+    },
     /// Save the machine's disk state as a snapshot new machines can start from.
     Snapshot {
         name: String,
@@ -100,8 +106,9 @@ struct CreateArgs {
     /// Remote host over https: SHA-256 fingerprint of the agent's certificate.
     #[arg(long)]
     fingerprint: Option<String>,
-    /// Network: loopback (any user) or, as root (the default then), netns for a local sandbox
-    /// and tap for a qemu machine.
+    /// Network. Local sandbox: always a private one by default (netns as root, slirp for an
+    /// ordinary user); `host` shares the host's network and is NOT isolated (`loopback` is its
+    /// old name). QEMU: tap (root, the default) or loopback (user networking).
     #[arg(long)]
     network: Option<String>,
     /// Start the agent without a session (for a warm pool).
@@ -349,9 +356,13 @@ async fn run(cli: Cli) -> Result<()> {
                     || format!("destroyed {}", a.name),
                 );
             }
-            MachineCmd::Token { name } => {
+            MachineCmd::Token { name, agent } => {
                 let m = ms.get(&name).await?;
-                println!("{}", ms.token(&m)?);
+                if agent {
+                    println!("{}", ms.agent_token(&m)?);
+                } else {
+                    println!("{}", ms.token(&m)?);
+                }
             }
             MachineCmd::Snapshot {
                 name,

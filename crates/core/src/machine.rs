@@ -52,9 +52,20 @@ pub struct Machine {
     pub pid: Option<i64>,
     /// Provider details (display, network mode, workspace, fingerprint, ...).
     pub spec: Value,
+    /// Whether the machine has a network of its own (false only for `--network host`);
+    /// unknown for a remote host.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub isolated: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub created_at: i64,
+}
+
+impl Machine {
+    /// Beside the operator's token in the state's `keys/`, for the machines Porthole starts.
+    pub fn agent_token_path(&self) -> PathBuf {
+        self.token_path.with_file_name(format!("{}.agent-token", self.name))
+    }
 }
 
 /// What `machine create` asks for.
@@ -70,7 +81,8 @@ pub struct CreateSpec {
     pub fingerprint: Option<String>,
     /// Start the agent without a session (warm pool).
     pub idle: bool,
-    /// local: "loopback" or "netns" (default: netns when root and `ip` exists).
+    /// local: "netns" (root), "slirp" (any user) or "host" (not isolated; "loopback" is its
+    /// old name). Default: netns as root, else slirp.
     pub network: Option<String>,
     pub display_size: Option<(u32, u32)>,
     pub browser: bool,
@@ -95,6 +107,32 @@ pub fn valid_name(name: &str) -> Result<()> {
             "machine name '{name}': use 1-40 letters, digits, '-' or '_', starting with a letter or digit"
         )))
     }
+}
+
+/// Writes a file only its owner can read, created with mode 0600 (never a create-then-chmod
+/// window in which another user could open it); replaces what was there.
+pub fn write_private(path: &std::path::Path, contents: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(CoreError::io(format!("create {}", path.display())))?;
+    f.write_all(contents)
+        .map_err(CoreError::io(format!("write {}", path.display())))
+}
+
+/// Creates a directory (and its parents) that only its owner can enter, mode 0700 from the start.
+pub fn create_private_dir(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(CoreError::io(format!("create {}", path.display())))
 }
 
 pub fn random_token() -> String {
@@ -141,6 +179,22 @@ fn from_row(r: Row) -> Machine {
         spec: serde_json::from_str(&r.6).unwrap_or(Value::Null),
         error: r.7,
         created_at: r.8,
+        isolated: None,
+    }
+    .with_isolation()
+}
+
+impl Machine {
+    fn with_isolation(mut self) -> Self {
+        self.isolated = match self.provider {
+            ProviderKind::Local => Some(!matches!(
+                self.spec["network"].as_str(),
+                Some("host") | Some("loopback")
+            )),
+            ProviderKind::Qemu => Some(true),
+            ProviderKind::Remote => None,
+        };
+        self
     }
 }
 
@@ -235,6 +289,22 @@ impl Machines {
             )))
     }
 
+    /// The coding agent's token: the only one the machine's own processes (terminals, runs,
+    /// MCP configs) ever see. Local and QEMU machines have one; a remote host's agent was
+    /// installed with a single token.
+    pub fn agent_token(&self, m: &Machine) -> Result<String> {
+        let p = m.agent_token_path();
+        std::fs::read_to_string(&p)
+            .map(|t| t.trim().to_string())
+            .map_err(|_| {
+                CoreError::Invalid(format!(
+                    "machine '{}' has no agent token (its agent serves one token, the operator's: {} machines made before two tokens existed, and remote hosts, do); recreate it to get one",
+                    m.name,
+                    m.provider.as_str()
+                ))
+            })
+    }
+
     pub fn client(&self, m: &Machine) -> Result<AgentClient> {
         let url = m.agent_url.as_deref().ok_or_else(|| {
             CoreError::Invalid(format!(
@@ -268,6 +338,7 @@ impl Machines {
             spec: json!({}),
             error: None,
             created_at: now_ms(),
+            isolated: None,
         };
         let r = match kind {
             ProviderKind::Local => {
@@ -288,7 +359,7 @@ impl Machines {
         }
         m.status = "running".into();
         self.save(&m).await?;
-        Ok(m)
+        Ok(m.with_isolation())
     }
 
     async fn cleanup(&self, m: &Machine) {
@@ -307,6 +378,7 @@ impl Machines {
             .await;
         if m.provider != ProviderKind::Remote || m.token_path.starts_with(self.state.keys()) {
             let _ = std::fs::remove_file(&m.token_path);
+            let _ = std::fs::remove_file(m.agent_token_path());
         }
     }
 

@@ -24,11 +24,9 @@ pub fn now_ms() -> i64 {
 
 impl Store {
     pub async fn open(path: &Path) -> Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(crate::error::CoreError::io(format!(
-                "create {}",
-                dir.display()
-            )))?;
+        // The state directory: 0700 from the start (see paths.rs).
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::paths::ensure_private_dir(dir)?;
         }
         let opts = SqliteConnectOptions::new()
             .filename(path)

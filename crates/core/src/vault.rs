@@ -14,7 +14,6 @@ use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 
 pub struct Vault {
     cipher: ChaCha20Poly1305,
@@ -55,6 +54,41 @@ fn keychain_key(state_root: &std::path::Path) -> std::result::Result<Vec<u8>, St
     }
 }
 
+/// A new vault key in `path`: written whole to a 0600 file of its own (no window in which
+/// another user could open it), then linked into place, so a crash leaves no half key and an
+/// existing key (another process making one at the same moment) is never replaced: that one is
+/// used instead.
+fn new_key_file(
+    path: &std::path::Path,
+    read_file: &dyn Fn(&std::path::Path) -> Result<Option<Vec<u8>>>,
+) -> Result<Vec<u8>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut k = vec![0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut k);
+    let tmp = path.with_extension(format!("key.new.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let r = (|| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&k)?;
+        f.sync_all()?;
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    match r {
+        Ok(()) => Ok(k),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_file(path)?
+            .ok_or_else(|| {
+                CoreError::Invalid(format!("{} exists but cannot be read", path.display()))
+            }),
+        Err(e) => Err(CoreError::io("write the vault key")(e)),
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct SecretInfo {
     pub name: String,
@@ -84,8 +118,7 @@ pub fn valid_secret_name(name: &str) -> Result<()> {
 
 impl Vault {
     pub async fn open(ms: &Machines) -> Result<Self> {
-        let dir = ms.state.keys();
-        std::fs::create_dir_all(&dir).map_err(CoreError::io("create keys dir"))?;
+        let dir = ms.state.create_keys()?;
         let path = dir.join("vault.key");
         let read_file = |path: &std::path::Path| -> Result<Option<Vec<u8>>> {
             match std::fs::read(path) {
@@ -119,11 +152,7 @@ impl Vault {
                         )))
                     }
                     Err(why) => {
-                        let mut k = vec![0u8; 32];
-                        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut k);
-                        std::fs::write(&path, &k).map_err(CoreError::io("write vault key"))?;
-                        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                            .map_err(CoreError::io("chmod vault key"))?;
+                        let k = new_key_file(&path, &read_file)?;
                         (k, format!("encrypted file (no OS keychain: {why})"))
                     }
                 }
@@ -220,23 +249,56 @@ impl Vault {
             .ok()
     }
 
-    /// Values for a machine with this environment: global secrets, overridden by scoped ones.
-    pub async fn env_for(&self, env_name: Option<&str>) -> Result<BTreeMap<String, String>> {
-        let rows: Vec<(String, String, Vec<u8>, Vec<u8>)> =
-            sqlx::query_as("SELECT name, scope, nonce, ciphertext FROM secrets ORDER BY scope")
-                .fetch_all(&self.store.pool)
-                .await?;
-        let mut out = BTreeMap::new();
-        for (name, scope, nonce, ct) in rows {
-            if !scope.is_empty() && Some(scope.as_str()) != env_name {
-                continue;
+    /// One secret's value for a machine with this environment: the one scoped to it, else the
+    /// global one; `None` when the vault holds neither.
+    pub async fn get(&self, name: &str, env_name: Option<&str>) -> Result<Option<String>> {
+        let rows: Vec<(String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+            "SELECT scope, nonce, ciphertext FROM secrets WHERE name = ? AND (scope = '' OR scope = ?) ORDER BY scope DESC",
+        )
+        .bind(name)
+        .bind(env_name.unwrap_or(""))
+        .fetch_all(&self.store.pool)
+        .await?;
+        match rows.into_iter().next() {
+            None => Ok(None),
+            Some((scope, nonce, ct)) => {
+                let pt = self.unseal(name, &scope, &nonce, &ct).ok_or_else(|| {
+                    CoreError::Invalid(format!(
+                        "secret {name} cannot be decrypted (vault key changed?)"
+                    ))
+                })?;
+                Ok(Some(String::from_utf8_lossy(&pt).into_owned()))
             }
-            let pt = self.unseal(&name, &scope, &nonce, &ct).ok_or_else(|| {
-                CoreError::Invalid(format!(
-                    "secret {name} cannot be decrypted (vault key changed?)"
-                ))
-            })?;
-            out.insert(name, String::from_utf8_lossy(&pt).into_owned());
+        }
+    }
+
+    /// The values of the secrets an environment declares (its `secrets` names), and only those:
+    /// what a machine or run with that environment is handed. A declared name the vault does not
+    /// hold is an error saying how to add it.
+    pub async fn declared(
+        &self,
+        env_name: Option<&str>,
+        names: &[String],
+    ) -> Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        let mut missing = Vec::new();
+        for name in names {
+            valid_secret_name(name)?;
+            match self.get(name, env_name).await? {
+                Some(v) => {
+                    out.insert(name.clone(), v);
+                }
+                None => missing.push(name.as_str()),
+            }
+        }
+        if !missing.is_empty() {
+            let scope = env_name
+                .map(|e| format!(" (or --scope {e})"))
+                .unwrap_or_default();
+            return Err(CoreError::Invalid(format!(
+                "the environment declares the secret(s) {}, which the vault does not hold: store each with `porthole secrets set NAME`{scope}",
+                missing.join(", ")
+            )));
         }
         Ok(out)
     }
@@ -245,6 +307,41 @@ impl Vault {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_fresh_state_dir_keys_dir_and_vault_key_are_private() {
+        use std::os::unix::fs::MetadataExt;
+        std::env::set_var("PORTHOLE_KEYCHAIN", "0");
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("state");
+        let ms = Machines::open(crate::paths::StateDir::at(&root))
+            .await
+            .unwrap();
+        let v = Vault::open(&ms).await.unwrap();
+        assert!(v.backend().starts_with("encrypted file"), "{}", v.backend());
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(&root), 0o700, "state dir");
+        assert_eq!(mode(&root.join("keys")), 0o700, "keys dir");
+        let key = root.join("keys/vault.key");
+        assert_eq!(mode(&key), 0o600, "vault key");
+        let k1 = std::fs::read(&key).unwrap();
+        assert_eq!(k1.len(), 32);
+        // Opened again: the same key, never a second one beside or over it.
+        v.set("K", "", "v").await.unwrap();
+        let v2 = Vault::open(&ms).await.unwrap();
+        assert_eq!(std::fs::read(&key).unwrap(), k1);
+        assert_eq!(v2.get("K", None).await.unwrap().unwrap(), "v");
+        let names: Vec<_> = std::fs::read_dir(root.join("keys"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["vault.key"], "temporary key files left behind");
+        // A key another process linked in first wins over a new one.
+        let other = root.join("keys/other.key");
+        std::fs::write(&other, [7u8; 32]).unwrap();
+        let read = |p: &std::path::Path| -> Result<Option<Vec<u8>>> { Ok(std::fs::read(p).ok()) };
+        assert_eq!(new_key_file(&other, &read).unwrap(), vec![7u8; 32]);
+    }
 
     #[tokio::test]
     async fn values_are_sealed_scoped_and_never_stored_in_clear() {
@@ -259,10 +356,14 @@ mod tests {
         v.set("API_KEY", "", "sk-global-111").await.unwrap();
         v.set("API_KEY", "web", "sk-web-222").await.unwrap();
         assert!(v.set("bad name", "", "x").await.is_err());
-        assert_eq!(v.env_for(None).await.unwrap()["API_KEY"], "sk-global-111");
+        assert_eq!(v.get("API_KEY", None).await.unwrap().unwrap(), "sk-global-111");
         assert_eq!(
-            v.env_for(Some("web")).await.unwrap()["API_KEY"],
+            v.get("API_KEY", Some("web")).await.unwrap().unwrap(),
             "sk-web-222"
+        );
+        assert_eq!(
+            v.get("API_KEY", Some("other")).await.unwrap().unwrap(),
+            "sk-global-111"
         );
         assert_eq!(v.list().await.unwrap().len(), 2);
         // Checkpoint the WAL so the database file holds everything, then grep it.
@@ -277,7 +378,7 @@ mod tests {
         );
         assert!(v.delete("API_KEY", "web").await.unwrap());
         assert_eq!(
-            v.env_for(Some("web")).await.unwrap()["API_KEY"],
+            v.get("API_KEY", Some("web")).await.unwrap().unwrap(),
             "sk-global-111"
         );
     }

@@ -611,9 +611,14 @@ export function createMockBackend(opts: MockOptions = {}): Backend {
       } else if (msg.type === 'wheel') {
         push(mm, { t_ms: t, actor: 'human', kind: 'input', data: { device: 'wheel', dx: Math.trunc(msg.dx / 100), dy: Math.trunc(msg.dy / 100), viewer: 'app' } });
       } else if (msg.type === 'key') {
-        push(mm, { t_ms: t, actor: 'human', kind: 'input', data: { device: 'key', code: msg.code, key: msg.key, down: msg.down, viewer: 'app' } });
+        // As the agent records a human's keys: no characters (a count, named keys).
+        const printing = [...msg.key].length === 1;
+        if (!printing) push(mm, { t_ms: t, actor: 'human', kind: 'input', data: { device: 'key', key: msg.code, down: msg.down, modifiers: [], viewer: 'app' } });
+        else if (msg.down) push(mm, { t_ms: t, actor: 'human', kind: 'input', data: { device: 'key', count: 1, down: true, modifiers: [], viewer: 'app' } });
       } else if (msg.type === 'text') {
-        push(mm, { t_ms: t, actor: 'human', kind: 'input', data: { device: 'text', text: msg.text, viewer: 'app' } });
+        push(mm, { t_ms: t, actor: 'human', kind: 'input', data: { device: 'text', count: [...msg.text].length, viewer: 'app' } });
+      } else if (msg.type === 'clipboard') {
+        push(mm, { t_ms: t, actor: 'human', kind: 'input', data: { device: 'clipboard', chars: [...msg.text].length, viewer: 'app' } });
       } else if (msg.type === 'display') {
         displayInput(mm, msg.width, msg.height);
       }

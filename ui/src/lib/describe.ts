@@ -29,8 +29,11 @@ export function describe(e: Event): string {
     case 'input': {
       const dev = d.device ?? 'input';
       if (dev === 'pointer') return `pointer ${d.move ? 'move' : `${d.button ?? ''} ${d.down ? 'down' : 'up'}`} at (${d.x}, ${d.y})`;
-      if (dev === 'key') return `key ${d.key ?? d.code} ${d.down ? 'down' : 'up'}`;
-      if (dev === 'text') return `text "${clip(String(d.text ?? ''), 60)}"`;
+      if (dev === 'key') {
+        const mods = Array.isArray(d.modifiers) && d.modifiers.length ? `${d.modifiers.join('+')}+` : '';
+        return `key ${mods}${d.key ?? d.code ?? '(character)'} ${d.down ? 'down' : 'up'}`;
+      }
+      if (dev === 'text') return typeof d.text === 'string' ? `text "${clip(d.text, 60)}"` : `text (${d.count ?? 0} characters)`;
       if (dev === 'wheel') return `wheel ${d.dx}, ${d.dy}`;
       return String(dev);
     }

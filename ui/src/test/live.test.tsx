@@ -110,6 +110,63 @@ describe('Live', () => {
     expect(input.mock.calls.length).toBe(calls);
   });
 
+  it('clipboard: never pushed on takeover or focus, only by "Send clipboard", Ctrl+V or a paste in the picture', async () => {
+    const readText = vi.fn(async () => 'host secret');
+    vi.stubGlobal('navigator', Object.assign(Object.create(navigator), { clipboard: { readText, writeText: vi.fn(async () => {}) } }));
+    const input = vi.spyOn(backend, 'liveInput');
+    const clipboardSent = () => input.mock.calls.map((c) => c[1]).filter((m) => m.type === 'clipboard');
+    renderView(<LiveView machine="web-app" />);
+    await screen.findByText(/1280×800 · session s-/, {}, { timeout: 5000 });
+    const stage = halfSizeCanvas();
+    expect(screen.queryByRole('button', { name: 'Send clipboard' })).toBeNull();
+
+    fireEvent.click(screen.getByRole('button', { name: 'Take control' }));
+    await screen.findByRole('button', { name: 'Release control' }, { timeout: 5000 });
+    // Takeover and the window coming to the front: the host clipboard stays on the host.
+    fireEvent.focus(window);
+    window.dispatchEvent(new FocusEvent('focus'));
+    await sleep(50);
+    expect(readText).not.toHaveBeenCalled();
+    expect(clipboardSent()).toEqual([]);
+
+    // The button: one explicit send.
+    fireEvent.click(screen.getByRole('button', { name: 'Send clipboard' }));
+    await waitFor(() => expect(clipboardSent()).toEqual([{ type: 'clipboard', text: 'host secret' }]));
+
+    // Ctrl+V in the picture: the clipboard first, then the keys that paste it in the guest.
+    input.mockClear();
+    fireEvent.keyDown(stage, { code: 'ControlLeft', key: 'Control', ctrlKey: true });
+    fireEvent.keyDown(stage, { code: 'KeyV', key: 'v', ctrlKey: true });
+    fireEvent.keyUp(stage, { code: 'KeyV', key: 'v', ctrlKey: true });
+    fireEvent.keyUp(stage, { code: 'ControlLeft', key: 'Control' });
+    await waitFor(() => expect(input.mock.calls.length).toBe(5));
+    expect(input.mock.calls.map((c) => c[1])).toEqual([
+      { type: 'key', code: 'ControlLeft', key: 'Control', down: true },
+      { type: 'clipboard', text: 'host secret' },
+      { type: 'key', code: 'KeyV', key: 'v', down: true },
+      { type: 'key', code: 'KeyV', key: 'v', down: false },
+      { type: 'key', code: 'ControlLeft', key: 'Control', down: false },
+    ]);
+
+    // A paste command in the picture sends what it pastes.
+    input.mockClear();
+    const paste = new Event('paste', { bubbles: true, cancelable: true });
+    Object.assign(paste, { clipboardData: { getData: (t: string) => (t === 'text/plain' ? 'pasted text' : '') } });
+    stage.dispatchEvent(paste);
+    expect(clipboardSent()).toEqual([{ type: 'clipboard', text: 'pasted text' }]);
+    expect(paste.defaultPrevented).toBe(true);
+
+    // Released: no button, and a paste goes nowhere.
+    fireEvent.click(screen.getByRole('button', { name: 'Release control' }));
+    await screen.findByRole('button', { name: 'Take control' }, { timeout: 5000 });
+    expect(screen.queryByRole('button', { name: 'Send clipboard' })).toBeNull();
+    input.mockClear();
+    stage.dispatchEvent(paste);
+    fireEvent.focus(window);
+    await sleep(50);
+    expect(clipboardSent()).toEqual([]);
+  }, 30_000); // a takeover and a release on a mock stream
+
   it('fit to window: offered only with control, sends the area size when turned on and again on resize', async () => {
     const area = videoArea(1001.7, 625.9);
     const input = vi.spyOn(backend, 'liveInput');

@@ -162,23 +162,47 @@ export function VideoSurface(props: VideoSurfaceProps) {
       const k = e.deltaMode === 1 ? 33 : e.deltaMode === 2 ? 800 : 1;
       send({ type: 'wheel', dx: e.deltaX * k, dy: e.deltaY * k });
     };
+    // Host → guest clipboard only on an explicit paste: Ctrl+V (or Cmd+V) in the picture reads
+    // the host clipboard, sends it, then the keys, so the guest pastes what the user meant; a
+    // paste command (menu, middle button where the webview maps it) sends its data. Never on
+    // focus or takeover. Keys pressed while the clipboard is being read wait behind it.
+    let pasting = false;
+    const waiting: InputMessage[] = [];
+    const sendKey = (m: InputMessage) => {
+      if (pasting) waiting.push(m);
+      else send(m);
+    };
     const onKey = (e: KeyboardEvent) => {
       e.preventDefault();
       e.stopPropagation();
       if (e.repeat && e.type === 'keydown') return;
-      send({ type: 'key', code: e.code, key: e.key, down: e.type === 'keydown' });
+      const msg: InputMessage = { type: 'key', code: e.code, key: e.key, down: e.type === 'keydown' };
+      if (msg.down && !pasting && (e.ctrlKey || e.metaKey) && !e.altKey && e.code === 'KeyV') {
+        const read = navigator.clipboard?.readText?.();
+        if (read) {
+          pasting = true;
+          read
+            .then((text) => {
+              if (text) send({ type: 'clipboard', text });
+            })
+            .catch(() => {})
+            .finally(() => {
+              pasting = false;
+              send(msg);
+              waiting.splice(0).forEach(send);
+            });
+          return;
+        }
+      }
+      sendKey(msg);
+    };
+    const onPaste = (e: ClipboardEvent) => {
+      const text = e.clipboardData?.getData('text/plain');
+      e.preventDefault();
+      if (text) send({ type: 'clipboard', text });
     };
     const noMenu = (e: MouseEvent) => e.preventDefault();
-    // Host → guest clipboard while we hold control: on takeover and whenever this window
-    // comes back to the front (the user copied something elsewhere), so Ctrl+V in the guest
-    // pastes it. Where the webview refuses to read the clipboard, nothing is sent.
-    const pushClipboard = () => {
-      navigator.clipboard?.readText?.().then((text) => {
-        if (text) send({ type: 'clipboard', text });
-      }).catch(() => {});
-    };
-    pushClipboard();
-    window.addEventListener('focus', pushClipboard);
+    stage.addEventListener('paste', onPaste);
     stage.addEventListener('pointermove', onMove);
     stage.addEventListener('pointerdown', onButton);
     stage.addEventListener('pointerup', onButton);
@@ -196,7 +220,7 @@ export function VideoSurface(props: VideoSurfaceProps) {
       stage.removeEventListener('keydown', onKey);
       stage.removeEventListener('keyup', onKey);
       stage.removeEventListener('contextmenu', noMenu);
-      window.removeEventListener('focus', pushClipboard);
+      stage.removeEventListener('paste', onPaste);
     };
   }, [interactive]);
 

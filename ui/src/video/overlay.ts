@@ -72,8 +72,12 @@ function label(e: Event): { text: string; kind: 'bubble' | 'badge' } | null {
     return null;
   }
   if (e.kind === 'input') {
-    if (d.device === 'text' && typeof d.text === 'string') return { text: d.text, kind: 'bubble' };
-    if (d.device === 'key' && d.down) return { text: d.key || d.code, kind: 'badge' };
+    // A human's keys are recorded without their characters: a count, named special keys, modifiers.
+    if (d.device === 'text') return { text: typeof d.text === 'string' ? d.text : `${d.count ?? 0} characters`, kind: 'bubble' };
+    if (d.device === 'key' && d.down) {
+      const mods: string[] = Array.isArray(d.modifiers) ? d.modifiers : [];
+      return { text: [...mods, d.key || d.code || '•'].join('+'), kind: 'badge' };
+    }
     return null;
   }
   if (e.kind === 'control') return { text: `control: ${d.action ?? ''}`.trim(), kind: 'badge' };

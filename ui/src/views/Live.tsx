@@ -70,6 +70,7 @@ export function ControlBar({ live, showStats, onToggleStats, fit }: { live: Live
           {live.control.agent_paused ? 'Resume agent' : 'Pause agent'}
         </button>
       )}
+      {human && <SendClipboard live={live} />}
       {human ? (
         <button className="human" onClick={() => act('release')} disabled={pending}>
           {pending && <Spinner />}Release control
@@ -80,6 +81,41 @@ export function ControlBar({ live, showStats, onToggleStats, fit }: { live: Live
         </button>
       )}
     </div>
+  );
+}
+
+/**
+ * The host clipboard goes to the machine only when the user asks: this button, or a paste
+ * (Ctrl+V, the paste command) in the picture. Never on focus or takeover: what was copied on
+ * the host may be a password the agent would then read from the guest's clipboard.
+ */
+function SendClipboard({ live }: { live: LiveSession }) {
+  const toast = useToast();
+  const send = async () => {
+    let text: string | undefined;
+    try {
+      text = await navigator.clipboard?.readText?.();
+    } catch {
+      text = undefined;
+    }
+    if (text === undefined) {
+      toast.error('Could not read the clipboard here; paste into the picture with Ctrl+V instead.');
+      return;
+    }
+    if (!text) {
+      toast.error('The clipboard holds no text.');
+      return;
+    }
+    try {
+      await live.sendInput({ type: 'clipboard', text });
+    } catch (e) {
+      toast.error(errorMessage(e));
+    }
+  };
+  return (
+    <button onClick={() => void send()} title="Copy this computer's clipboard text into the machine's clipboard">
+      Send clipboard
+    </button>
   );
 }
 

@@ -2,7 +2,7 @@
 // terminals built from `terminal` events, and the control state.
 
 import { useCallback, useEffect, useRef, useState } from 'react';
-import { backend, type ControlAction, type ControlState, type Event, type LiveInfo } from '../backend';
+import { backend, type ControlAction, type ControlState, type Event, type InputMessage, type LiveInfo } from '../backend';
 import { errorMessage } from '../lib/errors';
 import { StreamDecoder } from '../video/decoder';
 import { isOverlayEvent, SessionClock } from '../video/overlay';
@@ -36,6 +36,8 @@ export interface LiveSession {
   /** The latest `stalled` event not followed by agent activity. */
   stalled: Event | null;
   sendControl: (action: ControlAction) => Promise<ControlState>;
+  /** One viewer message to the machine (e.g. the host clipboard, on the user's explicit ask). */
+  sendInput: (msg: InputMessage) => Promise<void>;
 }
 
 const DEFAULT_CONTROL: ControlState = { holder: 'agent', agent_paused: false, since_t_ms: 0 };
@@ -194,5 +196,13 @@ export function useLive(name: string | null, maxFps?: number): LiveSession {
     [name],
   );
 
-  return { decoder: pipe?.decoder ?? null, clock: pipe?.clock ?? null, info, screen, displayError, error, events, overlayEvents, terminals, control, stalled, sendControl };
+  const sendInput = useCallback(
+    async (msg: InputMessage) => {
+      if (!name) throw { code: 'invalid', message: 'no machine' };
+      await backend.liveInput(name, msg);
+    },
+    [name],
+  );
+
+  return { decoder: pipe?.decoder ?? null, clock: pipe?.clock ?? null, info, screen, displayError, error, events, overlayEvents, terminals, control, stalled, sendControl, sendInput };
 }

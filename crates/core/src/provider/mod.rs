@@ -8,6 +8,8 @@ pub mod limits;
 pub mod local;
 pub mod qemu;
 pub mod remote;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub mod seccomp;
 
 use crate::error::Result;
 use crate::machine::{CreateSpec, Machine, Machines};

@@ -4,6 +4,12 @@
 //! one UDP port for WebRTC); the host talks to the guest's init over a virtio-serial port to
 //! hand it a token and an identity, and to QEMU over QMP to pause and save it.
 //!
+//! The guest is hostile: it reaches this host only through the ports the host forwards to its
+//! agent, and its outbound traffic goes out, with the confinement done outside the VM (see "The
+//! VM's network, from the host's side" below): nftables rules on QEMU's cgroup and the taps as
+//! root, QEMU in namespaces of its own behind slirp4netns otherwise. A workspace is shared with
+//! `security_model=mapped-xattr`, and every path in an option string is escaped.
+//!
 //! Snapshots: `disk` copies the overlay (new machines get an overlay on top of it: a chain);
 //! `memory` also saves the running VM's RAM and devices by migrating to a file, so a clone
 //! resumes with Xvfb and Chromium already up, and gets a fresh token, hostname, machine-id and
@@ -15,6 +21,7 @@ use crate::machine::{hex, random_token, CreateSpec, Machine, Machines, ProviderK
 use crate::paths::StateDir;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -408,7 +415,9 @@ impl Qemu {
         Ok(img)
     }
 
-    fn qemu_args(&self, m: &Machine, mdir: &Path, img: &Image) -> Vec<String> {
+    /// QEMU's command line. Every path goes into an option string through [`opt_path`]
+    /// (commas doubled), so no file or directory name can add options of its own.
+    fn qemu_args(&self, m: &Machine, mdir: &Path, img: &Image) -> Result<Vec<String>> {
         let s = &m.spec;
         let accel = s["accel"].as_str().unwrap_or("tcg");
         let (hp, up) = (
@@ -416,35 +425,47 @@ impl Qemu {
             s["udp_port"].as_u64().unwrap_or(0),
         );
         let tap = s["tap_index"].as_u64();
-        let p = |x: &Path| x.to_string_lossy().to_string();
+        let seed = Path::new(s["seed"].as_str().unwrap_or_default());
         let mut a: Vec<String> = vec![
             "-name".into(),
-            format!("porthole-{}", m.name),
+            format!("porthole-{}", opt_escape(&m.name)),
             "-machine".into(),
-            "q35".into(),
+            // `-kernel`/`-initrd` would take their paths verbatim; as machine properties they
+            // go through the same escaping as every other path.
+            format!(
+                "q35,kernel={},initrd={}",
+                opt_path(&img.kernel())?,
+                opt_path(&img.initrd())?
+            ),
             "-accel".into(),
-            if accel == "tcg" { "tcg,thread=multi".into() } else { accel.to_string() },
+            if accel == "tcg" { "tcg,thread=multi".into() } else { opt_escape(accel) },
             "-cpu".into(),
             if accel == "tcg" { "max".into() } else { "host".into() },
             "-smp".into(),
             s["cpus"].as_u64().unwrap_or(2).to_string(),
             "-m".into(),
             s["memory_mb"].as_u64().unwrap_or(2048).to_string(),
-            "-kernel".into(),
-            p(&img.kernel()),
-            "-initrd".into(),
-            p(&img.initrd()),
             "-append".into(),
             "root=/dev/vda rw console=ttyS0 init=/usr/sbin/porthole-init quiet panic=-1".into(),
             "-drive".into(),
-            format!("file={},if=virtio,format=qcow2,cache=writeback,discard=unmap", p(&mdir.join("disk.qcow2"))),
+            format!(
+                "file={},if=virtio,format=qcow2,cache=writeback,discard=unmap",
+                opt_path(&mdir.join("disk.qcow2"))?
+            ),
             "-drive".into(),
-            format!("file={},if=virtio,format=raw,readonly=on", s["seed"].as_str().unwrap_or_default()),
+            format!("file={},if=virtio,format=raw,readonly=on", opt_path(seed)?),
+            // QEMU's user network: the guest's outbound traffic (and DNS). What of the host it
+            // could reach through it is cut off outside the guest: see `host_filter`. No IPv6.
             "-netdev".into(),
             match tap {
                 // Outbound only: the host reaches the guest through the tap.
-                Some(_) => "user,id=n0".to_string(),
-                None => format!("user,id=n0,hostfwd=tcp:127.0.0.1:{hp}-:{GUEST_AGENT_PORT},hostfwd=udp:127.0.0.1:{up}-:{up}"),
+                Some(_) => "user,id=n0,ipv6=off".to_string(),
+                None => {
+                    // Inside its own namespaces (not root) the VM's ports are forwarded on to it
+                    // from the host's loopback by slirp4netns.
+                    let at = if s["user_netns"] == true { USERNET_NS_ADDR } else { "127.0.0.1" };
+                    format!("user,id=n0,ipv6=off,hostfwd=tcp:{at}:{hp}-:{GUEST_AGENT_PORT},hostfwd=udp:{at}:{up}-:{up}")
+                }
             },
             "-device".into(),
             "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56".into(),
@@ -453,13 +474,26 @@ impl Qemu {
             "-device".into(),
             "virtio-serial-pci".into(),
             "-chardev".into(),
-            format!("socket,id=ctl,path={},server=on,wait=off", p(&mdir.join("ctl.sock"))),
+            format!(
+                "socket,id=ctl,path={},server=on,wait=off",
+                opt_path(&mdir.join("ctl.sock"))?
+            ),
             "-device".into(),
             "virtserialport,chardev=ctl,name=org.porthole.ctl".into(),
-            "-qmp".into(),
-            format!("unix:{},server=on,wait=off", p(&mdir.join("qmp.sock"))),
+            "-chardev".into(),
+            format!(
+                "socket,id=qmp,path={},server=on,wait=off",
+                opt_path(&mdir.join("qmp.sock"))?
+            ),
+            "-mon".into(),
+            "chardev=qmp,mode=control".into(),
+            "-chardev".into(),
+            format!(
+                "file,id=console,path={}",
+                opt_path(&mdir.join("logs/console.log"))?
+            ),
             "-serial".into(),
-            format!("file:{}", p(&mdir.join("logs/console.log"))),
+            "chardev:console".into(),
             "-display".into(),
             "none".into(),
             "-no-reboot".into(),
@@ -475,12 +509,19 @@ impl Qemu {
             ]);
         }
         if let Some(ws) = s["workspace"].as_str() {
+            // `mapped-xattr`: files the guest creates are plain files of QEMU's user on the
+            // host (0644, directories 0755); the owner, mode, device numbers and symlink-ness
+            // the guest asked for live in `user.virtfs.*` attributes the guest cannot reach
+            // directly. So guest root can make no setuid file, device node, symlink or
+            // chown'd file with a meaning on the host (`none` and `passthrough` apply them
+            // for real). The guest's init mounts it as 9p2000.L, which works with any model.
             a.push("-virtfs".into());
             a.push(format!(
-                "local,path={ws},mount_tag=workspace,security_model=none,id=ws"
+                "local,path={},mount_tag=workspace,security_model=mapped-xattr,fmode=0644,dmode=0755,id=ws",
+                opt_path(Path::new(ws))?
             ));
         }
-        a
+        Ok(a)
     }
 
     /// Starts QEMU for `m` (cold, or resuming `incoming` memory state) and hands the guest its
@@ -509,7 +550,24 @@ impl Qemu {
             m.spec["udp_port"] = json!(free_udp_port()?);
             m.agent_url = Some(format!("http://127.0.0.1:{}", m.spec["host_port"]));
         }
-        let mut args = self.qemu_args(m, &mdir, &img);
+        // The guest must not reach this host (see "The VM's network, from the host's side"):
+        // the confinement is in place before QEMU runs a single guest instruction, or the VM
+        // does not start.
+        let name = m.name.clone();
+        let boot_err = |e: CoreError| CoreError::Boot {
+            name: name.clone(),
+            reason: e.to_string(),
+        };
+        let filter = if super::local::is_root() {
+            m.spec["user_netns"] = json!(false);
+            Some(host_filter().await.map_err(boot_err)?)
+        } else {
+            check_user_net_tools().map_err(boot_err)?;
+            m.spec["user_netns"] = json!(true);
+            None
+        };
+        m.spec["isolated"] = json!(true);
+        let mut args = self.qemu_args(m, &mdir, &img)?;
         if let Some(mem) = incoming {
             args.push("-incoming".into());
             args.push(format!("exec:cat {}", shell_quote(&mem.to_string_lossy())));
@@ -538,14 +596,20 @@ impl Qemu {
                 ),
             },
         );
-        let mut child = tokio::process::Command::new("qemu-system-x86_64")
-            .args(&args)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().map_err(io("log"))?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .map_err(io("start qemu-system-x86_64"))?;
+        let mut cmd = match &filter {
+            Some(f) => {
+                let mut c = tokio::process::Command::new("qemu-system-x86_64");
+                c.args(&args)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(log.try_clone().map_err(io("log"))?);
+                f.confine(&mut c);
+                c
+            }
+            None => user_net_command(&mdir, &args)?,
+        };
+        cmd.stderr(log).process_group(0);
+        let mut child = cmd.spawn().map_err(io("start qemu-system-x86_64"))?;
+        let holder = (child.stdin.take(), child.stdout.take());
         m.pid = child.id().map(|p| p as i64);
         ms.save(m).await?;
         let exited = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
@@ -569,6 +633,9 @@ impl Qemu {
         };
         let r = async {
             let boot_timeout = Duration::from_secs(if m.spec["accel"] == "tcg" { 240 } else { 60 });
+            if let (Some(stdin), Some(stdout)) = holder {
+                user_net_attach(m, &mdir, stdin, stdout, &alive).await?;
+            }
             if incoming.is_some() {
                 // The source was paused when it was saved, so the clone loads paused: wait for
                 // the state to be in, then run it.
@@ -829,6 +896,459 @@ async fn tap_down(idx: u64) {
     let _ = super::local::run("ip", &["link", "del", &tap_name(idx)]).await;
 }
 
+/// The workspace share (`security_model=mapped-xattr`) keeps what the guest set in user
+/// extended attributes: a filesystem without them would fail every file the guest creates.
+fn check_xattrs(dir: &Path) -> Result<()> {
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return Ok(());
+    };
+    let name = c"user.porthole.probe";
+    // SAFETY: NUL-terminated strings and a 1-byte buffer that outlive the calls.
+    let r = unsafe { libc::setxattr(c.as_ptr(), name.as_ptr(), b"1".as_ptr().cast(), 1, 0) };
+    if r == 0 {
+        // SAFETY: as above.
+        unsafe { libc::removexattr(c.as_ptr(), name.as_ptr()) };
+        return Ok(());
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::ENOTSUP) => Err(CoreError::Invalid(format!(
+            "workspace {}: its filesystem has no user extended attributes, which the VM's share needs (it keeps the guest's owners and modes there, never on the host's files); use a directory on ext4, xfs or btrfs",
+            dir.display()
+        ))),
+        // Not ours to label (EPERM/EACCES): nothing learned, QEMU will say.
+        _ => Ok(()),
+    }
+}
+
+/// A value for a QEMU option string (`key=value,key=value`): QEMU reads `,,` as one literal
+/// comma, so every comma is doubled; nothing else is special in a value.
+fn opt_escape(s: &str) -> String {
+    s.replace(',', ",,")
+}
+
+/// A path for a QEMU option string, escaped; a path that is not UTF-8 cannot be handed to QEMU
+/// faithfully and is refused, naming it.
+fn opt_path(p: &Path) -> Result<String> {
+    p.to_str().map(opt_escape).ok_or_else(|| {
+        CoreError::Invalid(format!(
+            "{}: QEMU cannot be given a path that is not valid UTF-8; rename it or use another directory",
+            p.display()
+        ))
+    })
+}
+
+// -- The VM's network, from the host's side ------------------------------------------------
+//
+// The coding agent in the guest is hostile and may be root there, so nothing inside the guest
+// (its init's firewall rules included) can be what keeps it off the host: it is confined from
+// outside, where it has no say.
+//
+// QEMU's user network (slirp) turns every connection the guest opens into an ordinary socket of
+// the QEMU process on the host, and maps the gateway 10.0.2.2 (every 10.0.2.x but the DNS
+// alias) to the host's 127.0.0.1. QEMU 7.2 cannot switch that off: libslirp's
+// `disable_host_loopback` is not exposed, `restrict=on` also cuts the outbound traffic the
+// agent needs, and `host=`/`net=` only move the alias. And even without the alias, a socket on
+// the host reaches every service listening on the host's own addresses. So, when Porthole runs
+// as root:
+// - QEMU runs in the cgroup `porthole-qemu` (joined between fork and exec, before any socket
+//   exists), and the nftables table `inet porthole_qemu` rejects, for sockets of that cgroup,
+//   every new connection to an address of this host (loopback, every interface's address, the
+//   taps' host sides), to link-local addresses (the cloud metadata service 169.254.169.254) and
+//   to the other machines' networks (10.213/16 sandboxes, 10.215/16 VMs). DNS to a resolver on
+//   this host (slirp forwards the guest's 10.0.2.3 there; often 127.0.0.53) is the one
+//   exception. Packets on connections the host opened (the forwarded agent ports, TCP and UDP)
+//   are `established` and pass. Outbound traffic to anywhere else is untouched.
+// - The tap (10.215.N.0/30, the host's way to the agent and WebRTC): from `phq*` only packets of
+//   connections the host opened are accepted, and nothing is forwarded to or from a tap, so the
+//   guest can neither open a connection to the host through it nor route through the host.
+// - Before QEMU starts, a probe from inside the cgroup connects to a listener on 127.0.0.1: if
+//   it gets through, the filter does not work here and the VM is refused (fail closed).
+// The guest cannot undo any of it: the rules and the cgroup live in the host's kernel, outside
+// the VM; a guest (root or not) only ever sends packets to QEMU.
+
+const NFT_TABLE: &str = "porthole_qemu";
+const VM_CGROUP: &str = "porthole-qemu";
+
+/// The host-side filter a VM's QEMU runs under (see above): its cgroup's `cgroup.procs`.
+struct HostFilter {
+    procs: std::ffi::CString,
+}
+
+impl HostFilter {
+    /// Makes the child join the filtered cgroup between fork and exec.
+    fn confine(&self, cmd: &mut tokio::process::Command) {
+        let procs = self.procs.clone();
+        // SAFETY: between fork and exec the closure only calls open, write and close (async
+        // signal safe) on a path allocated before the fork; `last_os_error` does not allocate.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // "0": the writing process itself.
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let e = std::io::Error::last_os_error();
+                libc::close(fd);
+                if n != 1 {
+                    return Err(e);
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+/// The cgroup v2 hierarchy as this process sees it: its mount point and how deep the mounted
+/// root is in the hierarchy (0 unless a container shows only part of it).
+fn cgroup2_mount() -> Option<(PathBuf, usize)> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mi.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        if post.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        let f: Vec<&str> = pre.split_whitespace().collect();
+        let depth = f.get(3)?.split('/').filter(|c| !c.is_empty()).count();
+        // mountinfo escapes blanks as octal (\040).
+        let mnt = f
+            .get(4)?
+            .replace("\\040", " ")
+            .replace("\\011", "\t")
+            .replace("\\134", "\\");
+        Some((PathBuf::from(mnt), depth))
+    })
+}
+
+/// The ruleset of `inet porthole_qemu`, replacing whatever version of it is loaded (one
+/// transaction). `cgroup` is the path as nft resolves it (relative to /sys/fs/cgroup), `level`
+/// its depth in the hierarchy.
+fn nft_ruleset(cgroup: &str, level: usize) -> String {
+    format!(
+        r#"table inet {NFT_TABLE}
+delete table inet {NFT_TABLE}
+table inet {NFT_TABLE} {{
+  chain output {{
+    type filter hook output priority filter; policy accept;
+    socket cgroupv2 level {level} "{cgroup}" jump vm
+  }}
+  chain vm {{
+    ct state established,related accept
+    fib daddr type local meta l4proto {{ tcp, udp }} th dport 53 accept
+    fib daddr type {{ local, broadcast, multicast }} counter reject
+    ip daddr {{ 169.254.0.0/16, 10.213.0.0/16, 10.215.0.0/16 }} counter reject
+    ip6 daddr {{ fe80::/10, fc00::/7 }} counter reject
+  }}
+  chain input {{
+    type filter hook input priority filter; policy accept;
+    iifname "phq*" ct state established,related accept
+    iifname "phq*" counter reject with icmpx admin-prohibited
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    iifname "phq*" counter reject with icmpx admin-prohibited
+    oifname "phq*" counter reject with icmpx admin-prohibited
+  }}
+}}
+"#
+    )
+}
+
+/// Loads the host-side filter for VMs and proves it works (see above). Needs root.
+async fn host_filter() -> Result<HostFilter> {
+    if which("nft").is_none() {
+        return Err(CoreError::Missing(
+            "keeping a VM off this host's services needs nftables: sudo apt-get install nftables (or run packaging/install-deps.sh)".into(),
+        ));
+    }
+    let (mnt, depth) = cgroup2_mount().ok_or_else(|| {
+        CoreError::Missing(
+            "keeping a VM off this host's services needs the cgroup v2 hierarchy mounted (systemd hosts have it at /sys/fs/cgroup)".into(),
+        )
+    })?;
+    let dir = mnt.join(VM_CGROUP);
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(CoreError::io(format!("create the cgroup {}", dir.display()))(e)),
+    }
+    // nft resolves the path under /sys/fs/cgroup.
+    let rel = match dir.strip_prefix("/sys/fs/cgroup") {
+        Ok(r) => r.display().to_string(),
+        Err(_) => format!("../../..{}", dir.display()),
+    };
+    let mut nft = tokio::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(io("run nft"))?;
+    let mut stdin = nft.stdin.take().expect("piped stdin");
+    stdin
+        .write_all(nft_ruleset(&rel, depth + 1).as_bytes())
+        .await
+        .map_err(io("write to nft"))?;
+    drop(stdin);
+    let out = nft.wait_with_output().await.map_err(io("run nft"))?;
+    if !out.status.success() {
+        return Err(CoreError::Invalid(format!(
+            "loading the nftables rules that keep VMs off this host failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let procs = std::ffi::CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
+        .map_err(|_| CoreError::Invalid(format!("{}: a NUL in the cgroup path", dir.display())))?;
+    let f = HostFilter { procs };
+    probe_filter(&f, &dir).await?;
+    Ok(f)
+}
+
+/// A process in the cgroup must not reach a listener on 127.0.0.1, and the same probe outside
+/// it must (else the probe proves nothing).
+async fn probe_filter(f: &HostFilter, dir: &Path) -> Result<()> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("bind a probe listener"))?;
+    let port = l.local_addr().map_err(io("bind a probe listener"))?.port();
+    let probe = |confined: bool| {
+        let mut c = tokio::process::Command::new("bash");
+        c.arg("-c")
+            .arg(format!("exec 3<>/dev/tcp/127.0.0.1/{port}"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if confined {
+            f.confine(&mut c);
+        }
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), c.status())
+                .await
+                .map_err(|_| CoreError::Invalid("the VM network filter's probe hung".into()))?
+                .map_err(io("run the VM network filter's probe (bash)"))
+        }
+    };
+    if !probe(false).await?.success() {
+        return Err(CoreError::Invalid(format!(
+            "cannot check the filter that keeps VMs off this host: bash could not connect to 127.0.0.1:{port} even outside {}",
+            dir.display()
+        )));
+    }
+    if probe(true).await?.success() {
+        return Err(CoreError::Invalid(format!(
+            "the nftables rules meant to keep VMs off this host do not apply here (a probe in the cgroup {} reached 127.0.0.1:{port}); refusing to start a VM that could reach this host's services",
+            dir.display()
+        )));
+    }
+    drop(l);
+    Ok(())
+}
+
+// Not root: no nftables or cgroups of the host's to use. QEMU then runs in user, network and
+// mount namespaces of its own (`unshare`), where Porthole is root and the guest is not:
+// - its only way out is slirp4netns with `--disable-host-loopback` (its gateway 10.216.0.2
+//   does not lead to the host's 127.0.0.1), which also forwards the agent's TCP and UDP ports
+//   from the host's 127.0.0.1 in;
+// - the namespace's own nftables table rejects every new connection to the host's addresses
+//   (every IPv4 address of every interface when the machine boots), to the slirp4netns network
+//   but its DNS, to link-local addresses and to the other machines' networks, and all IPv6;
+// - /etc/resolv.conf, in the namespace only, names slirp4netns's DNS (the host's resolver is
+//   often on 127.0.0.53, which the namespace cannot see).
+// The guest cannot undo it: the namespaces, the rules and slirp4netns are processes and kernel
+// state of the host user's, outside the VM. (Addresses the host gains after the machine boots
+// are not in the list until it boots again.)
+
+/// The namespace's side of slirp4netns, and its network.
+const USERNET_NS_ADDR: &str = "10.216.0.100";
+const USERNET_CIDR: &str = "10.216.0.0/24";
+const USERNET_DNS: &str = "10.216.0.3";
+
+fn check_user_net_tools() -> Result<()> {
+    for (bin, pkg) in [
+        ("slirp4netns", "slirp4netns"),
+        ("nft", "nftables"),
+        ("unshare", "util-linux"),
+    ] {
+        if which(bin).is_none() {
+            return Err(CoreError::Missing(format!(
+                "keeping a VM off this host's services without root needs {bin}: sudo apt-get install {pkg} (or run packaging/install-deps.sh)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Every IPv4 address of this host's interfaces but loopback (which the namespace cannot reach).
+fn host_ipv4_addrs() -> Vec<std::net::Ipv4Addr> {
+    let mut out = Vec::new();
+    let mut ifs: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a list we walk read-only and free once.
+    unsafe {
+        if libc::getifaddrs(&mut ifs) != 0 {
+            return out;
+        }
+        let mut p = ifs;
+        while !p.is_null() {
+            let a = (*p).ifa_addr;
+            if !a.is_null() && i32::from((*a).sa_family) == libc::AF_INET {
+                let sin = &*(a as *const libc::sockaddr_in);
+                let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                if !ip.is_loopback() && !out.contains(&ip) {
+                    out.push(ip);
+                }
+            }
+            p = (*p).ifa_next;
+        }
+        libc::freeifaddrs(ifs);
+    }
+    out
+}
+
+/// The namespace's nftables table (see above).
+fn user_net_ruleset(host: &[std::net::Ipv4Addr]) -> String {
+    let mut refuse = vec![
+        USERNET_CIDR.to_string(),
+        "169.254.0.0/16".into(),
+        "10.213.0.0/16".into(),
+        "10.215.0.0/16".into(),
+    ];
+    refuse.extend(host.iter().map(|a| a.to_string()));
+    format!(
+        r#"table inet porthole_vm {{
+  chain output {{
+    type filter hook output priority filter; policy accept;
+    ct state established,related accept
+    ip daddr {USERNET_DNS} meta l4proto {{ tcp, udp }} th dport 53 accept
+    fib daddr type {{ local, broadcast, multicast }} counter reject
+    ip daddr {{ {} }} counter reject
+    meta nfproto ipv6 counter reject
+  }}
+}}
+"#,
+        refuse.join(", ")
+    )
+}
+
+/// `unshare` into new user (Porthole's user as root), network and mount namespaces, where a
+/// shell loads the rules, points /etc/resolv.conf at slirp4netns's DNS, says `ready`, and waits
+/// for `go` (slirp4netns attached, ports forwarded) before it becomes QEMU.
+fn user_net_command(mdir: &Path, args: &[String]) -> Result<tokio::process::Command> {
+    let net = mdir.join("net");
+    std::fs::create_dir_all(&net).map_err(io(format!("create {}", net.display())))?;
+    let rules = net.join("rules.nft");
+    std::fs::write(&rules, user_net_ruleset(&host_ipv4_addrs()))
+        .map_err(io(format!("write {}", rules.display())))?;
+    let resolv = net.join("resolv.conf");
+    std::fs::write(&resolv, format!("nameserver {USERNET_DNS}\n"))
+        .map_err(io(format!("write {}", resolv.display())))?;
+    const SCRIPT: &str = r#"nft -f "$1" || { echo "porthole: the VM's network rules did not load" >&2; exit 1; }
+mount --bind "$2" /etc/resolv.conf || echo "porthole: /etc/resolv.conf not replaced: the guest may have no DNS" >&2
+shift 2
+echo ready
+read -r go && [ "$go" = go ] || exit 1
+exec "$@" </dev/null >&2"#;
+    let mut c = tokio::process::Command::new("unshare");
+    c.args(["--user", "--map-root-user", "--net", "--mount", "--", "sh", "-c", SCRIPT, "sh"])
+        .arg(&rules)
+        .arg(&resolv)
+        .arg("qemu-system-x86_64")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    Ok(c)
+}
+
+/// One request to slirp4netns's API socket.
+async fn slirp4netns_api(sock: &Path, req: Value) -> Result<Value> {
+    let mut s = UnixStream::connect(sock)
+        .await
+        .map_err(io(format!("connect to slirp4netns at {}", sock.display())))?;
+    s.write_all(req.to_string().as_bytes())
+        .await
+        .map_err(io("write to slirp4netns"))?;
+    s.shutdown().await.map_err(io("write to slirp4netns"))?;
+    let mut out = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut s, &mut out)
+        .await
+        .map_err(io("read from slirp4netns"))?;
+    let v: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
+    if let Some(e) = v.get("error") {
+        return Err(CoreError::Invalid(format!("slirp4netns: {e}")));
+    }
+    Ok(v)
+}
+
+/// Waits for the namespaces, attaches slirp4netns, forwards the agent's ports, and lets QEMU
+/// start.
+async fn user_net_attach(
+    m: &Machine,
+    mdir: &Path,
+    mut stdin: tokio::process::ChildStdin,
+    stdout: tokio::process::ChildStdout,
+    alive: &(dyn Fn() -> Option<String> + Sync),
+) -> Result<()> {
+    let fail = |reason: String| CoreError::Boot {
+        name: m.name.clone(),
+        reason,
+    };
+    let pid = m.pid.ok_or_else(|| fail("no QEMU process".into()))?;
+    let mut lines = BufReader::new(stdout).lines();
+    match tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await {
+        Ok(Ok(Some(l))) if l.trim() == "ready" => {}
+        _ => {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            return Err(fail(alive().unwrap_or_else(|| {
+                "the VM's namespaces did not come up (unshare --user --net --mount)".into()
+            })));
+        }
+    }
+    let api = mdir.join("net/slirp4netns.sock");
+    let _ = std::fs::remove_file(&api);
+    let log = std::fs::File::create(mdir.join("logs/slirp4netns.log"))
+        .map_err(io("create slirp4netns.log"))?;
+    // In QEMU's process group: stopping the machine ends both.
+    tokio::process::Command::new("slirp4netns")
+        .args(["--configure", "--mtu=65520", "--disable-host-loopback"])
+        .arg(format!("--cidr={USERNET_CIDR}"))
+        .arg("--api-socket")
+        .arg(&api)
+        .arg(pid.to_string())
+        .arg("tap0")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().map_err(io("log"))?)
+        .stderr(log)
+        .process_group(pid as i32)
+        .spawn()
+        .map_err(io("start slirp4netns"))?;
+    let start = Instant::now();
+    loop {
+        if slirp4netns_api(&api, json!({"execute": "list_hostfwd"})).await.is_ok() {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            return Err(fail(format!(
+                "slirp4netns did not come up: {}",
+                super::local::log_tail(&mdir.join("logs/slirp4netns.log"))
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (proto, key) in [("tcp", "host_port"), ("udp", "udp_port")] {
+        let port = m.spec[key].as_u64().unwrap_or(0);
+        slirp4netns_api(
+            &api,
+            json!({"execute": "add_hostfwd", "arguments": {"proto": proto, "host_addr": "127.0.0.1",
+                "host_port": port, "guest_addr": USERNET_NS_ADDR, "guest_port": port}}),
+        )
+        .await
+        .map_err(|e| fail(format!("forward the agent's {proto} port {port}: {e}")))?;
+    }
+    stdin
+        .write_all(b"go\n")
+        .await
+        .map_err(|e| fail(format!("start QEMU in its namespaces: {e}")))?;
+    Ok(())
+}
+
 fn free_udp_port() -> Result<u16> {
     let s = std::net::UdpSocket::bind(("127.0.0.1", 0)).map_err(io("find a free UDP port"))?;
     Ok(s.local_addr().map_err(io("find a free UDP port"))?.port())
@@ -890,7 +1410,10 @@ impl Provider for Qemu {
         let (accel, why) = pick_accel();
         let workspace = match &spec.workspace {
             Some(w) => {
-                Some(std::fs::canonicalize(w).map_err(io(format!("workspace {}", w.display())))?)
+                let w = std::fs::canonicalize(w).map_err(io(format!("workspace {}", w.display())))?;
+                opt_path(&w)?;
+                check_xattrs(&w)?;
+                Some(w)
             }
             None => None,
         };
@@ -968,10 +1491,8 @@ impl Provider for Qemu {
             )));
         }
         m.spec = s;
-        std::fs::create_dir_all(ms.state.keys()).map_err(io("create keys dir"))?;
-        std::fs::write(&m.token_path, random_token()).map_err(io("write token"))?;
-        std::fs::set_permissions(&m.token_path, std::fs::Permissions::from_mode(0o600))
-            .map_err(io("chmod token"))?;
+        ms.state.create_keys()?;
+        crate::machine::write_private(&m.token_path, random_token().as_bytes())?;
         // Two creates must not pick the same tap: hold the lock until the row is saved.
         let lock = super::local::CreateLock::acquire(&ms.state.root().join(".create.lock"))?;
         if network == "tap" {
@@ -1038,6 +1559,179 @@ impl Provider for Qemu {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// QEMU's option-string rule, for checking: `,` separates, `,,` is a literal comma.
+    fn parse_opts(s: &str) -> Vec<String> {
+        let (mut out, mut cur, mut it) = (Vec::new(), String::new(), s.chars().peekable());
+        while let Some(c) = it.next() {
+            if c == ',' {
+                if it.peek() == Some(&',') {
+                    it.next();
+                    cur.push(',');
+                } else {
+                    out.push(std::mem::take(&mut cur));
+                }
+            } else {
+                cur.push(c);
+            }
+        }
+        out.push(cur);
+        out
+    }
+
+    #[test]
+    fn commas_in_paths_are_doubled_so_they_add_no_options() {
+        for (path, escaped) in [
+            ("/plain/path", "/plain/path"),
+            ("/a,b", "/a,,b"),
+            ("/ws,readonly=off,security_model=passthrough", "/ws,,readonly=off,,security_model=passthrough"),
+            ("/x,,y", "/x,,,,y"),
+            ("/trailing,", "/trailing,,"),
+            (",/lead", ",,/lead"),
+            ("/sp ace/é=ü", "/sp ace/é=ü"),
+        ] {
+            assert_eq!(opt_path(Path::new(path)).unwrap(), escaped, "{path}");
+            // Read back by QEMU's rule: one value, the very path.
+            assert_eq!(parse_opts(&format!("path={escaped}")), [format!("path={path}")], "{path}");
+        }
+        let bad = std::ffi::OsStr::from_bytes(b"/ws/\xff\xfe");
+        let e = opt_path(Path::new(bad)).unwrap_err().to_string();
+        assert!(e.contains("/ws/") && e.contains("UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn every_path_in_the_command_line_is_escaped_and_the_share_is_mapped() {
+        let d = tempfile::tempdir().unwrap();
+        let evil = ",id=x,security_model=none";
+        let state = d.path().join(format!("state{evil}"));
+        let q = Qemu::new(StateDir::at(&state));
+        let img = Image {
+            dir: d.path().join(format!("img{evil}")),
+            hash: "h".into(),
+        };
+        let ws = d.path().join(format!("ws{evil}"));
+        let seed = d.path().join(format!("seed{evil}.img"));
+        let m = Machine {
+            name: "vm1".into(),
+            provider: ProviderKind::Qemu,
+            status: "creating".into(),
+            agent_url: None,
+            token_path: state.join("keys/vm1.token"),
+            pid: None,
+            spec: json!({"accel": "tcg", "host_port": 5000, "udp_port": 5001,
+                "seed": seed, "workspace": ws}),
+            isolated: None,
+            error: None,
+            created_at: 0,
+        };
+        let mdir = q.state.machine(&m.name);
+        let args = q.qemu_args(&m, &mdir, &img).unwrap();
+        let paths = [
+            img.kernel(),
+            img.initrd(),
+            mdir.join("disk.qcow2"),
+            seed.clone(),
+            mdir.join("ctl.sock"),
+            mdir.join("qmp.sock"),
+            mdir.join("logs/console.log"),
+            ws.clone(),
+        ];
+        for p in &paths {
+            let p = p.to_str().unwrap();
+            // Exactly one option string holds it, and QEMU reads it back whole.
+            let holders: Vec<&String> = args.iter().filter(|a| a.contains(&opt_escape(p))).collect();
+            assert_eq!(holders.len(), 1, "{p} in {args:?}");
+            let opts = parse_opts(holders[0]);
+            assert!(
+                opts.iter().any(|o| o.split_once('=').is_some_and(|(_, v)| v == p)),
+                "{p} not read back from {:?}: {opts:?}",
+                holders[0]
+            );
+            assert!(!opts.iter().any(|o| o == "id=x"), "{p} injected an option: {opts:?}");
+        }
+        // Nothing takes a path verbatim (the legacy `file:`/`unix:` forms, -kernel, -initrd).
+        for legacy in ["-kernel", "-initrd", "-qmp"] {
+            assert!(!args.iter().any(|a| a == legacy), "{legacy} in {args:?}");
+        }
+        assert!(!args.iter().any(|a| a.starts_with("file:") || a.starts_with("unix:")), "{args:?}");
+        let virtfs = &args[args.iter().position(|a| a == "-virtfs").unwrap() + 1];
+        let opts = parse_opts(virtfs);
+        assert!(opts.contains(&"security_model=mapped-xattr".to_string()), "{opts:?}");
+        assert_eq!(opts.iter().filter(|o| o.starts_with("security_model=")).count(), 1);
+        let net = &args[args.iter().position(|a| a == "-netdev").unwrap() + 1];
+        let opts = parse_opts(net);
+        assert!(opts.contains(&"ipv6=off".to_string()), "{opts:?}");
+        assert!(opts.contains(&"hostfwd=tcp:127.0.0.1:5000-:7300".to_string()), "{opts:?}");
+        assert!(!opts.iter().any(|o| o.starts_with("restrict=") || o.starts_with("guestfwd=") || o.starts_with("smb=")), "{opts:?}");
+    }
+
+    #[test]
+    fn the_host_filter_rejects_the_vm_cgroup_and_the_taps() {
+        let r = nft_ruleset("porthole-qemu", 1);
+        for rule in [
+            "delete table inet porthole_qemu",
+            r#"socket cgroupv2 level 1 "porthole-qemu" jump vm"#,
+            "ct state established,related accept",
+            "fib daddr type { local, broadcast, multicast } counter reject",
+            "169.254.0.0/16",
+            r#"iifname "phq*" ct state established,related accept"#,
+            r#"iifname "phq*" counter reject"#,
+            r#"oifname "phq*" counter reject"#,
+        ] {
+            assert!(r.contains(rule), "{rule} missing from\n{r}");
+        }
+        // Replies first, then the DNS exception, then the refusals.
+        let at = |x: &str| r.find(x).unwrap();
+        assert!(at("established,related accept") < at("th dport 53 accept"));
+        assert!(at("th dport 53 accept") < at("fib daddr type {"));
+        // The syntax, checked by nft itself where it can (root).
+        if super::super::local::is_root() && which("nft").is_some() {
+            let mut c = std::process::Command::new("nft")
+                .args(["-c", "-f", "-"])
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::io::Write::write_all(&mut c.stdin.take().unwrap(), nft_ruleset(".", 1).as_bytes()).unwrap();
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success(), "nft -c: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+
+    /// As root: the real filter, loaded, keeps a process of the VM cgroup off a listener on
+    /// 127.0.0.1 (and on this host's other addresses) while others reach it.
+    #[tokio::test]
+    async fn the_host_filter_keeps_the_vm_cgroup_off_this_hosts_listeners() {
+        if !super::super::local::is_root() || which("nft").is_none() {
+            eprintln!("skipped: needs root and nft");
+            return;
+        }
+        let f = host_filter().await.unwrap();
+        let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let try_connect = |addr: String, confined: bool| {
+            let mut c = tokio::process::Command::new("bash");
+            c.arg("-c").arg(format!("exec 3<>/dev/tcp/{addr}/{port}"));
+            c.stderr(std::process::Stdio::null());
+            if confined {
+                f.confine(&mut c);
+            }
+            async move { c.status().await.unwrap().success() }
+        };
+        let mut addrs = vec!["127.0.0.1".to_string(), "127.0.0.2".to_string()];
+        // This host's own non-loopback address, when it has one.
+        if let Ok(u) = std::net::UdpSocket::bind("0.0.0.0:0") {
+            if u.connect("192.0.2.1:9").is_ok() {
+                if let Ok(a) = u.local_addr() {
+                    addrs.push(a.ip().to_string());
+                }
+            }
+        }
+        for a in addrs {
+            assert!(try_connect(a.clone(), false).await, "{a}: unreachable even unconfined");
+            assert!(!try_connect(a.clone(), true).await, "{a}: reached from the VM cgroup");
+        }
+    }
 
     #[test]
     fn recipe_hash_names_the_recipe() {

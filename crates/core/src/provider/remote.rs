@@ -6,7 +6,6 @@ use crate::agent::AgentClient;
 use crate::error::{CoreError, Result};
 use crate::machine::{CreateSpec, Machine, Machines};
 use serde_json::json;
-use std::os::unix::fs::PermissionsExt;
 
 pub struct RemoteHost;
 
@@ -40,10 +39,8 @@ impl Provider for RemoteHost {
         let h = client.health().await?;
         // /v1/health needs no token: prove the token works before calling the host added.
         client.get("/v1/control").await?;
-        std::fs::create_dir_all(ms.state.keys()).map_err(CoreError::io("create keys dir"))?;
-        std::fs::write(&m.token_path, token).map_err(CoreError::io("write token"))?;
-        std::fs::set_permissions(&m.token_path, std::fs::Permissions::from_mode(0o600))
-            .map_err(CoreError::io("chmod token"))?;
+        ms.state.create_keys()?;
+        crate::machine::write_private(&m.token_path, token.as_bytes())?;
         m.agent_url = Some(url.trim_end_matches('/').to_string());
         m.spec = json!({"fingerprint": spec.fingerprint, "agent_version": h.version, "problems": h.problems});
         Ok(())

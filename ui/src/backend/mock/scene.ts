@@ -89,7 +89,8 @@ function stateAt(events: Event[], t: number): SceneState {
       if (t < e.t_ms + dur) s.typing = String(d.text).slice(0, Math.floor(((t - e.t_ms) / Math.max(1, dur)) * d.text.length));
       else s.todos.push(String(d.text));
     }
-    if (e.kind === 'input' && d.device === 'text') s.todos.push(String(d.text));
+    // A human's text is recorded as a count only; the picture shows that much was typed.
+    if (e.kind === 'input' && d.device === 'text') s.todos.push(typeof d.text === 'string' ? d.text : '•'.repeat(Math.min(40, d.count ?? 0)));
     if (e.kind === 'control' && d.state) s.humanHolds = d.state.holder === 'human';
     if (e.kind === 'terminal' && d.name === 'agent') {
       for (const l of String(d.text).split(/\r?\n/)) if (l) s.lines.push(l);

@@ -129,9 +129,9 @@ export function sessionScript(o: ScriptOptions): Event[] {
       at(T + 1900, 'agent', 'refused', { action: 'left_click', reason: 'a human holds control' });
       at(T + 2600, 'human', 'input', { device: 'pointer', x: LAYOUT.input.x + 200, y: LAYOUT.input.y + 20, button: 'left', down: true, viewer: 'viewer-1' });
       at(T + 2680, 'human', 'input', { device: 'pointer', x: LAYOUT.input.x + 200, y: LAYOUT.input.y + 20, button: 'left', down: false, viewer: 'viewer-1' });
-      at(T + 3400, 'human', 'input', { device: 'text', text: 'Reviewed by a human', viewer: 'viewer-1' });
-      at(T + 4500, 'human', 'input', { device: 'key', code: 'Enter', key: 'Enter', down: true, viewer: 'viewer-1' });
-      at(T + 4560, 'human', 'input', { device: 'key', code: 'Enter', key: 'Enter', down: false, viewer: 'viewer-1' });
+      at(T + 3400, 'human', 'input', { device: 'text', count: 19, viewer: 'viewer-1' });
+      at(T + 4500, 'human', 'input', { device: 'key', key: 'Enter', down: true, modifiers: [], viewer: 'viewer-1' });
+      at(T + 4560, 'human', 'input', { device: 'key', key: 'Enter', down: false, modifiers: [], viewer: 'viewer-1' });
       at(T + 9000, 'human', 'control', { action: 'release', by: 'viewer-1', state: { holder: 'agent', agent_paused: false, since_t_ms: T + 9000 } });
       t = T + 10000;
       continue;

@@ -1,0 +1,271 @@
+// The trust boundary, attacked from inside. Every test here plays the coding agent: it holds
+// only the machine's agent token and runs commands through `POST /v1/exec` inside a real local
+// sandbox made by the real `porthole` CLI, and asserts that what it tries fails. Python from
+// the host's read-only /usr makes the raw syscalls (mount, keyctl, bpf, TIOCSTI, connect).
+//
+// As root (CI) the default network is `netns`; a second part creates an ordinary user with
+// `useradd` and runs the same attacks on its machine (network `slirp`).
+//
+// PORTHOLE_E2E_KEEP=1 keeps the temp dirs.
+
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile, spawn } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { agentBin, tmpDir, tail, waitFor, sleep } from './harness.mjs';
+
+const TARGET = process.env.CARGO_TARGET_DIR || '/work/target';
+const CLI = process.env.PORTHOLE_CLI_BIN || path.join(TARGET, 'debug', 'porthole');
+const AGENT = agentBin();
+const KEEP = process.env.PORTHOLE_E2E_KEEP === '1';
+const IS_ROOT = process.getuid() === 0;
+const MARKER = `porthole-marker-${process.pid}-${Date.now()}`;
+
+function run(cmd, args, { env = process.env, timeout = 120000, input } = {}) {
+  return new Promise((resolve) => {
+    const c = execFile(cmd, args, { env, timeout, maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
+      resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout: String(stdout), stderr: String(stderr) });
+    });
+    if (input !== undefined) c.stdin.end(input);
+  });
+}
+
+/** A PORTHOLE_HOME with the CLI bound to it; `user`: run the CLI as that user (via runuser). */
+function world(label, { user } = {}) {
+  const home = tmpDir(`porthole-e2e-iso-${label}-`);
+  let cli = CLI;
+  let agent = AGENT;
+  if (user) {
+    // The user cannot walk into root's build directory: give it copies.
+    chmodSync(home, 0o777);
+    mkdirSync(path.join(home, 'bin'), { mode: 0o755 });
+    cli = path.join(home, 'bin', 'porthole');
+    agent = path.join(home, 'bin', 'porthole-agent');
+    writeFileSync(cli, readFileSync(CLI), { mode: 0o755 });
+    writeFileSync(agent, readFileSync(AGENT), { mode: 0o755 });
+  }
+  const machines = [];
+  const w = {
+    home,
+    async ph(args, extraEnv = {}) {
+      // The marker stands for the caller's cloud credentials and API keys.
+      const env = { PATH: process.env.PATH, HOME: user ? `/home/${user}` : process.env.HOME, PORTHOLE_HOME: home, PORTHOLE_AGENT_BIN: agent, AWS_SECRET_ACCESS_KEY: MARKER, GITHUB_TOKEN: MARKER, ...extraEnv };
+      if (!user) return run(cli, args, { env });
+      const envArgs = Object.entries(env).map(([k, v]) => `${k}=${v}`);
+      return run('runuser', ['-u', user, '--', 'env', '-i', ...envArgs, cli, ...args], { env });
+    },
+    async create(name, extra = []) {
+      const r = await w.ph(['machine', 'create', '--name', name, '--json', ...extra]);
+      assert.equal(r.code, 0, `create ${name} failed:\n${r.stderr}\n${w.logs(name)}`);
+      machines.push(name);
+      const m = JSON.parse(r.stdout);
+      const tok = await w.ph(['machine', 'token', name]);
+      const atok = await w.ph(['machine', 'token', name, '--agent']);
+      assert.equal(tok.code, 0, tok.stderr);
+      assert.equal(atok.code, 0, atok.stderr);
+      m.operatorToken = tok.stdout.trim();
+      m.agentToken = atok.stdout.trim();
+      assert.notEqual(m.operatorToken, m.agentToken, 'two different tokens');
+      return m;
+    },
+    logs(name) {
+      const dir = path.join(home, 'machines', name, 'logs');
+      return ['sandbox.log', 'agent.log', 'slirp.log', 'xserver.log']
+        .map((f) => path.join(dir, f)).filter(existsSync)
+        .map((f) => `--- ${f}\n${tail(f, 20)}`).join('\n');
+    },
+    async cleanup() {
+      for (const n of machines) await w.ph(['machine', 'destroy', n]);
+      if (!KEEP) rmSync(home, { recursive: true, force: true });
+    },
+  };
+  return w;
+}
+
+async function api(m, method, p, { token = m.agentToken, body, headers = {} } = {}) {
+  const res = await fetch(`${m.agent_url}${p}`, {
+    method,
+    headers: { Authorization: `Bearer ${token}`, ...(body !== undefined && typeof body !== 'string' ? { 'Content-Type': 'application/json' } : {}), ...headers },
+    body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+  });
+  const text = await res.text();
+  let json = null;
+  try { json = JSON.parse(text); } catch { /* not JSON */ }
+  return { status: res.status, json, text };
+}
+
+/** Runs a shell command inside the machine as the coding agent (agent token). */
+async function inside(m, command, timeout_ms = 20000) {
+  const r = await api(m, 'POST', '/v1/exec', { body: { command, timeout_ms } });
+  assert.equal(r.status, 200, `exec ${command}: ${r.status} ${r.text}`);
+  return r.json;
+}
+
+/** Python inside the machine; prints what it printed, `ERR <errno name>` on OSError. */
+async function py(m, code) {
+  const script = `import ctypes, os, socket, errno, sys\nlibc = ctypes.CDLL(None, use_errno=True)\ndef sc(*a):\n    r = libc.syscall(*a)\n    return 'OK' if r >= 0 else 'ERR ' + errno.errorcode[ctypes.get_errno()]\n${code}\n`;
+  const b64 = Buffer.from(script).toString('base64');
+  const r = await inside(m, `echo ${b64} | base64 -d > /tmp/p.py && python3 /tmp/p.py 2>&1`);
+  return r.stdout.trim();
+}
+
+function listen(host, port = 0) {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer((c) => { c.end('HOST-SERVICE\n'); });
+    s.on('error', reject);
+    s.listen(port, host, () => resolve(s));
+  });
+}
+
+function hostAddresses() {
+  return Object.values(os.networkInterfaces()).flat()
+    .filter((i) => i.family === 'IPv4' && !i.internal).map((i) => i.address);
+}
+
+/** What `connect()` from inside gives: `OK` or `ERR ...`, 2 s timeout (drops time out). */
+function connectCode(host, port) {
+  return `s = socket.socket(); s.settimeout(2)\ntry:\n    s.connect((${JSON.stringify(host)}, ${port})); print('OK', s.recv(64))\nexcept Exception as e:\n    print('ERR', type(e).__name__, e)`;
+}
+
+function attacks(label, opts) {
+  describe(`isolation (${label})`, { timeout: 10 * 60 * 1000 }, () => {
+    let w;
+    let m;
+    let m2;
+    const servers = [];
+    before(async () => {
+      w = world(label, opts);
+      m = await w.create(`iso1-${label}`, opts.createArgs ?? []);
+    });
+    after(async () => {
+      for (const s of servers) s.close();
+      if (w) await w.cleanup();
+    });
+
+    it('a. the machine is isolated and says so; two tokens', async () => {
+      assert.equal(m.isolated, true, JSON.stringify(m));
+      assert.match(m.spec.network, opts.network);
+      const list = JSON.parse((await w.ph(['machine', 'list', '--json'])).stdout);
+      assert.equal(list.find((x) => x.name === m.name).isolated, true);
+    });
+
+    it('b. no root, no capabilities, no remounts, no writes outside what the machine owns', async () => {
+      const st = (await inside(m, 'id -u; grep -E "^Cap(Eff|Prm|Bnd)" /proc/self/status')).stdout;
+      assert.match(st, /^1000\n/, st);
+      assert.match(st, /CapEff:\s+0000000000000000/, st);
+      assert.match(st, /CapPrm:\s+0000000000000000/, st);
+      for (const cmd of [
+        'mount -o remount,rw /usr', 'touch /usr/porthole-escape', 'touch /etc/porthole-escape',
+        'echo 1 > /proc/sys/kernel/sysrq', 'echo h > /proc/sysrq-trigger',
+        'mknod /tmp/mem c 1 1', 'unshare -U true', 'unshare -r true', 'chroot / true',
+      ]) {
+        const r = await inside(m, `${cmd} 2>&1; echo "exit=$?"`);
+        assert.doesNotMatch(r.stdout, /exit=0/, `${cmd} must fail: ${r.stdout}`);
+      }
+      assert.ok(!existsSync('/usr/porthole-escape') && !existsSync('/etc/porthole-escape'));
+    });
+
+    it('c. seccomp refuses mount, keyrings, bpf, perf, modules, ptrace, new user namespaces, TIOCSTI', async () => {
+      const out = await py(m, [
+        "print('mount', sc(165, b'none', b'/tmp', b'tmpfs', 0, 0))",
+        "print('keyctl', sc(250, 0, 0, 0, 0, 0))",
+        "print('add_key', sc(248, b'user', b'k', b'v', 1, 0xfffffffd))",
+        "print('bpf', sc(321, 0, 0, 0))",
+        "print('perf', sc(298, 0, 0, -1, -1, 0))",
+        "print('init_module', sc(175, 0, 0, b''))",
+        "print('kexec', sc(246, 0, 0, 0, 0))",
+        "print('ptrace', sc(101, 16, 1, 0, 0))",
+        "print('unshare', sc(272, 0x10000000))",
+        "print('setns', sc(308, 0, 0))",
+        "import fcntl, termios\ntry:\n    fd = os.open('/dev/tty', os.O_RDWR); print('tty OK')\nexcept OSError as e:\n    print('tty ERR', errno.errorcode[e.errno])",
+        "print('tiocsti', sc(16, 1, 0x5412, ctypes.c_char_p(b'x')))",
+      ].join('\n'));
+      const got = Object.fromEntries(out.split('\n').map((l) => { const [k, ...v] = l.split(' '); return [k, v.join(' ')]; }));
+      for (const k of ['mount', 'keyctl', 'add_key', 'bpf', 'perf', 'init_module', 'kexec', 'ptrace', 'unshare', 'setns', 'tiocsti']) {
+        assert.equal(got[k], 'ERR EPERM', `${k}: ${out}`);
+      }
+      // --new-session: no controlling terminal to type into, whatever started the CLI.
+      assert.match(got.tty, /ERR/, out);
+    });
+
+    it('d. nothing of the caller\'s environment inside, not even in /proc/1/environ', async () => {
+      const r = await inside(m, 'env; cat /proc/1/environ | tr "\\0" "\\n"; for p in /proc/[0-9]*; do cat $p/environ 2>/dev/null | tr "\\0" "\\n"; done');
+      assert.ok(!r.stdout.includes(MARKER), 'the caller\'s secrets reached the machine');
+      assert.doesNotMatch(r.stdout, /AWS_SECRET_ACCESS_KEY|GITHUB_TOKEN=/);
+    });
+
+    it('e. the agent token is all the machine holds: no operator token inside, 403 on operator endpoints', async () => {
+      const r = await inside(m, 'echo "T=$PORTHOLE_TOKEN"; ls /run/porthole/; cat /run/porthole/token /run/porthole/agent-token 2>&1; cat /proc/*/environ 2>/dev/null | tr "\\0" "\\n" | grep -c PORTHOLE_TOKEN');
+      assert.ok(!r.stdout.includes(m.operatorToken), 'the operator token is readable inside');
+      assert.match(r.stdout, /No such file/);
+      // The agent's own memory and environment are closed to the machine's processes.
+      const mem = await inside(m, 'for p in $(pgrep -f "porthole-agent serve"); do cat /proc/$p/environ >/dev/null 2>&1 && echo READ-ENV; head -c1 /proc/$p/mem >/dev/null 2>&1 && echo READ-MEM; done; echo done');
+      assert.doesNotMatch(mem.stdout, /READ-/, mem.stdout);
+      for (const [method, p, body] of [
+        ['POST', '/v1/control', { action: 'take' }], ['POST', '/v1/control', { action: 'release' }],
+        ['POST', '/v1/control', { action: 'resume_agent' }], ['POST', '/v1/whep', 'v=0'],
+        ['DELETE', '/v1/whep/x', undefined], ['GET', '/v1/recordings', undefined],
+        ['POST', '/v1/environment', { environment: {}, secrets: { X: 'y' } }],
+        ['POST', '/v1/sessions', {}], ['POST', '/v1/display', { width: 800, height: 600 }],
+      ]) {
+        const res = await api(m, method, p, { body });
+        assert.equal(res.status, 403, `${method} ${p} with the agent token: ${res.status} ${res.text}`);
+        assert.equal(res.json?.error?.code, 'wrong_scope');
+      }
+      for (const [method, p] of [['GET', '/v1/control'], ['GET', '/v1/events?after=0'], ['GET', '/v1/screenshot']]) {
+        assert.equal((await api(m, method, p)).status, 200, `${method} ${p} with the agent token`);
+      }
+      assert.equal((await api(m, 'GET', '/v1/recordings', { token: m.operatorToken })).status, 200);
+    });
+
+    it('f. X: a cookie per machine, and another machine cannot reach this one\'s display', async () => {
+      const d = m.spec.display;
+      const ok = await inside(m, `xdpyinfo -display :${d} >/dev/null 2>&1 && echo WITH-COOKIE`);
+      assert.match(ok.stdout, /WITH-COOKIE/);
+      const no = await inside(m, `XAUTHORITY=/dev/null xdpyinfo -display :${d} 2>&1; echo "exit=$?"`);
+      assert.doesNotMatch(no.stdout, /exit=0/, `no cookie must be refused: ${no.stdout}`);
+      m2 = await w.create(`iso2-${label}`, opts.createArgs ?? []);
+      const out = await py(m2, `for a in ['\\0/tmp/.X11-unix/X${d}', '/tmp/.X11-unix/X${d}']:\n    s = socket.socket(socket.AF_UNIX)\n    try:\n        s.connect(a); print('REACHED')\n    except OSError as e:\n        print('ERR', errno.errorcode[e.errno])`);
+      assert.doesNotMatch(out, /REACHED/, out);
+      const x = await inside(m2, `xdpyinfo -display :${d} 2>&1; echo "exit=$?"`);
+      assert.doesNotMatch(x.stdout, /exit=0/, x.stdout);
+    });
+
+    it('g. host services are unreachable from inside (loopback, every host address, link-local); the agent is not', async () => {
+      const lo = await listen('127.0.0.1');
+      servers.push(lo);
+      const targets = [['127.0.0.1', lo.address().port], ['10.0.2.2', lo.address().port]];
+      for (const a of hostAddresses()) {
+        const s = await listen(a);
+        servers.push(s);
+        targets.push([a, s.address().port]);
+      }
+      if (m.spec.net_index) targets.push([`10.213.${m.spec.net_index}.1`, servers[1]?.address().port ?? lo.address().port]);
+      targets.push(['169.254.169.254', 80]);
+      for (const [h, p] of targets) {
+        const out = await py(m, connectCode(h, p));
+        assert.doesNotMatch(out, /^OK/, `${h}:${p} reached from inside: ${out}`);
+      }
+      // The host still reaches the agent.
+      assert.equal((await api(m, 'GET', '/v1/health')).status, 200);
+    });
+  });
+}
+
+attacks(IS_ROOT ? 'root' : 'user', { network: IS_ROOT ? /^netns$/ : /^slirp$/ });
+
+if (IS_ROOT) {
+  const USER = 'phiso';
+  before(async () => {
+    const r = await run('id', [USER]);
+    if (r.code !== 0) {
+      const u = await run('useradd', ['-m', '-s', '/bin/bash', USER]);
+      assert.equal(u.code, 0, u.stderr);
+    }
+  });
+  // The same attacks on an ordinary user's machine (bubblewrap's own namespaces, slirp4netns).
+  attacks('user', { user: USER, network: /^slirp$/ });
+}
