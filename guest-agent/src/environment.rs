@@ -843,7 +843,10 @@ pub async fn restart_terminal(app: &Arc<App>, name: &str) -> Result<(), String> 
     let generation = app.env.lock().unwrap().generation;
     serve_terminal_env(
         app.clone(),
-        app.cfg.data_dir.join("terminals").join(format!("{window}.env")),
+        app.cfg
+            .data_dir
+            .join("terminals")
+            .join(format!("{window}.env")),
         generation,
     );
     tmux(app, &["respawn-pane", "-k", "-t", &target]).await?;
@@ -965,9 +968,10 @@ mod tests {
         let script = export_script(&vars);
         assert!(!script.contains("pwned2"), "{script}");
         let (f2, s2) = (fifo.clone(), script.clone());
-        let writer = tokio::spawn(async move {
-            hand_over(&f2, &s2, Duration::from_secs(20), || true).await
-        });
+        let writer =
+            tokio::spawn(
+                async move { hand_over(&f2, &s2, Duration::from_secs(20), || true).await },
+            );
         // What a pane runs: the FIFO's path is all its command line holds.
         let command = format!(
             ". {}; printf '%s|%s' \"$API_KEY\" \"$PORTHOLE_TOKEN\"",

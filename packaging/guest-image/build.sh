@@ -11,7 +11,10 @@
 # Needs root (debootstrap, chroot), debootstrap, e2fsprogs, qemu-utils and a Debian mirror.
 # Takes ~4-6 minutes and ~1.5 GB. Progress lines: "[step/total] what".
 #
-# aarch64 (Apple Silicon with HVF): the same recipe with ARCH=arm64, linux-image-cloud-arm64,
+# The kernel is Debian's generic one, not the cloud flavour: that one has no 9p
+# (CONFIG_NET_9P is not set), so a machine's shared workspace could not be mounted.
+#
+# aarch64 (Apple Silicon with HVF): the same recipe with ARCH=arm64, linux-image-arm64,
 # and qemu-system-aarch64 -machine virt; see ARCHITECTURE.md (qemu provider).
 set -euo pipefail
 
@@ -21,7 +24,7 @@ SUITE=bookworm
 ARCH=amd64
 DISK_SIZE=8G
 # Desktop, browser, terminals, and the shared libraries porthole-agent links against.
-PACKAGES="linux-image-cloud-amd64 initramfs-tools tigervnc-standalone-server xvfb openbox chromium tmux git ca-certificates
+PACKAGES="linux-image-amd64 initramfs-tools tigervnc-standalone-server xvfb openbox chromium tmux git ca-certificates
 python3 iproute2 procps psmisc x11-utils fonts-dejavu-core e2fsprogs
 libavcodec59 libavformat59 libavutil57 libswresample4 libswscale6 libx264-164 libvpx7
 libx11-6 libx11-xcb1 libxcb1 libxcb-shm0 libxext6 libxfixes3 libssl3"

@@ -202,7 +202,7 @@ function attacks(label, opts) {
       assert.ok(!r.stdout.includes(m.operatorToken), 'the operator token is readable inside');
       assert.match(r.stdout, /No such file/);
       // The agent's own memory and environment are closed to the machine's processes.
-      const mem = await inside(m, 'for p in $(pgrep -f "porthole-agent serve"); do cat /proc/$p/environ >/dev/null 2>&1 && echo READ-ENV; head -c1 /proc/$p/mem >/dev/null 2>&1 && echo READ-MEM; done; echo done');
+      const mem = await inside(m, 'for p in $(pgrep -x porthole-agent); do cat /proc/$p/environ >/dev/null 2>&1 && echo READ-ENV; head -c1 /proc/$p/mem >/dev/null 2>&1 && echo READ-MEM; done; echo done');
       assert.doesNotMatch(mem.stdout, /READ-/, mem.stdout);
       for (const [method, p, body] of [
         ['POST', '/v1/control', { action: 'take' }], ['POST', '/v1/control', { action: 'release' }],

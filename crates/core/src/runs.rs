@@ -225,13 +225,18 @@ async fn git_remote(
     let askpass = run_dir.join("askpass.sh");
     if let Some((c, (user, user_prompt, pass_prompt))) = &prompts {
         write_executable(&askpass, ASKPASS)?;
-        cmd.args(["-c", "credential.helper=", "-c", "credential.useHttpPath=false"])
-            .env("GIT_ASKPASS", &askpass)
-            .env_remove("SSH_ASKPASS")
-            .env("PORTHOLE_GIT_USER", user)
-            .env("PORTHOLE_GIT_USER_PROMPT", user_prompt)
-            .env("PORTHOLE_GIT_PASS_PROMPT", pass_prompt)
-            .env("PORTHOLE_GIT_TOKEN", &c.token);
+        cmd.args([
+            "-c",
+            "credential.helper=",
+            "-c",
+            "credential.useHttpPath=false",
+        ])
+        .env("GIT_ASKPASS", &askpass)
+        .env_remove("SSH_ASKPASS")
+        .env("PORTHOLE_GIT_USER", user)
+        .env("PORTHOLE_GIT_USER_PROMPT", user_prompt)
+        .env("PORTHOLE_GIT_PASS_PROMPT", pass_prompt)
+        .env("PORTHOLE_GIT_TOKEN", &c.token);
     }
     if is_bare_path(dir) {
         cmd.arg("--git-dir").arg(dir);
@@ -406,7 +411,12 @@ fn sandbox_tip(worktree: &Path, branch: &str) -> Result<String> {
 ///    forge.
 ///
 /// Returns the commit imported.
-async fn import_branch(worktree: &Path, branch: &str, target: &Path, scratch: &Path) -> Result<String> {
+async fn import_branch(
+    worktree: &Path,
+    branch: &str,
+    target: &Path,
+    scratch: &Path,
+) -> Result<String> {
     let tip = sandbox_tip(worktree, branch)?;
     let objects = worktree.join(".git/objects");
     let objects_meta = std::fs::symlink_metadata(&objects);
@@ -455,20 +465,23 @@ async fn import_branch(worktree: &Path, branch: &str, target: &Path, scratch: &P
         ] {
             git(scratch, &["config", k, v]).await?;
         }
-        std::fs::write(scratch.join("objects/info/alternates"), format!("{objects_s}\n"))
-            .map_err(CoreError::io("write alternates"))?;
-        let refname = format!("refs/heads/{branch}");
-        git(scratch, &["update-ref", &refname, &tip]).await.map_err(|e| {
+        std::fs::write(
+            scratch.join("objects/info/alternates"),
+            format!("{objects_s}\n"),
+        )
+        .map_err(CoreError::io("write alternates"))?;
+        let kind = git(scratch, &["cat-file", "-t", &tip]).await.map_err(|e| {
             CoreError::Git(format!(
                 "{branch} in the run's clone points at {tip}, which its objects do not hold ({e})"
             ))
         })?;
-        let kind = git(scratch, &["cat-file", "-t", &tip]).await?;
         if kind != "commit" {
             return Err(CoreError::Git(format!(
                 "{branch} in the run's clone points at a {kind}, not a commit"
             )));
         }
+        let refname = format!("refs/heads/{branch}");
+        git(scratch, &["update-ref", &refname, &tip]).await?;
         let mut fetch = git_command();
         fetch.env("GIT_NO_LAZY_FETCH", "1");
         if is_bare_path(target) {
@@ -948,7 +961,12 @@ impl Runs {
             command: format!("{} {}", spec.agent, shell_quote(&spec.task)),
             description: Some("the coding agent".into()),
         };
-        let body = environment_body(s.env.clone().unwrap_or_default(), vars, terminal, &s.secrets)?;
+        let body = environment_body(
+            s.env.clone().unwrap_or_default(),
+            vars,
+            terminal,
+            &s.secrets,
+        )?;
         client.post("/v1/environment", &body).await?;
         Ok(())
     }
@@ -1145,7 +1163,11 @@ mod tests {
         sh_git(path, &["add", "-A"]);
         sh_git(path, &["commit", "-q", "-m", "base"]);
         // The user's own (inert) hook and config: both must come out of collect byte for byte.
-        std::fs::write(path.join(".git/hooks/pre-commit.sample"), "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::write(
+            path.join(".git/hooks/pre-commit.sample"),
+            "#!/bin/sh\nexit 0\n",
+        )
+        .unwrap();
         sh_git(path, &["config", "porthole.test", "user-config"]);
     }
 
@@ -1197,7 +1219,10 @@ mod tests {
         let evil = markers.parent().unwrap().join("evil.sh");
         executable(
             &evil,
-            &format!("#!/bin/sh\ntouch '{}'/\"$1\"\ncat >/dev/null 2>&1 </dev/null\nexit 0\n", markers.display()),
+            &format!(
+                "#!/bin/sh\ntouch '{}'/\"$1\"\ncat >/dev/null 2>&1 </dev/null\nexit 0\n",
+                markers.display()
+            ),
         );
         let e = evil.display();
         let hooks = [
@@ -1316,13 +1341,18 @@ mod tests {
         let marks = tmp.path().join("markers");
         std::fs::create_dir_all(&marks).unwrap();
         let evil_remote = tmp.path().join("evil.git");
-        sh_git(tmp.path(), &["init", "-q", "--bare", &evil_remote.to_string_lossy()]);
+        sh_git(
+            tmp.path(),
+            &["init", "-q", "--bare", &evil_remote.to_string_lossy()],
+        );
 
         let s = runs.stage(&spec(&repo.to_string_lossy())).await.unwrap();
         let worktree = s.worktree.clone();
         // The sandbox's workspace is a clone of its own: a real .git directory, no alternates
         // into the user's repository, no hooks at all, on the run's branch.
-        assert!(std::fs::symlink_metadata(worktree.join(".git")).unwrap().is_dir());
+        assert!(std::fs::symlink_metadata(worktree.join(".git"))
+            .unwrap()
+            .is_dir());
         assert!(!worktree.join(".git/objects/info/alternates").exists());
         assert!(!worktree.join(".git/hooks").exists());
         assert_eq!(
@@ -1345,14 +1375,25 @@ mod tests {
         let stopped = runs.stop(&s.id).await.unwrap();
         assert_eq!(stopped.status, "stopped");
 
-        assert_eq!(markers(&marks), Vec::<String>::new(), "something planted in the clone ran on the host");
+        assert_eq!(
+            markers(&marks),
+            Vec::<String>::new(),
+            "something planted in the clone ran on the host"
+        );
         // The branch arrived, with the agent's commit, and only as a ref.
-        assert_eq!(sh_git(&repo, &["rev-parse", &format!("refs/heads/{}", r.branch)]), tip);
+        assert_eq!(
+            sh_git(&repo, &["rev-parse", &format!("refs/heads/{}", r.branch)]),
+            tip
+        );
         assert_eq!(
             sh_git(&repo, &["show", &format!("{}:NOTES.md", r.branch)]),
             "the agent's note"
         );
-        assert_eq!(snapshot(&repo), before, "the repository's config, hooks, HEAD, index or files changed");
+        assert_eq!(
+            snapshot(&repo),
+            before,
+            "the repository's config, hooks, HEAD, index or files changed"
+        );
         assert_eq!(sh_git(&repo, &["symbolic-ref", "HEAD"]), "refs/heads/main");
         assert_eq!(sh_git(&repo, &["status", "--porcelain"]), "");
         assert!(std::fs::read_to_string(c["patch"].as_str().unwrap())
@@ -1369,7 +1410,12 @@ mod tests {
         assert!(left.is_empty(), "{left:?}");
 
         // The control: the planted config is live, so a git run *in* the clone executes it.
-        let _ = Command::new("git").arg("-C").arg(&worktree).arg("status").output().unwrap();
+        let _ = Command::new("git")
+            .arg("-C")
+            .arg(&worktree)
+            .arg("status")
+            .output()
+            .unwrap();
         assert!(
             markers(&marks).contains(&"fsmonitor".to_string()),
             "the attack is live (a plain `git status` in the clone runs it): {:?}",
@@ -1388,22 +1434,39 @@ mod tests {
         let wt = s.worktree.clone();
         let branch = format!("porthole/{}", s.id);
         sh_git(&wt, &["pack-refs", "--all"]);
+        let loose = wt.join(".git/refs/heads").join(&branch);
+        std::fs::create_dir_all(loose.parent().unwrap()).unwrap();
         // A ref pointing at a tree, not a commit.
         let tree = sh_git(&wt, &["rev-parse", "HEAD^{tree}"]);
-        std::fs::write(wt.join(".git/refs/heads").join(&branch), format!("{tree}\n")).unwrap();
+        std::fs::write(
+            wt.join(".git/refs/heads").join(&branch),
+            format!("{tree}\n"),
+        )
+        .unwrap();
         let e = runs.collect(&s.id).await.unwrap_err().to_string();
         assert!(e.contains("not a commit"), "{e}");
         // A symbolic ref, and an object the clone does not have.
-        std::fs::write(wt.join(".git/refs/heads").join(&branch), "ref: refs/heads/main\n").unwrap();
+        std::fs::write(
+            wt.join(".git/refs/heads").join(&branch),
+            "ref: refs/heads/main\n",
+        )
+        .unwrap();
         let e = runs.collect(&s.id).await.unwrap_err().to_string();
         assert!(e.contains("not a commit id"), "{e}");
-        std::fs::write(wt.join(".git/refs/heads").join(&branch), format!("{}\n", "ab".repeat(20))).unwrap();
+        std::fs::write(
+            wt.join(".git/refs/heads").join(&branch),
+            format!("{}\n", "ab".repeat(20)),
+        )
+        .unwrap();
         let e = runs.collect(&s.id).await.unwrap_err().to_string();
         assert!(e.contains("do not hold"), "{e}");
         // A FIFO in place of the ref does not hang the collect; the packed ref is used.
         std::fs::remove_file(wt.join(".git/refs/heads").join(&branch)).unwrap();
         let c = std::ffi::CString::new(
-            wt.join(".git/refs/heads").join(&branch).to_string_lossy().as_bytes(),
+            wt.join(".git/refs/heads")
+                .join(&branch)
+                .to_string_lossy()
+                .as_bytes(),
         )
         .unwrap();
         // SAFETY: valid NUL-terminated path.
@@ -1425,9 +1488,21 @@ mod tests {
         let src = tmp.path().join("src");
         user_repo(&src);
         let served = tmp.path().join("served.git");
-        sh_git(tmp.path(), &["clone", "-q", "--bare", &src.to_string_lossy(), &served.to_string_lossy()]);
+        sh_git(
+            tmp.path(),
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                &src.to_string_lossy(),
+                &served.to_string_lossy(),
+            ],
+        );
         let evil_remote = tmp.path().join("evil.git");
-        sh_git(tmp.path(), &["init", "-q", "--bare", &evil_remote.to_string_lossy()]);
+        sh_git(
+            tmp.path(),
+            &["init", "-q", "--bare", &evil_remote.to_string_lossy()],
+        );
         let marks = tmp.path().join("markers");
         std::fs::create_dir_all(&marks).unwrap();
         let url = format!("file://{}", served.display());
@@ -1437,7 +1512,10 @@ mod tests {
         assert_eq!(r.repo, url, "the URL is recorded at start");
         let host = runs.ms.state.runs().join(&s.id).join("host.git");
         assert!(host.join("HEAD").is_file(), "the host's own bare clone");
-        assert!(!host.starts_with(&s.worktree), "host.git is not inside the sandbox's workspace");
+        assert!(
+            !host.starts_with(&s.worktree),
+            "host.git is not inside the sandbox's workspace"
+        );
         assert!(!s.worktree.join(".git/hooks").exists());
 
         let tip = agent_commits(&s.worktree);
@@ -1446,10 +1524,34 @@ mod tests {
         let c = runs.collect(&s.id).await.unwrap();
         assert_eq!(c["pushed"], true, "{c}");
         assert_eq!(c["commits"], 1, "{c}");
-        assert_eq!(markers(&marks), Vec::<String>::new(), "something planted in the clone ran on the host");
-        assert_eq!(sh_git(&served, &["rev-parse", &format!("refs/heads/{}", r.branch)]), tip);
-        assert_eq!(sh_git(&evil_remote, &["for-each-ref"]), "", "the clone's remote/insteadOf were not used");
-        assert_eq!(sh_git(&host, &["rev-parse", &format!("refs/heads/{}", r.branch)]), tip);
+        assert_eq!(
+            markers(&marks),
+            Vec::<String>::new(),
+            "something planted in the clone ran on the host"
+        );
+        assert_eq!(
+            sh_git(&served, &["rev-parse", &format!("refs/heads/{}", r.branch)]),
+            tip
+        );
+        assert_eq!(
+            sh_git(&evil_remote, &["for-each-ref"]),
+            "",
+            "the clone's remote/insteadOf were not used"
+        );
+        assert_eq!(
+            sh_git(&host, &["rev-parse", &format!("refs/heads/{}", r.branch)]),
+            tip
+        );
+
+        // The control: pushing from the clone, as runs once did, executes what the clone's
+        // config names (here `remote.origin.receivepack`).
+        let _ = Command::new("git")
+            .arg("-C")
+            .arg(&s.worktree)
+            .args(["push", "-q", "origin", &r.branch])
+            .output()
+            .unwrap();
+        assert!(!markers(&marks).is_empty(), "the attack is live");
     }
 
     #[test]
@@ -1461,10 +1563,14 @@ mod tests {
             std::fs::metadata(&askpass).unwrap().permissions().mode() & 0o777,
             0o700
         );
-        let (user, up, pp) = credential_prompts("https://git.example.com:8443/org/app.git").unwrap();
+        let (user, up, pp) =
+            credential_prompts("https://git.example.com:8443/org/app.git").unwrap();
         assert_eq!(user, "x-access-token");
         assert_eq!(up, "Username for 'https://git.example.com:8443': ");
-        assert_eq!(pp, "Password for 'https://x-access-token@git.example.com:8443': ");
+        assert_eq!(
+            pp,
+            "Password for 'https://x-access-token@git.example.com:8443': "
+        );
         let ask = |prompt: &str| {
             let out = Command::new(&askpass)
                 .arg(prompt)
@@ -1474,7 +1580,10 @@ mod tests {
                 .env("PORTHOLE_GIT_TOKEN", "tok-123")
                 .output()
                 .unwrap();
-            (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).to_string(),
+            )
         };
         assert_eq!(ask(&up), (true, "x-access-token\n".into()));
         assert_eq!(ask(&pp), (true, "tok-123\n".into()));
@@ -1500,10 +1609,19 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let ms = machines(tmp.path()).await;
         let vault = crate::vault::Vault::open(&ms).await.unwrap();
-        vault.set("DECLARED_KEY", "", "v-declared-111").await.unwrap();
-        vault.set("UNDECLARED_KEY", "", "v-undeclared-222").await.unwrap();
+        vault
+            .set("DECLARED_KEY", "", "v-declared-111")
+            .await
+            .unwrap();
+        vault
+            .set("UNDECLARED_KEY", "", "v-undeclared-222")
+            .await
+            .unwrap();
         vault.set("SCOPED_KEY", "", "v-global-333").await.unwrap();
-        vault.set("SCOPED_KEY", "web", "v-scoped-444").await.unwrap();
+        vault
+            .set("SCOPED_KEY", "web", "v-scoped-444")
+            .await
+            .unwrap();
         vault.set("GIT_TOKEN", "", "v-git-555").await.unwrap();
         let runs = Runs::new(ms);
         let repo = tmp.path().join("repo");
@@ -1538,10 +1656,16 @@ mod tests {
         .unwrap();
         let text = body.to_string();
         for v in ["v-undeclared-222", "v-global-333", "v-git-555"] {
-            assert!(!text.contains(v), "an undeclared secret reaches the run: {text}");
+            assert!(
+                !text.contains(v),
+                "an undeclared secret reaches the run: {text}"
+            );
         }
         assert_eq!(body["secrets"]["DECLARED_KEY"], "v-declared-111");
-        assert_eq!(body["environment"]["env"]["PORTHOLE_TOKEN"], "agent-tok-abc");
+        assert_eq!(
+            body["environment"]["env"]["PORTHOLE_TOKEN"],
+            "agent-tok-abc"
+        );
         assert_eq!(body["environment"]["terminals"][0]["name"], "agent");
 
         // A declared secret the vault lacks stops the run before anything is made.
@@ -1556,8 +1680,15 @@ mod tests {
             panic!("a run started without its declared secret");
         };
         let e = e.to_string();
-        assert!(e.contains("NOT_IN_VAULT") && e.contains("porthole secrets set"), "{e}");
-        assert_eq!(std::fs::read_dir(runs.ms.state.runs()).unwrap().count(), n, "nothing left behind");
+        assert!(
+            e.contains("NOT_IN_VAULT") && e.contains("porthole secrets set"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read_dir(runs.ms.state.runs()).unwrap().count(),
+            n,
+            "nothing left behind"
+        );
     }
 
     #[test]
@@ -1568,17 +1699,24 @@ mod tests {
         write_mcp_configs(&home, "http://127.0.0.1:7300", "agent-tok-xyz").unwrap();
         for f in [".cursor/mcp.json", ".porthole/mcp.json", ".claude.json"] {
             let p = home.join(f);
-            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600, "{f}");
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600,
+                "{f}"
+            );
             let v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
             assert_eq!(
-                v["mcpServers"]["porthole"]["headers"]["Authorization"],
-                "Bearer agent-tok-xyz",
+                v["mcpServers"]["porthole"]["headers"]["Authorization"], "Bearer agent-tok-xyz",
                 "{f}"
             );
         }
         for d in [".cursor", ".porthole"] {
             assert_eq!(
-                std::fs::metadata(home.join(d)).unwrap().permissions().mode() & 0o777,
+                std::fs::metadata(home.join(d))
+                    .unwrap()
+                    .permissions()
+                    .mode()
+                    & 0o777,
                 0o700,
                 "{d}"
             );

@@ -356,7 +356,10 @@ mod tests {
         v.set("API_KEY", "", "sk-global-111").await.unwrap();
         v.set("API_KEY", "web", "sk-web-222").await.unwrap();
         assert!(v.set("bad name", "", "x").await.is_err());
-        assert_eq!(v.get("API_KEY", None).await.unwrap().unwrap(), "sk-global-111");
+        assert_eq!(
+            v.get("API_KEY", None).await.unwrap().unwrap(),
+            "sk-global-111"
+        );
         assert_eq!(
             v.get("API_KEY", Some("web")).await.unwrap().unwrap(),
             "sk-web-222"

@@ -198,13 +198,26 @@ fn pass_fd(cmd: &mut tokio::process::Command, fd: &std::os::fd::OwnedFd, target:
     }
 }
 
-/// The parent of process `pid`'s user namespace (ioctl NS_GET_PARENT), as an open descriptor.
-fn parent_userns(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+/// A system tool that may live in an sbin directory an ordinary user's PATH leaves out.
+fn sbin(bin: &str) -> String {
+    which(bin)
+        .or_else(|| {
+            ["/usr/sbin", "/sbin"]
+                .iter()
+                .map(|d| Path::new(d).join(bin))
+                .find(|p| p.is_file())
+        })
+        .map(|p| p.to_string_lossy().to_string())
+        .unwrap_or_else(|| bin.to_string())
+}
+
+/// The user namespace owning process `pid`'s network namespace (ioctl NS_GET_USERNS).
+fn netns_owner(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::{AsRawFd, FromRawFd};
-    const NS_GET_PARENT: libc::c_ulong = 0xb702; // _IO(0xb7, 0x2)
-    let f = std::fs::File::open(format!("/proc/{pid}/ns/user"))?;
+    const NS_GET_USERNS: libc::c_ulong = 0xb701; // _IO(0xb7, 0x1)
+    let f = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
     // SAFETY: an ioctl on a namespace descriptor we own; it returns a new descriptor or -1.
-    let r = unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_PARENT as _) };
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_USERNS as _) };
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -721,13 +734,14 @@ impl LocalSandbox {
         let rules = Self::nft_rules(&Self::host_addresses());
         std::fs::write(run.join("rules.nft"), &rules).map_err(CoreError::io("write rules.nft"))?;
         let rules_path = run.join("rules.nft").to_string_lossy().to_string();
-        // With `--dev`, bubblewrap nests a second user namespace inside the one that owns the
-        // network namespace; we enter the owner (its parent), where we hold every capability
-        // as its creator and nothing inside holds any.
+        // The user namespace that owns the network namespace, asked of the kernel
+        // (NS_GET_USERNS): bubblewrap nests user namespaces (for `--dev`), and only the
+        // owner's grants CAP_NET_ADMIN over the network. We, its creator, hold every
+        // capability in it; nothing inside holds any.
         let owner = match m.spec["net_index"].as_u64() {
             Some(_) => None,
-            None => Some(parent_userns(child).map_err(|e| {
-                boot_err(format!("the sandbox's user namespace: {e}"))
+            None => Some(netns_owner(child).map_err(|e| {
+                boot_err(format!("the sandbox's network namespace: {e}"))
             })?),
         };
         let me = std::process::id();
@@ -744,7 +758,8 @@ impl LocalSandbox {
             nft.arg(format!("--user={u}")).arg("--preserve-credentials");
         }
         nft.arg(format!("--net={netns_path}"))
-            .args(["nft", "-f", &rules_path]);
+            .arg(sbin("nft"))
+            .args(["-f", &rules_path]);
         let out = nft.output().await.map_err(CoreError::io("run nft"))?;
         if !out.status.success() {
             return Err(boot_err(format!(
@@ -757,7 +772,12 @@ impl LocalSandbox {
         let slog = std::fs::File::create(mdir.join("logs/slirp.log"))
             .map_err(CoreError::io("create slirp log"))?;
         let mut slirp = tokio::process::Command::new("slirp4netns");
-        slirp.args(["--configure", "--mtu=65520", "--disable-host-loopback", "--enable-sandbox", "--enable-seccomp"]);
+        slirp.args(["--configure", "--mtu=65520", "--disable-host-loopback", "--enable-seccomp"]);
+        if owner_path.is_none() {
+            // As root, also its own mount namespace. For an ordinary user it binds its API
+            // socket after pivoting, where the host never sees it.
+            slirp.arg("--enable-sandbox");
+        }
         slirp.arg(format!("--exit-fd={FD_SLIRP_EXIT}"));
         slirp.arg(format!("--api-socket={}", api.display()));
         if let Some(u) = &owner_path {
@@ -1090,7 +1110,7 @@ impl Provider for LocalSandbox {
         };
         if network != "host" {
             for (bin, pkg) in [("slirp4netns", "slirp4netns"), ("nft", "nftables")] {
-                if which(bin).is_none() {
+                if which(bin).is_none() && !Path::new(&sbin(bin)).exists() {
                     return Err(CoreError::Missing(format!("{bin} is not installed: every machine gets a private network, which needs it: sudo apt-get install {pkg} (or run packaging/install-deps.sh), or pass --network host for a machine that is not isolated")));
                 }
             }
