@@ -18,7 +18,6 @@ pub mod events;
 pub mod exec;
 pub mod http;
 pub mod input;
-pub mod jail;
 pub mod keys;
 pub mod mcp;
 pub mod pipeline;

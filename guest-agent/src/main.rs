@@ -59,13 +59,6 @@ struct ServeArgs {
     /// starts later cannot read them.
     #[arg(long)]
     forget_token_files: bool,
-    /// Run the coding agent's processes (exec, environment steps, tmux, git on the workspace)
-    /// as this uid, so they cannot touch the agent's data or signal it (needs CAP_SETUID).
-    #[arg(long, requires = "workload_gid")]
-    workload_uid: Option<u32>,
-    /// The workload's gid (with --workload-uid).
-    #[arg(long, requires = "workload_uid")]
-    workload_gid: Option<u32>,
     /// Where recordings and state go (default $XDG_STATE_HOME/porthole-agent).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -138,9 +131,6 @@ fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
     // descriptors are closed to other processes of the same uid (ptrace access checks), so
     // the operator's token stays in here.
     serve::make_undumpable();
-    if let (Some(u), Some(g)) = (a.workload_uid, a.workload_gid) {
-        porthole_agent::jail::set_workload(u, g);
-    }
     let display_size = serve::parse_size(&a.display_size)?;
     if !(1..=120).contains(&a.max_fps) {
         return Err(serve::ConfigError::Fps(a.max_fps).into());
@@ -168,8 +158,7 @@ fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
             .mode(0o700)
             .create(&data_dir)
             .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
-        // Only the agent: the recording and the events are evidence, and the workload (when it
-        // runs as another uid) must not be able to edit them.
+        // Only the agent's uid: the recording and the events are evidence.
         std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("cannot restrict data dir {}", data_dir.display()))?;
     }

@@ -28,7 +28,7 @@ mkdir -p /run/porthole /var/lib/porthole /var/log/porthole /tmp/.X11-unix
 chmod 1777 /tmp/.X11-unix
 
 # No udev runs after the initramfs: load what the host's devices need.
-for mod in virtio_console virtio_rng 9pnet_virtio 9p; do modprobe -q "$mod" 2>/dev/null; done
+for mod in virtio_net virtio_console virtio_rng 9pnet_virtio 9p; do modprobe -q "$mod" 2>/dev/null; done
 
 # NICs by MAC: QEMU's user network (outbound traffic, DNS) and, when the host runs as root,
 # a tap device the host reaches the agent through without NAT.

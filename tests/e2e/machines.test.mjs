@@ -538,7 +538,8 @@ describe('porthole machines (CLI end to end)', { timeout: 90 * 60 * 1000 }, () =
 
       // The process scan sees the sandboxes while they run (so its emptiness below means something).
       const running = procsMentioning(w.home);
-      assert.ok(running.some((p) => p.where === 'cmdline') && running.some((p) => /porthole-agent/.test(p.cmd)),
+      // Each sandbox's supervisor names its machine directory (the sandbox itself names no host path).
+      assert.ok(running.some((p) => p.where === 'cmdline') && running.some((p) => /supervise\.sh/.test(p.cmd)),
         `the process scan does not see the running sandboxes: ${JSON.stringify(running)}`);
       t.diagnostic(`processes naming PORTHOLE_HOME while m1, m2 run: ${running.filter((p) => p.where === 'cmdline').length} by cmdline, ${running.filter((p) => p.where === 'environ').length} more by environment`);
 
@@ -575,7 +576,8 @@ describe('porthole machines (CLI end to end)', { timeout: 90 * 60 * 1000 }, () =
         assert.deepEqual(machineDirEntries(w).sort(), [...keep].sort(), `${what}: machines/ entries after the failure`);
         let keys = [];
         try { keys = readdirSync(path.join(w.home, 'keys')); } catch { /* none */ }
-        assert.deepEqual(keys.sort(), keep.map((k) => `${k}.token`).sort(), `${what}: keys/ after the failure`);
+        // Each machine has two tokens: the operator's and the coding agent's.
+        assert.deepEqual(keys.sort(), keep.flatMap((k) => [`${k}.agent-token`, `${k}.token`]).sort(), `${what}: keys/ after the failure`);
         if (keep.length === 0) await assertNoProcesses(w, what);
         await assertNoNewNamespaces(w, nsBefore, what);
         return r;
@@ -1156,12 +1158,19 @@ describe('porthole machines (CLI end to end)', { timeout: 90 * 60 * 1000 }, () =
     // means anything on the host (mapped-xattr): no setuid bit, device node or symlink.
     const wsr = await execIn(q3.agent_url, tok3, [
       'cd /workspace && cat from-host && echo guest > from-guest',
-      'cp /bin/true suid && chmod 4755 suid && chown 0:0 suid',
+      'cp /bin/true suid && chown 0:0 suid && chmod 4755 suid',
       'mknod blk b 8 0; mkfifo fifo; ln -s /etc/shadow link',
       'stat -c "%n %F %a" suid blk link 2>&1',
     ].join('; '));
     t.diagnostic(`q3 workspace from the guest: ${JSON.stringify(wsr)}`);
     assert.match(wsr.stdout, /^host\n/, JSON.stringify(wsr));
+    // As root in the guest (exec's user there), it sees what it asked for in its own view ...
+    if ((await execIn(q3.agent_url, tok3, 'id -u')).stdout.trim() === '0') {
+      assert.match(wsr.stdout, /^suid regular file 4755$/m, JSON.stringify(wsr));
+      assert.match(wsr.stdout, /^blk block special file/m, JSON.stringify(wsr));
+      assert.match(wsr.stdout, /^link symbolic link/m, JSON.stringify(wsr));
+    }
+    // ... and the host has only plain files.
     assert.equal(readFileSync(path.join(ws, 'from-guest'), 'utf8'), 'guest\n');
     for (const f of ['suid', 'blk', 'fifo', 'link']) {
       let st;

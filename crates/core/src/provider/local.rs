@@ -559,7 +559,10 @@ impl LocalSandbox {
             "--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys", "--dev", "/dev", "--tmpfs",
             "/tmp", "--tmpfs", "/run", "--tmpfs", "/var",
         ]);
-        push(&["--dir", "/var/tmp"]);
+        // The X server runs without root and could not make its socket directory itself
+        // (it then waits on the abstract socket alone, and the init's wait for the socket
+        // file times out).
+        push(&["--dir", "/var/tmp", "--perms", "1777", "--dir", "/tmp/.X11-unix"]);
         let src = |key: &str| {
             Self::sources(spec, mdir, agent)
                 .into_iter()
