@@ -341,6 +341,12 @@ impl LocalSandbox {
     }
 
     async fn netns_up(idx: u64) -> Result<()> {
+        // Two `ip netns add` at once on a host's first namespaces race on making /run/netns
+        // a shared mount: the second mount hides the first namespace's bind (seen here as
+        // slirp4netns's `setns(CLONE_NEWNET): Invalid argument` when two runs start together).
+        let _lock = tokio::task::spawn_blocking(|| CreateLock::acquire(Path::new("/run/porthole-netns.lock")))
+            .await
+            .map_err(|e| CoreError::Invalid(format!("netns lock: {e}")))??;
         let ns = netns_name(idx);
         let (h, n) = (format!("phh{idx}"), format!("phn{idx}"));
         run("ip", &["netns", "add", &ns]).await?;
@@ -774,13 +780,18 @@ impl LocalSandbox {
         let _ = std::fs::remove_file(&api);
         let slog = std::fs::File::create(mdir.join("logs/slirp.log"))
             .map_err(CoreError::io("create slirp log"))?;
-        let mut slirp = tokio::process::Command::new("slirp4netns");
+        let mut slirp = if owner_path.is_none() {
+            // As root, also slirp4netns's own mount sandbox, inside a private copy of the
+            // mount namespace: its sandbox's unmounts otherwise propagate through the shared
+            // /run/netns and drop every named namespace on the host (seen here). For an
+            // ordinary user it would bind its API socket after pivoting, out of our sight.
+            let mut c = tokio::process::Command::new("unshare");
+            c.args(["-m", "--propagation", "private", "slirp4netns", "--enable-sandbox"]);
+            c
+        } else {
+            tokio::process::Command::new("slirp4netns")
+        };
         slirp.args(["--configure", "--mtu=65520", "--disable-host-loopback", "--enable-seccomp"]);
-        if owner_path.is_none() {
-            // As root, also its own mount namespace. For an ordinary user it binds its API
-            // socket after pivoting, where the host never sees it.
-            slirp.arg("--enable-sandbox");
-        }
         slirp.arg(format!("--exit-fd={FD_SLIRP_EXIT}"));
         slirp.arg(format!("--api-socket={}", api.display()));
         if let Some(u) = &owner_path {
