@@ -854,7 +854,11 @@ mod tests {
         check(Method::GET, "/v1/display", false);
         check(Method::POST, "/v1/environment", false);
         check(Method::GET, "/v1/environment", false);
-        check(Method::POST, "/v1/environment/terminals/agent/restart", false);
+        check(
+            Method::POST,
+            "/v1/environment/terminals/agent/restart",
+            false,
+        );
         check(Method::POST, "/v1/sessions", false);
         check(Method::GET, "/v1/recordings", false);
         check(Method::GET, "/v1/recordings/x/video", false);
@@ -867,7 +871,10 @@ mod tests {
 
     #[test]
     fn principals() {
-        assert_eq!(principal_of("op", "op", Some("ag")), Some(Principal::Operator));
+        assert_eq!(
+            principal_of("op", "op", Some("ag")),
+            Some(Principal::Operator)
+        );
         assert_eq!(principal_of("ag", "op", Some("ag")), Some(Principal::Agent));
         assert_eq!(principal_of("ag", "op", None), None);
         assert_eq!(principal_of("", "op", Some("ag")), None);

@@ -606,7 +606,13 @@ describe('desktop app through tauri-driver', { timeout: 20 * 60 * 1000 }, () => 
       const c = document.querySelector('[data-testid="video-canvas"]');
       return c && c.width === sw && c.height === sh;
     }, size.width, size.height), { timeout: 20000, message: `the replay canvas to draw the fitted part at ${size.width}x${size.height}` });
-    const head = await wd.exec(() => document.querySelector('.replay-page .page-head')?.textContent || '');
-    assert.match(head, new RegExp(`${size.width}×${size.height}`), `the header names the size on screen: ${head}`);
+    // The header re-renders from the decoder's size report, a frame or so after the canvas.
+    let head = '';
+    await waitFor(async () => {
+      head = await wd.exec(() => document.querySelector('.replay-page .page-head')?.textContent || '');
+      return new RegExp(`${size.width}×${size.height}`).test(head);
+    }, { timeout: 10000, message: `the header to name the size on screen (${size.width}×${size.height})` }).catch(() => {
+      assert.fail(`the header names the size on screen: ${head}`);
+    });
   }));
 });

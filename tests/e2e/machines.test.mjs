@@ -15,7 +15,8 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import {
-  existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync,
+  chownSync, copyFileSync, existsSync, linkSync, lstatSync, mkdirSync, readFileSync, readdirSync, rmSync,
+  writeFileSync,
 } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
@@ -381,7 +382,9 @@ async function assertVmOffTheHost(t, m, token, label) {
   try {
     const hostIps = Object.values(os.networkInterfaces()).flat()
       .filter((a) => a.family === 'IPv4' && !a.internal).map((a) => a.address);
-    const targets = [['10.0.2.2', lo.port], ['10.0.2.2', all.port], ['10.0.2.4', lo.port],
+    // 10.216.0.2: slirp4netns's gateway (the host's loopback, unless disabled) for an ordinary
+    // user's VM.
+    const targets = [['10.0.2.2', lo.port], ['10.0.2.2', all.port], ['10.0.2.4', lo.port], ['10.216.0.2', lo.port],
       ['169.254.169.254', 80], ...hostIps.map((a) => [a, all.port])];
     if (m.spec.tap_index) targets.push([`10.215.${m.spec.tap_index}.1`, all.port]);
     // The probes are sound: this host itself reaches both listeners on those addresses.
@@ -1193,5 +1196,42 @@ describe('porthole machines (CLI end to end)', { timeout: 90 * 60 * 1000 }, () =
     await assertNoProcesses(w, 'after destroying the qemu machines');
     for (const m of [q1, q2]) assert.ok(!existsSync(`/sys/class/net/phq${m.spec.tap_index}`), `tap phq${m.spec.tap_index} left behind`);
     assert.deepEqual(machineDirEntries(w), [], 'machines/ is not empty');
+
+    // An ordinary user's VM (a uid of its own, no root, no nftables of the host's): QEMU in
+    // namespaces of its own behind slirp4netns, and the same attacks on the host fail.
+    const uid = 3000 + (process.pid % 5000);
+    const uhome = tmpDir('porthole-e2e-qemu-user-');
+    let uph;
+    try {
+      const uimg = path.join(uhome, 'images', recipe);
+      mkdirSync(uimg, { recursive: true });
+      for (const f of ['vmlinuz', 'initrd.img', 'rootfs.qcow2', 'recipe.sha256']) {
+        try { linkSync(path.join(images, recipe, f), path.join(uimg, f)); } catch { copyFileSync(path.join(images, recipe, f), path.join(uimg, f)); }
+      }
+      mkdirSync(path.join(uhome, 'bin'));
+      const ucli = path.join(uhome, 'bin', 'porthole');
+      const uagent = path.join(uhome, 'bin', 'porthole-agent');
+      copyFileSync(CLI, ucli);
+      copyFileSync(AGENT, uagent);
+      for (const d of [uhome, path.join(uhome, 'images'), uimg, path.join(uhome, 'bin'), ucli, uagent]) chownSync(d, uid, uid);
+      uph = (args) => execOnce('setpriv', ['--reuid', String(uid), '--regid', String(uid), '--clear-groups', 'env', '-i',
+        `PATH=${process.env.PATH}`, `HOME=${uhome}`, `PORTHOLE_HOME=${uhome}/state`, `PORTHOLE_IMAGE_DIR=${uhome}/images`,
+        `PORTHOLE_AGENT_BIN=${uagent}`, 'PORTHOLE_KEYCHAIN=0', ucli, ...args], { timeout: 10 * 60 * 1000 });
+      r = await uph(['machine', 'create', '--provider', 'qemu', '--name', 'u1', '--json']);
+      assert.equal(r.code, 0, `create as uid ${uid}: ${r.stderr}\n${tail(path.join(uhome, 'state/machines/u1/logs/qemu.log'))}`);
+      const u1 = JSON.parse(r.stdout);
+      assert.equal(u1.spec.user_netns, true, JSON.stringify(u1.spec));
+      assert.equal(u1.isolated, true, JSON.stringify(u1));
+      assert.match(u1.agent_url, /^http:\/\/127\.0\.0\.1:\d+$/, JSON.stringify(u1));
+      const toku = (await uph(['machine', 'token', 'u1'])).stdout.trim();
+      await assertVmOffTheHost(t, u1, toku, 'u1 (ordinary user)');
+      r = await uph(['machine', 'destroy', 'u1']);
+      assert.equal(r.code, 0, r.stderr);
+      await waitFor(async () => procsMentioning(uhome).length === 0,
+        { timeout: 20000, message: "the ordinary user's QEMU and slirp4netns to exit" });
+    } finally {
+      await uph?.(['machine', 'destroy', 'u1']).catch(() => {});
+      if (!KEEP) rmSync(uhome, { recursive: true, force: true });
+    }
   }));
 });

@@ -64,7 +64,8 @@ pub struct Machine {
 impl Machine {
     /// Beside the operator's token in the state's `keys/`, for the machines Porthole starts.
     pub fn agent_token_path(&self) -> PathBuf {
-        self.token_path.with_file_name(format!("{}.agent-token", self.name))
+        self.token_path
+            .with_file_name(format!("{}.agent-token", self.name))
     }
 }
 

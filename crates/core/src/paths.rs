@@ -102,7 +102,11 @@ mod tests {
         let st = StateDir::at(d.path().join("new/porthole"));
         let keys = st.create_keys().unwrap();
         assert_eq!(mode(st.root()), 0o700);
-        assert_eq!(mode(&d.path().join("new")), 0o700, "a parent created on the way");
+        assert_eq!(
+            mode(&d.path().join("new")),
+            0o700,
+            "a parent created on the way"
+        );
         assert_eq!(mode(&keys), 0o700);
         // One an older version made 0755 is tightened.
         let old = StateDir::at(d.path().join("old"));

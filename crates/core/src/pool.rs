@@ -60,6 +60,14 @@ pub async fn claim(ms: &Machines, snapshot: &str, name: &str) -> Result<(Machine
     // The sandbox has its token and directories bound by inode, and QEMU holds its disk open
     // and its sockets move with the directory: renaming them is safe.
     std::fs::rename(&m.token_path, &new_token).map_err(CoreError::io("rename token"))?;
+    let agent_token = m.agent_token_path();
+    if agent_token.exists() {
+        std::fs::rename(
+            &agent_token,
+            ms.state.keys().join(format!("{name}.agent-token")),
+        )
+        .map_err(CoreError::io("rename agent token"))?;
+    }
     if m.provider != ProviderKind::Remote {
         std::fs::rename(ms.state.machine(&old), ms.state.machine(name))
             .map_err(CoreError::io("rename machine dir"))?;

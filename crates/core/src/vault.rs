@@ -81,10 +81,11 @@ fn new_key_file(
     let _ = std::fs::remove_file(&tmp);
     match r {
         Ok(()) => Ok(k),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_file(path)?
-            .ok_or_else(|| {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            read_file(path)?.ok_or_else(|| {
                 CoreError::Invalid(format!("{} exists but cannot be read", path.display()))
-            }),
+            })
+        }
         Err(e) => Err(CoreError::io("write the vault key")(e)),
     }
 }

@@ -180,7 +180,12 @@ fn pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: both were just created and are owned by nobody else.
-    Ok(unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) })
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
 }
 
 /// Hands `fd` to the child as descriptor `target` (dup2 clears close-on-exec on the copy).
@@ -226,8 +231,11 @@ fn netns_owner(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
 }
 
 fn free_udp_port() -> Result<u16> {
-    let s = std::net::UdpSocket::bind(("127.0.0.1", 0)).map_err(CoreError::io("pick a UDP port"))?;
-    Ok(s.local_addr().map_err(CoreError::io("pick a UDP port"))?.port())
+    let s =
+        std::net::UdpSocket::bind(("127.0.0.1", 0)).map_err(CoreError::io("pick a UDP port"))?;
+    Ok(s.local_addr()
+        .map_err(CoreError::io("pick a UDP port"))?
+        .port())
 }
 
 /// `chown -R` without following symlinks (a link the agent planted must not hand it a host
@@ -255,7 +263,12 @@ fn chown(p: &Path, uid: u32) -> Result<()> {
 }
 
 /// Asks slirp4netns (its JSON API on a unix socket) to forward a port from the host's loopback.
-async fn slirp_hostfwd(api: &Path, proto: &str, host: u64, guest: u64) -> std::result::Result<(), String> {
+async fn slirp_hostfwd(
+    api: &Path,
+    proto: &str,
+    host: u64,
+    guest: u64,
+) -> std::result::Result<(), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::UnixStream::connect(api)
         .await
@@ -266,7 +279,9 @@ async fn slirp_hostfwd(api: &Path, proto: &str, host: u64, guest: u64) -> std::r
         .map_err(|e| e.to_string())?;
     s.shutdown().await.map_err(|e| e.to_string())?;
     let mut out = String::new();
-    s.read_to_string(&mut out).await.map_err(|e| e.to_string())?;
+    s.read_to_string(&mut out)
+        .await
+        .map_err(|e| e.to_string())?;
     let v: Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
     match v.get("error") {
         Some(e) => Err(e.to_string()),
@@ -344,9 +359,11 @@ impl LocalSandbox {
         // Two `ip netns add` at once on a host's first namespaces race on making /run/netns
         // a shared mount: the second mount hides the first namespace's bind (seen here as
         // slirp4netns's `setns(CLONE_NEWNET): Invalid argument` when two runs start together).
-        let _lock = tokio::task::spawn_blocking(|| CreateLock::acquire(Path::new("/run/porthole-netns.lock")))
-            .await
-            .map_err(|e| CoreError::Invalid(format!("netns lock: {e}")))??;
+        let _lock = tokio::task::spawn_blocking(|| {
+            CreateLock::acquire(Path::new("/run/porthole-netns.lock"))
+        })
+        .await
+        .map_err(|e| CoreError::Invalid(format!("netns lock: {e}")))??;
         let ns = netns_name(idx);
         let (h, n) = (format!("phh{idx}"), format!("phn{idx}"));
         run("ip", &["netns", "add", &ns]).await?;
@@ -562,13 +579,31 @@ impl LocalSandbox {
         // A new /proc for the PID namespace; its /proc/sys read-only (the user namespace
         // already owns nothing there, this is the second layer).
         push(&[
-            "--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys", "--dev", "/dev", "--tmpfs",
-            "/tmp", "--tmpfs", "/run", "--tmpfs", "/var",
+            "--proc",
+            "/proc",
+            "--ro-bind",
+            "/proc/sys",
+            "/proc/sys",
+            "--dev",
+            "/dev",
+            "--tmpfs",
+            "/tmp",
+            "--tmpfs",
+            "/run",
+            "--tmpfs",
+            "/var",
         ]);
         // The X server runs without root and could not make its socket directory itself
         // (it then waits on the abstract socket alone, and the init's wait for the socket
         // file times out).
-        push(&["--dir", "/var/tmp", "--perms", "1777", "--dir", "/tmp/.X11-unix"]);
+        push(&[
+            "--dir",
+            "/var/tmp",
+            "--perms",
+            "1777",
+            "--dir",
+            "/tmp/.X11-unix",
+        ]);
         let src = |key: &str| {
             Self::sources(spec, mdir, agent)
                 .into_iter()
@@ -580,14 +615,36 @@ impl LocalSandbox {
         push(&["--bind", &src("agent"), "/run/porthole/agent"]);
         push(&["--bind", &src("logs"), "/run/porthole/logs"]);
         push(&["--ro-bind", &src("net"), "/run/porthole/net"]);
-        push(&["--ro-bind", &src("agent-bin"), "/run/porthole/bin/porthole-agent"]);
+        push(&[
+            "--ro-bind",
+            &src("agent-bin"),
+            "/run/porthole/bin/porthole-agent",
+        ]);
         push(&["--ro-bind", &src("init"), "/run/porthole/init.sh"]);
         let fd = |n: u32| n.to_string();
         // Copies in the sandbox's own /run, which the agent deletes once read: no key file of
         // the host is reachable from inside, and processes started later find no token file.
-        push(&["--perms", "0600", "--file", &fd(FD_TOKEN), "/run/porthole/token"]);
-        push(&["--perms", "0600", "--file", &fd(FD_AGENT_TOKEN), "/run/porthole/agent-token"]);
-        push(&["--perms", "0600", "--ro-bind-data", &fd(FD_XAUTH), "/run/porthole/xauth"]);
+        push(&[
+            "--perms",
+            "0600",
+            "--file",
+            &fd(FD_TOKEN),
+            "/run/porthole/token",
+        ]);
+        push(&[
+            "--perms",
+            "0600",
+            "--file",
+            &fd(FD_AGENT_TOKEN),
+            "/run/porthole/agent-token",
+        ]);
+        push(&[
+            "--perms",
+            "0600",
+            "--ro-bind-data",
+            &fd(FD_XAUTH),
+            "/run/porthole/xauth",
+        ]);
         for b in spec["extra_binds"]
             .as_array()
             .into_iter()
@@ -597,7 +654,13 @@ impl LocalSandbox {
             push(&["--ro-bind", b, b]);
         }
         if spec["workspace"].is_string() {
-            push(&["--bind", &src("workspace"), "/workspace", "--chdir", "/workspace"]);
+            push(&[
+                "--bind",
+                &src("workspace"),
+                "/workspace",
+                "--chdir",
+                "/workspace",
+            ]);
         } else {
             push(&["--chdir", "/home/porthole"]);
         }
@@ -625,12 +688,19 @@ impl LocalSandbox {
         }
         let mut mounts = String::new();
         if let Some(uid) = spec["sandbox_uid"].as_u64() {
-            launch.push_str("unshare -m --propagation private /bin/bash -c \"$MOUNTS\" porthole-launch ");
-            mounts.push_str(&format!("set -e; mount -t tmpfs -o mode=0755,size=1m porthole-sandbox {SANDBOX_SRC}; "));
+            launch.push_str(
+                "unshare -m --propagation private /bin/bash -c \"$MOUNTS\" porthole-launch ",
+            );
+            mounts.push_str(&format!(
+                "set -e; mount -t tmpfs -o mode=0755,size=1m porthole-sandbox {SANDBOX_SRC}; "
+            ));
             for (key, real) in Self::sources(spec, mdir, agent) {
                 let dest = format!("{SANDBOX_SRC}/{key}");
                 let make = if real.is_dir() { "mkdir" } else { "touch" };
-                mounts.push_str(&format!("{make} {dest}; mount --bind {} {dest}; ", p(&real)));
+                mounts.push_str(&format!(
+                    "{make} {dest}; mount --bind {} {dest}; ",
+                    p(&real)
+                ));
             }
             mounts.push_str(&format!(
                 "exec setpriv --reuid={uid} --regid={uid} --clear-groups --inh-caps=-all --bounding-set=-all \"$@\""
@@ -645,7 +715,10 @@ impl LocalSandbox {
             opens.push((FD_SECCOMP_DENY, run.join("seccomp-deny.bpf")));
             opens.push((FD_SECCOMP_CLONE3, run.join("seccomp-clone3.bpf")));
         }
-        let open_all: Vec<String> = opens.iter().map(|(n, path)| format!("{n}<{}", p(path))).collect();
+        let open_all: Vec<String> = opens
+            .iter()
+            .map(|(n, path)| format!("{n}<{}", p(path)))
+            .collect();
         format!(
             "#!/bin/bash\n# The supervisor of machine {name} (written by porthole): bubblewrap's parent. It holds\n# slirp4netns's exit pipe, so slirp4netns ends with it.\n\
              MOUNTS={mounts}\n\
@@ -710,7 +783,12 @@ impl LocalSandbox {
     /// traffic and forwards the agent's ports; then marks the network ready (the sandbox's
     /// init waits for the mark, so nothing inside sends a packet before the rules hold).
     /// `exit_rx`: the read end of the pipe whose write end only the supervisor holds.
-    async fn network_up(&self, m: &Machine, mdir: &Path, exit_rx: Option<std::os::fd::OwnedFd>) -> Result<()> {
+    async fn network_up(
+        &self,
+        m: &Machine,
+        mdir: &Path,
+        exit_rx: Option<std::os::fd::OwnedFd>,
+    ) -> Result<()> {
         let net = m.spec["network"].as_str().unwrap_or("host");
         if net == "host" {
             return Ok(());
@@ -749,9 +827,10 @@ impl LocalSandbox {
         // capability in it; nothing inside holds any.
         let owner = match m.spec["net_index"].as_u64() {
             Some(_) => None,
-            None => Some(netns_owner(child).map_err(|e| {
-                boot_err(format!("the sandbox's network namespace: {e}"))
-            })?),
+            None => Some(
+                netns_owner(child)
+                    .map_err(|e| boot_err(format!("the sandbox's network namespace: {e}")))?,
+            ),
         };
         let me = std::process::id();
         let owner_path = owner.as_ref().map(|fd| {
@@ -786,12 +865,23 @@ impl LocalSandbox {
             // /run/netns and drop every named namespace on the host (seen here). For an
             // ordinary user it would bind its API socket after pivoting, out of our sight.
             let mut c = tokio::process::Command::new("unshare");
-            c.args(["-m", "--propagation", "private", "slirp4netns", "--enable-sandbox"]);
+            c.args([
+                "-m",
+                "--propagation",
+                "private",
+                "slirp4netns",
+                "--enable-sandbox",
+            ]);
             c
         } else {
             tokio::process::Command::new("slirp4netns")
         };
-        slirp.args(["--configure", "--mtu=65520", "--disable-host-loopback", "--enable-seccomp"]);
+        slirp.args([
+            "--configure",
+            "--mtu=65520",
+            "--disable-host-loopback",
+            "--enable-seccomp",
+        ]);
         slirp.arg(format!("--exit-fd={FD_SLIRP_EXIT}"));
         slirp.arg(format!("--api-socket={}", api.display()));
         if let Some(u) = &owner_path {
@@ -847,10 +937,7 @@ impl LocalSandbox {
         // Readable inside (the init waits for `ready` in it); it holds nothing else.
         std::fs::create_dir_all(mdir.join("net")).map_err(CoreError::io("create net dir"))?;
         crate::machine::write_private(&run.join("token"), ms.token(m)?.as_bytes())?;
-        crate::machine::write_private(
-            &run.join("agent-token"),
-            ms.agent_token(m)?.as_bytes(),
-        )?;
+        crate::machine::write_private(&run.join("agent-token"), ms.agent_token(m)?.as_bytes())?;
         crate::machine::write_private(&run.join("xauth"), &xauth_file(&random_cookie()))?;
         #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
         {
@@ -861,7 +948,8 @@ impl LocalSandbox {
                         .map_err(CoreError::io("write seccomp filter"))?;
                     std::fs::write(run.join("seccomp-clone3.bpf"), seccomp::to_bytes(&c))
                         .map_err(CoreError::io("write seccomp filter"))?;
-                    m.spec["seccomp"] = json!({"applied": true, "denied": seccomp::DENIED.len() + 3});
+                    m.spec["seccomp"] =
+                        json!({"applied": true, "denied": seccomp::DENIED.len() + 3});
                 }
                 (Err(e), _) | (_, Err(e)) => {
                     m.spec["seccomp"] = json!({"applied": false, "reason": e});
@@ -916,7 +1004,8 @@ impl LocalSandbox {
         self.prepare_run_dir(m, &mdir, ms)?;
         if m.spec["sandbox_uid"].is_u64() {
             // The mount point of the supervisor's private view (empty on the host).
-            std::fs::create_dir_all(SANDBOX_SRC).map_err(CoreError::io(format!("create {SANDBOX_SRC}")))?;
+            std::fs::create_dir_all(SANDBOX_SRC)
+                .map_err(CoreError::io(format!("create {SANDBOX_SRC}")))?;
         }
         if let Some(idx) = m.spec["net_index"].as_u64() {
             Self::netns_down(idx).await;
@@ -946,7 +1035,10 @@ impl LocalSandbox {
             // Nothing of the caller's environment reaches the sandbox, not even bubblewrap's
             // own /proc/1/environ.
             .env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().map_err(CoreError::io("log"))?)
             .stderr(log)
@@ -959,7 +1051,9 @@ impl LocalSandbox {
             None
         };
         let limits = super::limits::Limits::from_env()?;
-        let mut child = cmd.spawn().map_err(CoreError::io("start the sandbox's supervisor"))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(CoreError::io("start the sandbox's supervisor"))?;
         // Only the supervisor keeps the write end.
         let exit_rx = exit_rx.map(|(rx, _tx)| rx);
         let pid = child.id().map(|p| p as i64);
@@ -1225,7 +1319,10 @@ impl Provider for LocalSandbox {
         if let (Some(ws), Some([u, g])) = (
             m.spec["workspace"].as_str(),
             m.spec["workspace_owner"].as_array().map(|a| {
-                [a.first().and_then(Value::as_u64).unwrap_or(0), a.get(1).and_then(Value::as_u64).unwrap_or(0)]
+                [
+                    a.first().and_then(Value::as_u64).unwrap_or(0),
+                    a.get(1).and_then(Value::as_u64).unwrap_or(0),
+                ]
             }),
         ) {
             let _ = chown_tree(Path::new(ws), Some((u as u32, g as u32)));
@@ -1277,11 +1374,18 @@ mod tests {
 
     fn args(spec: Value) -> Vec<String> {
         let m = machine(spec);
-        LocalSandbox::bwrap_args(&m, &m.spec, Path::new("/st/m1"), Path::new("/bin/agent"), &[FD_SECCOMP_DENY, FD_SECCOMP_CLONE3])
+        LocalSandbox::bwrap_args(
+            &m,
+            &m.spec,
+            Path::new("/st/m1"),
+            Path::new("/bin/agent"),
+            &[FD_SECCOMP_DENY, FD_SECCOMP_CLONE3],
+        )
     }
 
     fn has(a: &[String], w: &[&str]) -> bool {
-        a.windows(w.len()).any(|x| x.iter().zip(w).all(|(l, r)| l == r))
+        a.windows(w.len())
+            .any(|x| x.iter().zip(w).all(|(l, r)| l == r))
     }
 
     /// Each row: a spec, then argument sequences that must (true) or must not (false) appear.
@@ -1309,14 +1413,23 @@ mod tests {
             ),
             (
                 json!({"network": "slirp"}),
-                vec![(&["--unshare-net"], true), (&["--chdir", "/home/porthole"], true)],
+                vec![
+                    (&["--unshare-net"], true),
+                    (&["--chdir", "/home/porthole"], true),
+                ],
             ),
             (
                 // As root, sources come from the supervisor's private view.
                 json!({"network": "netns", "sandbox_uid": 2100000100u64, "workspace": "/w"}),
                 vec![
-                    (&["--bind", "/run/porthole-sandbox/workspace", "/workspace"], true),
-                    (&["--bind", "/run/porthole-sandbox/home", "/home/porthole"], true),
+                    (
+                        &["--bind", "/run/porthole-sandbox/workspace", "/workspace"],
+                        true,
+                    ),
+                    (
+                        &["--bind", "/run/porthole-sandbox/home", "/home/porthole"],
+                        true,
+                    ),
                     (&["--bind", "/w", "/workspace"], false),
                 ],
             ),
@@ -1326,13 +1439,20 @@ mod tests {
             ),
             (
                 json!({"network": "slirp", "extra_binds": ["/r/.git"]}),
-                vec![(&["--ro-bind", "/r/.git", "/r/.git"], true), (&["--bind", "/r/.git", "/r/.git"], false)],
+                vec![
+                    (&["--ro-bind", "/r/.git", "/r/.git"], true),
+                    (&["--bind", "/r/.git", "/r/.git"], false),
+                ],
             ),
         ];
         for (spec, want) in rows {
             let a = args(spec.clone());
             for (seq, present) in want {
-                assert_eq!(has(&a, seq), present, "{spec}: {seq:?} present={present}\n{a:?}");
+                assert_eq!(
+                    has(&a, seq),
+                    present,
+                    "{spec}: {seq:?} present={present}\n{a:?}"
+                );
             }
             // Only allowlisted variables are set, and none of ours leaks through.
             let set: Vec<&String> = a
@@ -1342,7 +1462,8 @@ mod tests {
                 .collect();
             for k in &set {
                 assert!(
-                    ["PATH", "HOME", "USER", "LANG", "XAUTHORITY", "RUST_LOG"].contains(&k.as_str()),
+                    ["PATH", "HOME", "USER", "LANG", "XAUTHORITY", "RUST_LOG"]
+                        .contains(&k.as_str()),
                     "{k} is not on the allowlist"
                 );
             }
@@ -1352,17 +1473,43 @@ mod tests {
 
     #[test]
     fn supervisor_quotes_and_switches_uid_as_root() {
-        let m = machine(json!({"network": "netns", "net_index": 3, "sandbox_uid": 2100000100u64, "seccomp": {"applied": true}, "workspace": "/it's here"}));
-        let a = LocalSandbox::bwrap_args(&m, &m.spec, Path::new("/st/m1"), Path::new("/bin/agent"), &[10, 11]);
-        let s = LocalSandbox::supervisor_script(&m, &m.spec, Path::new("/st/m1"), Path::new("/bin/agent"), &a);
-        assert!(s.contains("ip netns exec porthole-3 unshare -m --propagation private"), "{s}");
-        assert!(s.contains("setpriv --reuid=2100000100 --regid=2100000100 --clear-groups"), "{s}");
+        let m = machine(
+            json!({"network": "netns", "net_index": 3, "sandbox_uid": 2100000100u64, "seccomp": {"applied": true}, "workspace": "/it's here"}),
+        );
+        let a = LocalSandbox::bwrap_args(
+            &m,
+            &m.spec,
+            Path::new("/st/m1"),
+            Path::new("/bin/agent"),
+            &[10, 11],
+        );
+        let s = LocalSandbox::supervisor_script(
+            &m,
+            &m.spec,
+            Path::new("/st/m1"),
+            Path::new("/bin/agent"),
+            &a,
+        );
+        assert!(
+            s.contains("ip netns exec porthole-3 unshare -m --propagation private"),
+            "{s}"
+        );
+        assert!(
+            s.contains("setpriv --reuid=2100000100 --regid=2100000100 --clear-groups"),
+            "{s}"
+        );
         assert!(s.contains("/it'"), "{s}");
         assert!(s.contains("10<'/st/m1/run/seccomp-deny.bpf'"), "{s}");
         // bubblewrap (and so the sandbox) never holds slirp4netns's exit pipe.
         assert!(s.contains(" 30>&- &"), "{s}");
         let u = machine(json!({"network": "host"}));
-        let s = LocalSandbox::supervisor_script(&u, &u.spec, Path::new("/st/m1"), Path::new("/bin/agent"), &[]);
+        let s = LocalSandbox::supervisor_script(
+            &u,
+            &u.spec,
+            Path::new("/st/m1"),
+            Path::new("/bin/agent"),
+            &[],
+        );
         assert!(!s.contains("setpriv") && !s.contains("seccomp"), "{s}");
     }
 

@@ -438,9 +438,17 @@ impl Qemu {
                 opt_path(&img.initrd())?
             ),
             "-accel".into(),
-            if accel == "tcg" { "tcg,thread=multi".into() } else { opt_escape(accel) },
+            if accel == "tcg" {
+                "tcg,thread=multi".into()
+            } else {
+                opt_escape(accel)
+            },
             "-cpu".into(),
-            if accel == "tcg" { "max".into() } else { "host".into() },
+            if accel == "tcg" {
+                "max".into()
+            } else {
+                "host".into()
+            },
             "-smp".into(),
             s["cpus"].as_u64().unwrap_or(2).to_string(),
             "-m".into(),
@@ -463,7 +471,11 @@ impl Qemu {
                 None => {
                     // Inside its own namespaces (not root) the VM's ports are forwarded on to it
                     // from the host's loopback by slirp4netns.
-                    let at = if s["user_netns"] == true { USERNET_NS_ADDR } else { "127.0.0.1" };
+                    let at = if s["user_netns"] == true {
+                        USERNET_NS_ADDR
+                    } else {
+                        "127.0.0.1"
+                    };
                     format!("user,id=n0,ipv6=off,hostfwd=tcp:{at}:{hp}-:{GUEST_AGENT_PORT},hostfwd=udp:{at}:{up}-:{up}")
                 }
             },
@@ -1070,7 +1082,12 @@ async fn host_filter() -> Result<HostFilter> {
     match std::fs::create_dir(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(CoreError::io(format!("create the cgroup {}", dir.display()))(e)),
+        Err(e) => {
+            return Err(CoreError::io(format!(
+                "create the cgroup {}",
+                dir.display()
+            ))(e))
+        }
     }
     // nft resolves the path under /sys/fs/cgroup.
     let rel = match dir.strip_prefix("/sys/fs/cgroup") {
@@ -1247,13 +1264,23 @@ echo ready
 read -r go && [ "$go" = go ] || exit 1
 exec "$@" </dev/null >&2"#;
     let mut c = tokio::process::Command::new("unshare");
-    c.args(["--user", "--map-root-user", "--net", "--mount", "--", "sh", "-c", SCRIPT, "sh"])
-        .arg(&rules)
-        .arg(&resolv)
-        .arg("qemu-system-x86_64")
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped());
+    c.args([
+        "--user",
+        "--map-root-user",
+        "--net",
+        "--mount",
+        "--",
+        "sh",
+        "-c",
+        SCRIPT,
+        "sh",
+    ])
+    .arg(&rules)
+    .arg(&resolv)
+    .arg("qemu-system-x86_64")
+    .args(args)
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped());
     Ok(c)
 }
 
@@ -1321,7 +1348,10 @@ async fn user_net_attach(
         .map_err(io("start slirp4netns"))?;
     let start = Instant::now();
     loop {
-        if slirp4netns_api(&api, json!({"execute": "list_hostfwd"})).await.is_ok() {
+        if slirp4netns_api(&api, json!({"execute": "list_hostfwd"}))
+            .await
+            .is_ok()
+        {
             break;
         }
         if start.elapsed() > Duration::from_secs(20) {
@@ -1410,7 +1440,8 @@ impl Provider for Qemu {
         let (accel, why) = pick_accel();
         let workspace = match &spec.workspace {
             Some(w) => {
-                let w = std::fs::canonicalize(w).map_err(io(format!("workspace {}", w.display())))?;
+                let w =
+                    std::fs::canonicalize(w).map_err(io(format!("workspace {}", w.display())))?;
                 opt_path(&w)?;
                 check_xattrs(&w)?;
                 Some(w)
@@ -1584,7 +1615,10 @@ mod tests {
         for (path, escaped) in [
             ("/plain/path", "/plain/path"),
             ("/a,b", "/a,,b"),
-            ("/ws,readonly=off,security_model=passthrough", "/ws,,readonly=off,,security_model=passthrough"),
+            (
+                "/ws,readonly=off,security_model=passthrough",
+                "/ws,,readonly=off,,security_model=passthrough",
+            ),
             ("/x,,y", "/x,,,,y"),
             ("/trailing,", "/trailing,,"),
             (",/lead", ",,/lead"),
@@ -1592,7 +1626,11 @@ mod tests {
         ] {
             assert_eq!(opt_path(Path::new(path)).unwrap(), escaped, "{path}");
             // Read back by QEMU's rule: one value, the very path.
-            assert_eq!(parse_opts(&format!("path={escaped}")), [format!("path={path}")], "{path}");
+            assert_eq!(
+                parse_opts(&format!("path={escaped}")),
+                [format!("path={path}")],
+                "{path}"
+            );
         }
         let bad = std::ffi::OsStr::from_bytes(b"/ws/\xff\xfe");
         let e = opt_path(Path::new(bad)).unwrap_err().to_string();
@@ -1639,30 +1677,56 @@ mod tests {
         for p in &paths {
             let p = p.to_str().unwrap();
             // Exactly one option string holds it, and QEMU reads it back whole.
-            let holders: Vec<&String> = args.iter().filter(|a| a.contains(&opt_escape(p))).collect();
+            let holders: Vec<&String> =
+                args.iter().filter(|a| a.contains(&opt_escape(p))).collect();
             assert_eq!(holders.len(), 1, "{p} in {args:?}");
             let opts = parse_opts(holders[0]);
             assert!(
-                opts.iter().any(|o| o.split_once('=').is_some_and(|(_, v)| v == p)),
+                opts.iter()
+                    .any(|o| o.split_once('=').is_some_and(|(_, v)| v == p)),
                 "{p} not read back from {:?}: {opts:?}",
                 holders[0]
             );
-            assert!(!opts.iter().any(|o| o == "id=x"), "{p} injected an option: {opts:?}");
+            assert!(
+                !opts.iter().any(|o| o == "id=x"),
+                "{p} injected an option: {opts:?}"
+            );
         }
         // Nothing takes a path verbatim (the legacy `file:`/`unix:` forms, -kernel, -initrd).
         for legacy in ["-kernel", "-initrd", "-qmp"] {
             assert!(!args.iter().any(|a| a == legacy), "{legacy} in {args:?}");
         }
-        assert!(!args.iter().any(|a| a.starts_with("file:") || a.starts_with("unix:")), "{args:?}");
+        assert!(
+            !args
+                .iter()
+                .any(|a| a.starts_with("file:") || a.starts_with("unix:")),
+            "{args:?}"
+        );
         let virtfs = &args[args.iter().position(|a| a == "-virtfs").unwrap() + 1];
         let opts = parse_opts(virtfs);
-        assert!(opts.contains(&"security_model=mapped-xattr".to_string()), "{opts:?}");
-        assert_eq!(opts.iter().filter(|o| o.starts_with("security_model=")).count(), 1);
+        assert!(
+            opts.contains(&"security_model=mapped-xattr".to_string()),
+            "{opts:?}"
+        );
+        assert_eq!(
+            opts.iter()
+                .filter(|o| o.starts_with("security_model="))
+                .count(),
+            1
+        );
         let net = &args[args.iter().position(|a| a == "-netdev").unwrap() + 1];
         let opts = parse_opts(net);
         assert!(opts.contains(&"ipv6=off".to_string()), "{opts:?}");
-        assert!(opts.contains(&"hostfwd=tcp:127.0.0.1:5000-:7300".to_string()), "{opts:?}");
-        assert!(!opts.iter().any(|o| o.starts_with("restrict=") || o.starts_with("guestfwd=") || o.starts_with("smb=")), "{opts:?}");
+        assert!(
+            opts.contains(&"hostfwd=tcp:127.0.0.1:5000-:7300".to_string()),
+            "{opts:?}"
+        );
+        assert!(
+            !opts.iter().any(|o| o.starts_with("restrict=")
+                || o.starts_with("guestfwd=")
+                || o.starts_with("smb=")),
+            "{opts:?}"
+        );
     }
 
     #[test]
@@ -1692,10 +1756,49 @@ mod tests {
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap();
-            std::io::Write::write_all(&mut c.stdin.take().unwrap(), nft_ruleset(".", 1).as_bytes()).unwrap();
+            std::io::Write::write_all(&mut c.stdin.take().unwrap(), nft_ruleset(".", 1).as_bytes())
+                .unwrap();
             let out = c.wait_with_output().unwrap();
-            assert!(out.status.success(), "nft -c: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "nft -c: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
+    }
+
+    #[test]
+    fn an_ordinary_users_vm_namespace_refuses_the_hosts_addresses() {
+        let host = ["192.0.2.7".parse().unwrap(), "10.215.3.1".parse().unwrap()];
+        let r = user_net_ruleset(&host);
+        for rule in [
+            "ct state established,related accept",
+            "ip daddr 10.216.0.3 meta l4proto { tcp, udp } th dport 53 accept",
+            "fib daddr type { local, broadcast, multicast } counter reject",
+            "10.216.0.0/24, 169.254.0.0/16, 10.213.0.0/16, 10.215.0.0/16, 192.0.2.7, 10.215.3.1 }",
+            "meta nfproto ipv6 counter reject",
+        ] {
+            assert!(r.contains(rule), "{rule} missing from\n{r}");
+        }
+        let at = |x: &str| r.find(x).unwrap();
+        assert!(at("th dport 53 accept") < at("fib daddr type {"));
+        // The syntax, checked by nft itself where it can (root; the table is never loaded).
+        if super::super::local::is_root() && which("nft").is_some() {
+            let mut c = std::process::Command::new("nft")
+                .args(["-c", "-f", "-"])
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::io::Write::write_all(&mut c.stdin.take().unwrap(), r.as_bytes()).unwrap();
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "nft -c: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(!host_ipv4_addrs().iter().any(|a| a.is_loopback()));
     }
 
     /// As root: the real filter, loaded, keeps a process of the VM cgroup off a listener on
@@ -1728,8 +1831,14 @@ mod tests {
             }
         }
         for a in addrs {
-            assert!(try_connect(a.clone(), false).await, "{a}: unreachable even unconfined");
-            assert!(!try_connect(a.clone(), true).await, "{a}: reached from the VM cgroup");
+            assert!(
+                try_connect(a.clone(), false).await,
+                "{a}: unreachable even unconfined"
+            );
+            assert!(
+                !try_connect(a.clone(), true).await,
+                "{a}: reached from the VM cgroup"
+            );
         }
     }
 

@@ -95,9 +95,15 @@ fn arch() -> TargetArch {
 }
 
 fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: u32) -> Result<BpfProgram, String> {
-    let f = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(errno), arch())
-        .map_err(|e| e.to_string())?;
-    f.try_into().map_err(|e: seccompiler::BackendError| e.to_string())
+    let f = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(errno),
+        arch(),
+    )
+    .map_err(|e| e.to_string())?;
+    f.try_into()
+        .map_err(|e: seccompiler::BackendError| e.to_string())
 }
 
 /// The EPERM filter: [`DENIED`], TIOCSTI/TIOCLINUX, and `clone`/`unshare` with CLONE_NEWUSER.
@@ -111,8 +117,13 @@ pub fn deny_filter() -> Result<BpfProgram, String> {
             .map(|req| SeccompRule::new(vec![cond(1, SeccompCmpOp::Eq, *req)]).unwrap())
             .collect(),
     );
-    let newuser =
-        || SeccompRule::new(vec![cond(0, SeccompCmpOp::MaskedEq(CLONE_NEWUSER), CLONE_NEWUSER)]);
+    let newuser = || {
+        SeccompRule::new(vec![cond(
+            0,
+            SeccompCmpOp::MaskedEq(CLONE_NEWUSER),
+            CLONE_NEWUSER,
+        )])
+    };
     // x86_64 clone(flags, ...): flags are the first argument; unshare(flags) likewise.
     rules.insert(libc::SYS_clone, vec![newuser().unwrap()]);
     rules.insert(libc::SYS_unshare, vec![newuser().unwrap()]);
@@ -147,7 +158,11 @@ mod tests {
     /// Runs `prog` over one syscall the way the kernel would (a tiny cBPF interpreter over
     /// `struct seccomp_data`), so the rules are checked without installing them.
     fn run(prog: &BpfProgram, nr: i64, args: [u64; 6]) -> u32 {
-        let audit = if cfg!(target_arch = "aarch64") { 0xC00000B7u32 } else { 0xC000003Eu32 };
+        let audit = if cfg!(target_arch = "aarch64") {
+            0xC00000B7u32
+        } else {
+            0xC000003Eu32
+        };
         let mut data = Vec::new();
         data.extend_from_slice(&(nr as i32).to_ne_bytes());
         data.extend_from_slice(&audit.to_ne_bytes());
@@ -155,20 +170,21 @@ mod tests {
         for a in args {
             data.extend_from_slice(&a.to_ne_bytes());
         }
-        let word = |off: u32| u32::from_ne_bytes(data[off as usize..off as usize + 4].try_into().unwrap());
+        let word =
+            |off: u32| u32::from_ne_bytes(data[off as usize..off as usize + 4].try_into().unwrap());
         let (mut a, mut pc) = (0u32, 0usize);
         loop {
             let i = &prog[pc];
             pc += 1;
             match i.code {
-                0x20 => a = word(i.k),                                  // ld [k]
-                0x15 => pc += if a == i.k { i.jt } else { i.jf } as usize, // jeq
-                0x25 => pc += if a > i.k { i.jt } else { i.jf } as usize,  // jgt
-                0x35 => pc += if a >= i.k { i.jt } else { i.jf } as usize, // jge
+                0x20 => a = word(i.k),                                         // ld [k]
+                0x15 => pc += if a == i.k { i.jt } else { i.jf } as usize,     // jeq
+                0x25 => pc += if a > i.k { i.jt } else { i.jf } as usize,      // jgt
+                0x35 => pc += if a >= i.k { i.jt } else { i.jf } as usize,     // jge
                 0x45 => pc += if a & i.k != 0 { i.jt } else { i.jf } as usize, // jset
-                0x54 => a &= i.k,                                        // and
-                0x05 => pc += i.k as usize,                              // ja
-                0x06 => return i.k,                                      // ret
+                0x54 => a &= i.k,                                              // and
+                0x05 => pc += i.k as usize,                                    // ja
+                0x06 => return i.k,                                            // ret
                 c => panic!("opcode {c:#x} not in this interpreter"),
             }
         }
@@ -194,16 +210,56 @@ mod tests {
         check("kexec_load", libc::SYS_kexec_load, z, EPERM);
         check("ptrace", libc::SYS_ptrace, z, EPERM);
         check("setns", libc::SYS_setns, z, EPERM);
-        check("TIOCSTI", libc::SYS_ioctl, [0, libc::TIOCSTI as u64, 0, 0, 0, 0], EPERM);
+        check(
+            "TIOCSTI",
+            libc::SYS_ioctl,
+            [0, libc::TIOCSTI as u64, 0, 0, 0, 0],
+            EPERM,
+        );
         check("TIOCLINUX", libc::SYS_ioctl, [0, 0x541C, 0, 0, 0, 0], EPERM);
-        check("TCGETS is fine", libc::SYS_ioctl, [0, libc::TCGETS as u64, 0, 0, 0, 0], ALLOW);
+        check(
+            "TCGETS is fine",
+            libc::SYS_ioctl,
+            [0, libc::TCGETS as u64, 0, 0, 0, 0],
+            ALLOW,
+        );
         let newuser = libc::CLONE_NEWUSER as u64;
-        check("unshare(NEWUSER)", libc::SYS_unshare, [newuser, 0, 0, 0, 0, 0], EPERM);
-        check("unshare(NEWUSER|NEWNS)", libc::SYS_unshare, [newuser | libc::CLONE_NEWNS as u64, 0, 0, 0, 0, 0], EPERM);
-        check("unshare(NEWNS) alone", libc::SYS_unshare, [libc::CLONE_NEWNS as u64, 0, 0, 0, 0, 0], ALLOW);
-        check("clone(NEWUSER)", libc::SYS_clone, [newuser | 17, 0, 0, 0, 0, 0], EPERM);
-        check("fork-style clone", libc::SYS_clone, [17, 0, 0, 0, 0, 0], ALLOW);
-        check("thread clone", libc::SYS_clone, [0x3d0f00, 0, 0, 0, 0, 0], ALLOW);
+        check(
+            "unshare(NEWUSER)",
+            libc::SYS_unshare,
+            [newuser, 0, 0, 0, 0, 0],
+            EPERM,
+        );
+        check(
+            "unshare(NEWUSER|NEWNS)",
+            libc::SYS_unshare,
+            [newuser | libc::CLONE_NEWNS as u64, 0, 0, 0, 0, 0],
+            EPERM,
+        );
+        check(
+            "unshare(NEWNS) alone",
+            libc::SYS_unshare,
+            [libc::CLONE_NEWNS as u64, 0, 0, 0, 0, 0],
+            ALLOW,
+        );
+        check(
+            "clone(NEWUSER)",
+            libc::SYS_clone,
+            [newuser | 17, 0, 0, 0, 0, 0],
+            EPERM,
+        );
+        check(
+            "fork-style clone",
+            libc::SYS_clone,
+            [17, 0, 0, 0, 0, 0],
+            ALLOW,
+        );
+        check(
+            "thread clone",
+            libc::SYS_clone,
+            [0x3d0f00, 0, 0, 0, 0, 0],
+            ALLOW,
+        );
         check("read", libc::SYS_read, z, ALLOW);
         check("openat", libc::SYS_openat, z, ALLOW);
         check("execve", libc::SYS_execve, z, ALLOW);
@@ -212,7 +268,10 @@ mod tests {
     #[test]
     fn clone3_gets_enosys_so_libc_falls_back() {
         let p = clone3_filter().unwrap();
-        assert_eq!(run(&p, libc::SYS_clone3, [0; 6]), 0x0005_0000 | libc::ENOSYS as u32);
+        assert_eq!(
+            run(&p, libc::SYS_clone3, [0; 6]),
+            0x0005_0000 | libc::ENOSYS as u32
+        );
         assert_eq!(run(&p, libc::SYS_clone, [0; 6]), ALLOW);
     }
 
