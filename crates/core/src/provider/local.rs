@@ -110,8 +110,53 @@ pub(crate) async fn run(cmd: &str, args: &[&str]) -> Result<()> {
 }
 
 /// The last error-looking lines of a log, without terminal colour codes.
+/// A log file in a directory the sandbox can write: whatever it left at that name (a symlink
+/// to /etc/shadow, a FIFO) is removed, never followed, and the file is created anew
+/// (O_EXCL does not follow links; a name planted again in between makes the boot fail).
+pub(crate) fn create_log(p: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(p) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o644)
+        .open(p)
+}
+
+/// The last 64 KiB of a log the sandbox may have replaced: a symlink is not followed, a FIFO
+/// or device is not read (O_NONBLOCK, regular files only).
+fn read_log(p: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
+    const MAX: u64 = 64 * 1024;
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(p)
+    else {
+        return String::new();
+    };
+    let Ok(meta) = f.metadata() else {
+        return String::new();
+    };
+    if !meta.is_file() {
+        return String::new();
+    }
+    if meta.len() > MAX {
+        let _ = f.seek(SeekFrom::Start(meta.len() - MAX));
+    }
+    let mut buf = Vec::new();
+    let _ = f.take(MAX).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).to_string()
+}
+
 pub(crate) fn log_tail(p: &Path) -> String {
-    let s = std::fs::read_to_string(p).unwrap_or_default();
+    let s = read_log(p);
     let mut clean = String::with_capacity(s.len());
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
@@ -857,8 +902,8 @@ impl LocalSandbox {
         }
         let api = run.join("slirp.sock");
         let _ = std::fs::remove_file(&api);
-        let slog = std::fs::File::create(mdir.join("logs/slirp.log"))
-            .map_err(CoreError::io("create slirp log"))?;
+        let slog =
+            create_log(&mdir.join("logs/slirp.log")).map_err(CoreError::io("create slirp log"))?;
         let mut slirp = if owner_path.is_none() {
             // As root, also slirp4netns's own mount sandbox, inside a private copy of the
             // mount namespace: its sandbox's unmounts otherwise propagate through the shared
@@ -1028,7 +1073,7 @@ impl LocalSandbox {
         let script = Self::supervisor_script(m, &m.spec, &mdir, &agent, &args);
         std::fs::write(mdir.join("run/supervise.sh"), script)
             .map_err(CoreError::io("write supervise.sh"))?;
-        let log = std::fs::File::create(mdir.join("logs/sandbox.log"))
+        let log = create_log(&mdir.join("logs/sandbox.log"))
             .map_err(CoreError::io("create sandbox log"))?;
         let mut cmd = tokio::process::Command::new("/bin/bash");
         cmd.arg(mdir.join("run/supervise.sh"))
@@ -1522,6 +1567,36 @@ mod tests {
         assert!(r.contains("ip6 daddr { 2001:db8::1 } drop"));
         // Established first: replies to the host's connections (the agent's) still pass.
         assert!(r.find("established").unwrap() < r.find("drop").unwrap());
+    }
+
+    #[test]
+    fn logs_the_sandbox_planted_are_neither_followed_nor_read() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "precious\nERROR secret line\n").unwrap();
+        let log = d.path().join("sandbox.log");
+        std::os::unix::fs::symlink(&victim, &log).unwrap();
+        // Reading through the link gives nothing of the target.
+        assert_eq!(log_tail(&log), "");
+        // Creating the log replaces the link; the target is untouched.
+        let mut f = create_log(&log).unwrap();
+        std::io::Write::write_all(&mut f, b"fresh\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&victim).unwrap(),
+            "precious\nERROR secret line\n"
+        );
+        assert!(!std::fs::symlink_metadata(&log)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        // A link to an endless device is not read.
+        let z = d.path().join("zero.log");
+        std::os::unix::fs::symlink("/dev/zero", &z).unwrap();
+        assert_eq!(log_tail(&z), "");
+        // A long log is read from its end only.
+        let big = d.path().join("big.log");
+        std::fs::write(&big, format!("{}\nlast line\n", "x".repeat(200_000))).unwrap();
+        assert_eq!(log_tail(&big), "last line");
     }
 
     #[test]
