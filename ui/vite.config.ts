@@ -14,5 +14,9 @@ export default defineConfig({
     environment: 'jsdom',
     setupFiles: ['./src/test/setup.ts'],
     css: false,
+    // Role queries walk the accessibility tree of a large DOM (terminals, event log): measured
+    // 5-6 s a test in live.test while a cargo build shared the 2 cores, against 5 s and 1 s
+    // defaults. These bound how long a test waits for a state, they time nothing.
+    testTimeout: 30_000,
   },
 });

@@ -1,8 +1,11 @@
 // Test environment: jsdom has no canvas, no WebCodecs and no layout. Give it a no-op 2D
 // context and a fake VideoDecoder so the real decoder module runs end to end.
 
-import { cleanup } from '@testing-library/react';
+import { cleanup, configure } from '@testing-library/react';
 import { afterEach, beforeEach } from 'vitest';
+
+// `findBy*`/`waitFor` give up after this (default 1 s, exceeded under a parallel cargo build).
+configure({ asyncUtilTimeout: 10_000 });
 
 function fake2d(canvas: HTMLCanvasElement): CanvasRenderingContext2D {
   const target: Record<string | symbol, unknown> = {
