@@ -1,9 +1,11 @@
 //! Porthole desktop app: Tauri glue over `porthole-core`.
 //!
 //! Each command converts its arguments, calls the core, and maps errors to `{code, message}`.
-//! Video reaches the UI as raw access units over a `Channel` (WebKitGTK has no WebRTC; the UI
-//! decodes with WebCodecs), for live view and replay alike.
+//! Live video reaches the UI as raw access units over the loopback WebSocket of
+//! `porthole_core::frames` (WebKitGTK has no WebRTC; the UI decodes with WebCodecs); replay's
+//! still over a `Channel` (paced, one at a time).
 
+use porthole_core::frames::{FrameServer, Sent};
 use porthole_core::live::{LiveFrame, LiveSession};
 use porthole_core::{CoreError, CreateSpec, Machine, Machines, ProviderKind, StateDir};
 use porthole_proto::Progress;
@@ -36,6 +38,7 @@ type Res<T> = Result<T, UiError>;
 
 pub struct AppState {
     ms: Machines,
+    frames: Arc<FrameServer>,
     lives: Mutex<HashMap<String, Arc<LiveSession>>>,
     replays: Mutex<HashMap<String, Arc<AtomicBool>>>,
 }
@@ -160,7 +163,6 @@ async fn machine_health(s: State<'_, AppState>, name: String) -> Res<Value> {
 async fn live_start(
     s: State<'_, AppState>,
     name: String,
-    on_frame: Channel<InvokeResponseBody>,
     on_event: Channel<Value>,
     max_fps: Option<u32>,
 ) -> Res<Value> {
@@ -170,11 +172,15 @@ async fn live_start(
     let m = s.ms.get(&name).await?;
     let client = s.ms.client(&m)?;
     let session = client.get("/v1/sessions/current").await?;
+    let (sink, frames) = s.frames.open();
     let live = LiveSession::connect_at(
         client,
         max_fps,
         move |f: LiveFrame| {
-            let _ = on_frame.send(InvokeResponseBody::Raw(f.to_wire()));
+            matches!(
+                sink.send(f.to_wire().into(), f.keyframe),
+                Sent::Dropped { first: true }
+            )
         },
         move |e| {
             let _ = on_event.send(serde_json::to_value(e).unwrap_or_default());
@@ -184,8 +190,17 @@ async fn live_start(
     s.lives.lock().await.insert(name.clone(), Arc::new(live));
     let d = m.spec.clone();
     Ok(
-        json!({"sessionId": session["id"], "codec": "H264", "width": d["width"].as_u64().unwrap_or(1280), "height": d["height"].as_u64().unwrap_or(800)}),
+        json!({"sessionId": session["id"], "codec": "H264", "width": d["width"].as_u64().unwrap_or(1280), "height": d["height"].as_u64().unwrap_or(800), "frames": frames}),
     )
+}
+
+/// The UI restarted its decoder: ask the agent for a keyframe now, not at the next periodic one.
+#[tauri::command]
+async fn live_keyframe(s: State<'_, AppState>, name: String) -> Res<()> {
+    if let Some(l) = s.lives.lock().await.get(&name) {
+        l.request_keyframe();
+    }
+    Ok(())
 }
 
 /// The guest screen's size and whether it can follow the window (`GET /v1/display`).
@@ -427,8 +442,18 @@ pub fn run() {
     tauri::Builder::default()
         .setup(|app| {
             let ms = tauri::async_runtime::block_on(Machines::open(StateDir::from_env()))?;
+            // The page's origin: tauri://localhost on Linux and macOS, http://tauri.localhost
+            // on Windows; the Vite dev server only in debug builds (`tauri dev`).
+            let mut origins: Vec<String> = ["tauri://localhost", "http://tauri.localhost", "https://tauri.localhost"]
+                .map(String::from)
+                .into();
+            if cfg!(debug_assertions) {
+                origins.extend(["http://localhost:5173".into(), "http://127.0.0.1:5173".into()]);
+            }
+            let frames = tauri::async_runtime::block_on(FrameServer::start(origins))?;
             app.manage(AppState {
                 ms,
+                frames,
                 lives: Mutex::new(HashMap::new()),
                 replays: Mutex::new(HashMap::new()),
             });
@@ -444,6 +469,7 @@ pub fn run() {
             machine_health,
             live_start,
             live_stop,
+            live_keyframe,
             display_info,
             live_input,
             control,

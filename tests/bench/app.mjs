@@ -29,7 +29,7 @@ import { mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSy
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { agentBin, killGroup, sleep, tail, tmpDir, waitFor } from '../e2e/harness.mjs';
+import { agentBin, killGroup, sleep, spawnGroup, startXvfb, tail, tmpDir, waitFor } from '../e2e/harness.mjs';
 import { appPrereqs, procsMentioning, startApp } from '../e2e/appdriver.mjs';
 import { loadAverage, round, summary } from './lib.mjs';
 import { table } from './report.mjs';
@@ -241,112 +241,32 @@ async function measureApp(root, seconds, guestRoots = [], displayRoots = []) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// In the page: a hook on WebCodecs that records, for every frame drawn on a live canvas, its
-// session t_ms and when it was handed to the decoder, drawn, and next painted.
-//
-// The app's decoder (ui/src/video/decoder.ts) keeps per-frame times to itself, so this wraps
-// the WebCodecs classes it uses before it creates a decoder (installed on the Machines page,
-// before any live view opens; the UI is a single page, so it stays through the hash routes):
-// - EncodedVideoChunk: the decoder passes the frame as a view into the message the backend
-//   sent, right after its 16-byte header (decoder.ts parseFrame), so t_ms is the u32 LE at
-//   4 bytes into that header. A chunk whose data has no room for a header gets t_ms -1;
-// - VideoDecoder: decode() notes the chunk's t_ms and the time; the output callback runs the
-//   app's own output (which draws the frame with drawImage, synchronously) and then takes the
-//   time: that is "drawn". drawImage itself is wrapped only to learn which canvas was drawn
-//   (the VideoSurface stage around it is labelled "NAME desktop");
-// - the first requestAnimationFrame after a draw approximates when the picture is painted.
-// Records are kept only while `on` (the measuring window); `seen` counts every draw per machine.
-// A decoder is tied to its machine by the canvas it draws on, so frames given to a decoder that
-// is closed before it draws anything (the app starts a new decoder after a decode error or when
-// it falls behind, and waits for a keyframe) cannot be attributed: they are counted per window.
-// Decoder errors are recorded with the NAL unit types of the chunk that failed.
-// Times are performance.now() values; `base` turns them into Unix ms.
+// In the page: the decoder's own per-frame times (ui/src/video/decoder.ts `FrameTiming`), kept
+// while `window.__portholeTiming` is an array: for every frame drawn, its machine, session t_ms,
+// when the app's Rust side had it (Unix ms, low 32 bits, from the frame header), when the page
+// got it (WebSocket message), called decode(), got the decoder's output, had it drawn (WebGL
+// draw or drawImage returned) and the next animation frame after that (≈ painted). All Unix ms
+// (performance.timeOrigin + now()). The hook also counts decoders created and their errors.
 function installHook() {
   if (window.__portholeBench) return 'already installed';
-  const now = () => performance.now();
-  const B = {
-    base: typeof performance.timeOrigin === 'number' ? performance.timeOrigin : Date.now() - performance.now(),
-    on: false, t0: 0, t1: 0, draws: [], rx: {}, names: {}, seen: {}, created: 0, errors: [], canvas: null,
-  };
+  const B = { on: false, t0: 0, t1: 0, created: 0, errors: [] };
   window.__portholeBench = B;
-  const tOf = new WeakMap();
-  const Chunk = window.EncodedVideoChunk;
-  window.EncodedVideoChunk = function EncodedVideoChunk(init) {
-    const c = new Chunk(init);
-    const d = init && init.data;
-    tOf.set(c, d && d.byteOffset >= 16 ? new DataView(d.buffer, d.byteOffset - 16, 16).getUint32(4, true) : -1);
-    return c;
-  };
-  const draw = CanvasRenderingContext2D.prototype.drawImage;
-  CanvasRenderingContext2D.prototype.drawImage = function (img, ...rest) {
-    if (typeof VideoFrame !== 'undefined' && img instanceof VideoFrame) B.canvas = this.canvas;
-    return draw.call(this, img, ...rest);
-  };
-  let painting = [];
-  const paint = (rec) => {
-    painting.push(rec);
-    if (painting.length === 1) {
-      requestAnimationFrame(() => {
-        const t = now();
-        for (const r of painting) r[4] = t;
-        painting = [];
-      });
-    }
-  };
-  const nalTypes = (chunk) => {
-    if (!chunk) return 'none';
-    const b = new Uint8Array(chunk.byteLength);
-    chunk.copyTo(b);
-    const t = [];
-    for (let i = 0; i + 3 < b.length; i++) if (b[i] === 0 && b[i + 1] === 0 && b[i + 2] === 1) t.push(b[i + 3] & 0x1f);
-    return `${chunk.type} ${b.length} bytes, NAL ${t.join(',')}`;
-  };
-  let nextId = 1;
+  window.__portholeTiming = [];
   const Dec = window.VideoDecoder;
   window.VideoDecoder = class extends Dec {
     constructor(init) {
-      const id = nextId++;
       if (B.on) B.created++;
-      const meta = new Map(); // chunk timestamp -> [t_ms, decode() called]
-      super({
-        error: (e) => {
-          // For the record: the message, how many chunks this decoder had been given, and the
-          // H.264 NAL unit types of the last one (7 SPS, 8 PPS, 5 IDR slice, 1 non-IDR slice).
-          if (B.on) B.errors.push(`${(e && e.message) || e} (after ${this.__n} chunk(s); last: ${nalTypes(this.__last)})`);
-          init.error(e);
-        },
-        output: (frame) => {
-          const m = meta.get(frame.timestamp);
-          meta.delete(frame.timestamp);
-          B.canvas = null;
-          init.output(frame);
-          const drawn = now();
-          const canvas = B.canvas;
-          B.canvas = null;
-          if (!canvas || !m) return; // a stale decoder's frame: not drawn
-          if (!(id in B.names)) B.names[id] = (canvas.parentElement?.getAttribute('aria-label') || '?').replace(/ desktop$/, '');
-          B.seen[B.names[id]] = (B.seen[B.names[id]] || 0) + 1;
-          if (!B.on) return;
-          const rec = [id, m[0], m[1], drawn, 0]; // decoder id, t_ms, decode() called, drawn, painted
-          B.draws.push(rec);
-          paint(rec);
-        },
-      });
-      this.__meta = meta;
-      this.__id = id;
-      this.__n = 0;
-      this.__last = null;
-    }
-
-    decode(chunk) {
-      this.__n++;
-      this.__last = chunk;
-      this.__meta.set(chunk.timestamp, [tOf.has(chunk) ? tOf.get(chunk) : -1, now()]);
-      if (B.on) B.rx[this.__id] = (B.rx[this.__id] || 0) + 1;
-      return super.decode(chunk);
+      super({ ...init, error: (e) => { if (B.on) B.errors.push(String((e && e.message) || e)); init.error(e); } });
     }
   };
   return 'installed';
+}
+
+/** Frames drawn so far per machine. */
+function seenFrames() {
+  const seen = {};
+  for (const r of window.__portholeTiming) seen[r.name] = (seen[r.name] || 0) + 1;
+  return seen;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -414,65 +334,73 @@ async function sessionClock(m) {
 async function frameWindow(wd, root, seconds, ctx) {
   await wd.exec(() => {
     const B = window.__portholeBench;
-    B.draws = [];
-    B.rx = {};
+    window.__portholeTiming.length = 0;
     B.created = 0;
     B.errors = [];
-    B.t0 = performance.now();
+    B.t0 = performance.timeOrigin + performance.now();
     B.on = true;
   });
   const app = await measureApp(root, seconds, ctx.guestRoots, ctx.displayRoots);
   const data = await wd.exec(() => {
     const B = window.__portholeBench;
     B.on = false;
-    B.t1 = performance.now();
+    B.t1 = performance.timeOrigin + performance.now();
     // Page wall clock vs the clock the times are given in (should be ~0).
-    const skew = Date.now() - (B.base + performance.now());
-    return { base: B.base, t0: B.t0, t1: B.t1, draws: B.draws, rx: B.rx, names: B.names, created: B.created, errors: B.errors, skew };
+    const skew = Date.now() - (performance.timeOrigin + performance.now());
+    const draws = window.__portholeTiming.filter((r) => r.drawnMs >= B.t0 && r.drawnMs <= B.t1);
+    return { t0: B.t0, t1: B.t1, draws, created: B.created, errors: B.errors, skew };
   });
   return { app, data };
 }
 
 /**
- * Per machine (every one in `names`, drawn or not): fps, frame intervals and capture → drawn
- * latency from one window's records.
+ * Per machine (every one in `names`, drawn or not): fps, frame intervals, capture → drawn
+ * latency and where it goes, from one window's records.
  */
 function analyse(data, clocks, names) {
   const windowS = (data.t1 - data.t0) / 1000;
   const per = {};
-  const get = (name) => (per[name] ||= { rx: 0, draws: [] });
-  for (const n of names) get(n);
-  const unattributed = { decoders: 0, received: 0 };
-  for (const [id, n] of Object.entries(data.rx)) {
-    if (data.names[id]) get(data.names[id]).rx += n;
-    else { unattributed.decoders++; unattributed.received += n; }
-  }
-  for (const r of data.draws) get(data.names[r[0]]).draws.push(r);
+  for (const n of names) per[n] = [];
+  for (const r of data.draws) (per[r.name] ||= []).push(r);
   const out = {};
-  for (const [name, p] of Object.entries(per).sort(([a], [b]) => a.localeCompare(b))) {
+  for (const [name, draws] of Object.entries(per).sort(([a], [b]) => a.localeCompare(b))) {
     const c = clocks[name];
-    const wall = (t) => data.base + t;
-    // t_ms is 0 until the app has the agent's first `clock` message, -1 without a header.
-    const timed = p.draws.filter((r) => r[1] > 0);
-    const capture = (r) => c.started_at_unix_ms + r[1];
+    // t_ms is 0 until the app has the agent's first `clock` message.
+    const timed = c ? draws.filter((r) => r.tMs > 0) : [];
+    const capture = (r) => c.started_at_unix_ms + r.tMs;
+    // The header has the low 32 bits of the receive time: put back the high ones from capture.
+    const rx = (r) => {
+      const cap = capture(r);
+      const d = ((r.rxMs - (cap % 2 ** 32)) % 2 ** 32 + 2 ** 32) % 2 ** 32;
+      return cap + (d > 2 ** 31 ? d - 2 ** 32 : d);
+    };
+    const withRx = timed.filter((r) => r.rxMs > 0);
     const intervals = [];
-    for (let i = 1; i < p.draws.length; i++) intervals.push(p.draws[i][3] - p.draws[i - 1][3]);
+    for (let i = 1; i < draws.length; i++) intervals.push(draws[i].drawnMs - draws[i - 1].drawnMs);
     out[name] = {
       window_s: round(windowS, 2),
-      drawn: p.draws.length,
-      drawn_fps: round(p.draws.length / windowS),
-      received_fps: round(p.rx / windowS),
+      drawn: draws.length,
+      drawn_fps: round(draws.length / windowS),
+      renderer: draws[0]?.renderer ?? null,
       interval_ms: summary(intervals),
-      untimed: p.draws.length - timed.length,
-      latency_ms: c ? summary(timed.map((r) => wall(r[3]) - capture(r))) : null,
-      to_decoder_ms: c ? summary(timed.map((r) => wall(r[2]) - capture(r))) : null,
-      decode_draw_ms: summary(p.draws.map((r) => r[3] - r[2])),
-      to_paint_ms: c ? summary(timed.filter((r) => r[4] > 0).map((r) => wall(r[4]) - capture(r))) : null,
+      untimed: draws.length - timed.length,
+      latency_ms: summary(timed.map((r) => r.drawnMs - capture(r))),
+      to_paint_ms: summary(timed.filter((r) => r.paintedMs > 0).map((r) => r.paintedMs - capture(r))),
+      // The split: guest capture → app Rust had the frame (encode, RTP, depacketize) → page
+      // message → decode() → decoder output → drawn → next animation frame.
+      split_ms: {
+        capture_to_app: summary(withRx.map((r) => rx(r) - capture(r))),
+        app_to_page: summary(withRx.map((r) => r.pageMs - rx(r))),
+        page_to_decode: summary(draws.map((r) => r.decodeMs - r.pageMs)),
+        decode: summary(draws.map((r) => r.outputMs - r.decodeMs)),
+        draw: summary(draws.map((r) => r.drawnMs - r.outputMs)),
+        to_paint: summary(draws.filter((r) => r.paintedMs > 0).map((r) => r.paintedMs - r.drawnMs)),
+      },
     };
   }
   const errors = {};
   for (const e of data.errors) errors[e] = (errors[e] || 0) + 1;
-  return { machines: out, decoders_created: data.created, decoder_errors: errors, received_by_decoders_without_picture: unattributed };
+  return { machines: out, decoders_created: data.created, decoder_errors: errors };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -541,7 +469,7 @@ async function main() {
     results.clocks = clocks;
 
     const waitFrames = (names, what) => waitFor(async () => {
-      const seen = await wd.exec(() => window.__portholeBench.seen);
+      const seen = await wd.exec(seenFrames);
       return names.every((n) => (seen[n] || 0) >= 10) && seen;
     }, { timeout: 60000, interval: 500, message: what });
 
@@ -553,7 +481,7 @@ async function main() {
       const a = analyse(data, clocks, names);
       results[key] = { app: cpu, page_clock_skew_ms: round(data.skew), ...a };
       for (const [n, s] of Object.entries(a.machines)) {
-        progress(`  ${n}: drawn ${s.drawn_fps} fps (received ${s.received_fps}), latency p50 ${s.latency_ms?.p50} p95 ${s.latency_ms?.p95} ms`);
+        progress(`  ${n}: drawn ${s.drawn_fps} fps (${s.renderer}), latency p50 ${s.latency_ms?.p50} p95 ${s.latency_ms?.p95} ms, to paint p50 ${s.to_paint_ms?.p50} ms`);
       }
       progress(`  app: ${cpu.cpu_percent}% CPU, PSS ${cpu.pss_mb} MB; decoders created ${a.decoders_created}; host ${cpu.host_cpu_percent}%, guests ${cpu.guests_cpu_percent}%; UDP receive-buffer drops ${cpu.udp_rcvbuf_errors}`);
     };
@@ -564,26 +492,37 @@ async function main() {
     await waitFrames(['b1'], 'frames of b1 on the live canvas');
     await phase('single', 'one live view (b1)', ['b1']);
 
+    // 2b. The same view with the guest screen still (nothing moving): what an open view costs.
+    await stopBusy(machines.b1);
+    await phase('still', 'one live view (b1), screen still', ['b1']);
+    await startBusy(machines.b1);
+
+    // 2c. The peer, same run, same guest: Debian's Chromium on b1's own /viewer page (browser
+    // WebRTC, <video>), on an X server of its own, while the app shows the Machines page.
+    await wd.exec(() => { location.hash = '#/machines'; });
+    results.chromium = await measureChromium(home, machines.b1, ctx);
+    await wd.exec((n) => { location.hash = `#/live/${n}`; }, 'b1');
+
     // 3. The grid, four busy machines.
     for (const n of ['b2', 'b3', 'b4']) await startBusy(machines[n]);
     await wd.exec(() => { location.hash = '#/live'; });
     await waitFor(() => wd.exec((names) => names.every((n) => document.querySelector(`[data-testid="tile-${n}"]`)), MACHINES),
       { timeout: 30000, message: 'four tiles in the Live grid' });
     results.grid_text = await wd.exec(() => document.querySelector('.page-head p')?.textContent || '');
-    const seen0 = await wd.exec(() => ({ ...window.__portholeBench.seen }));
+    const seen0 = await wd.exec(seenFrames);
     await waitFor(async () => {
-      const seen = await wd.exec(() => window.__portholeBench.seen);
+      const seen = await wd.exec(seenFrames);
       return MACHINES.every((n) => (seen[n] || 0) - (seen0[n] || 0) >= 10);
     }, { timeout: 60000, interval: 500, message: 'frames on all four tiles' });
     await phase('grid', 'grid of four, no tile focused', MACHINES);
 
     // The same with b1's tile focused (a click on its tile head; the tile restarts its stream).
-    const seen1 = await wd.exec(() => window.__portholeBench.seen.b1 || 0);
+    const seen1 = (await wd.exec(seenFrames)).b1 || 0;
     const head = await wd.exec(() => document.querySelector('[data-testid="tile-b1"] .tile-head .strong'));
     await wd.click(head);
     await waitFor(() => wd.exec(() => document.querySelector('[data-testid="tile-b1"]')?.classList.contains('focused')),
       { timeout: 10000, message: 'tile b1 focused' });
-    await waitFor(async () => (await wd.exec(() => window.__portholeBench.seen.b1 || 0)) >= seen1 + 10,
+    await waitFor(async () => ((await wd.exec(seenFrames)).b1 || 0) >= seen1 + 10,
       { timeout: 60000, interval: 500, message: 'frames on the focused tile' });
     await phase('grid_focused', 'grid of four, b1 focused', MACHINES);
 
@@ -628,6 +567,32 @@ async function main() {
   console.log(`\nJSON: ${path.relative(process.cwd(), out) || out}`);
 }
 
+/** Chromium on `m`'s /viewer: its process tree's CPU with the guest busy, then still. */
+async function measureChromium(home, m, ctx) {
+  const dir = path.join(home, 'chromium');
+  mkdirSync(dir, { recursive: true });
+  const xvfb = await startXvfb({ width: 1440, height: 900, log: path.join(dir, 'xvfb.log') });
+  const chrome = spawnGroup('chromium', ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--autoplay-policy=no-user-gesture-required', '--kiosk',
+    `--user-data-dir=${path.join(dir, 'profile')}`, `${m.url}/viewer#token=${encodeURIComponent(m.token)}`],
+  { env: { DISPLAY: xvfb.display }, log: path.join(dir, 'chrome.log') });
+  try {
+    await sleep((opts.warmS + 5) * 1000); // start, WHEP, first keyframe
+    progress(`chromium on b1's /viewer, busy: ${opts.windowS} s measured`);
+    const busy = await measureApp(chrome.pid, opts.windowS, ctx.guestRoots, [xvfb.child.pid]);
+    await stopBusy(m);
+    await sleep(opts.warmS * 1000);
+    progress(`chromium on b1's /viewer, still: ${opts.windowS} s measured`);
+    const still = await measureApp(chrome.pid, opts.windowS, ctx.guestRoots, [xvfb.child.pid]);
+    await startBusy(m);
+    progress(`  chromium: busy ${busy.cpu_percent}% CPU, still ${still.cpu_percent}% CPU`);
+    return { busy, still };
+  } finally {
+    await killGroup(chrome);
+    await xvfb.stop();
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The table
 
@@ -644,25 +609,27 @@ function formatApp(r) {
   if (r.app) out.push(`app viewport ${r.app.viewport.w}x${r.app.viewport.h}; agent ${r.agent_version ?? '?'}; machines 1280x800 local sandboxes, screens busy (xterm listing /usr/bin)`);
 
   const rows = [];
-  for (const [key, label] of [['single', 'one live view'], ['grid', 'grid of 4'], ['grid_focused', 'grid of 4, b1 focused']]) {
+  const PHASES = [['single', 'one live view'], ['still', 'one view, still'], ['grid', 'grid of 4'], ['grid_focused', 'grid of 4, b1 focused']];
+  const srows = [];
+  for (const [key, label] of PHASES) {
     const ph = r[key];
     if (!ph) continue;
     for (const [n, s] of Object.entries(ph.machines)) {
-      rows.push([label, n, f(s.drawn_fps), f(s.received_fps), f(s.interval_ms.p50), f(s.interval_ms.p95),
-        f(s.latency_ms?.p50), f(s.latency_ms?.p95), f(s.to_decoder_ms?.p50), f(s.decode_draw_ms.p50), f(s.to_paint_ms?.p50), String(s.drawn)]);
+      rows.push([label, n, s.renderer ?? '–', f(s.drawn_fps), f(s.interval_ms.p50), f(s.interval_ms.p95),
+        f(s.latency_ms?.p50), f(s.latency_ms?.p95), f(s.to_paint_ms?.p50), f(s.to_paint_ms?.p95), String(s.drawn)]);
+      const sp = s.split_ms || {};
+      srows.push([label, n, ...['capture_to_app', 'app_to_page', 'page_to_decode', 'decode', 'draw', 'to_paint'].map((k) => f(sp[k]?.p50))]);
     }
   }
   out.push('');
-  out.push('1. Live view: frames drawn on the canvas and guest capture -> drawn latency (ms)');
-  out.push(table(['view', 'machine', 'drawn fps', 'recv fps', 'interval p50', 'p95', 'latency p50', 'p95', 'to decoder p50', 'decode+draw p50', 'to paint p50', 'n'], rows));
-  out.push('   latency: drawn (decoder output done, canvas drawImage returned) - capture (session start + frame t_ms); same host clock.');
-  out.push('   to decoder: capture -> VideoDecoder.decode() called (agent encode, WebRTC, app depacketize, Tauri IPC, JS);');
-  out.push('   decode+draw: decode() -> drawn; to paint: capture -> the next requestAnimationFrame after the draw.');
-  out.push('   recv fps: frames handed to a decoder. The app starts a new decoder after a decode error or with more than 24 frames');
-  out.push('   queued, and drops frames until the next keyframe; those never reach a decoder.');
-  for (const [key, label] of [['single', 'one live view'], ['grid', 'grid of 4'], ['grid_focused', 'grid of 4, b1 focused']]) {
-    const u = r[key]?.received_by_decoders_without_picture;
-    if (r[key]) out.push(`   ${label}: ${r[key].decoders_created} decoder(s) created in the window${u?.decoders ? `; ${u.received} frames went to ${u.decoders} decoder(s) closed before drawing` : ''}; UDP datagrams dropped: ${r[key].app.udp_drops_app} on the app's sockets, ${r[key].app.udp_drops_guests} on the agents' (host RcvbufErrors ${r[key].app.udp_rcvbuf_errors})`);
+  out.push('1. Live view: frames drawn on the canvas and guest capture -> drawn / painted latency (ms)');
+  out.push(table(['view', 'machine', 'renderer', 'drawn fps', 'interval p50', 'p95', 'drawn p50', 'p95', 'painted p50', 'p95', 'n'], rows));
+  out.push('   drawn: the WebGL draw (or drawImage) returned - capture (session start + frame t_ms); painted: the next animation');
+  out.push('   frame after it; same host clock. The split (p50 ms): capture -> app (agent encode, RTP, NACK wait, depacketize),');
+  out.push('   app -> page (loopback WebSocket), page -> decode() (JS), decode (WebCodecs), draw (copyTo + upload + draw), to paint.');
+  out.push(table(['view', 'machine', 'capture->app', 'app->page', 'page->decode', 'decode', 'draw', 'to paint'], srows));
+  for (const [key, label] of PHASES) {
+    if (r[key]) out.push(`   ${label}: ${r[key].decoders_created} decoder(s) created in the window; UDP datagrams dropped: ${r[key].app.udp_drops_app} on the app's sockets, ${r[key].app.udp_drops_guests} on the agents' (host RcvbufErrors ${r[key].app.udp_rcvbuf_errors})`);
     const errs = Object.entries(r[key]?.decoder_errors || {});
     for (const [msg, n] of errs.slice(0, 4)) out.push(`     decoder error${n > 1 ? ` x${n}` : ''}: ${msg}`);
     if (errs.length > 4) out.push(`     ... and ${errs.slice(4).reduce((x, [, n]) => x + n, 0)} more decoder errors (all in the JSON)`);
@@ -671,10 +638,16 @@ function formatApp(r) {
   if (checks) out.push(`   session clock check (host time - t_ms - started_at, ms; error bound of the latency): ${checks}`);
 
   const mrows = [];
-  for (const [key, label] of [['idle', 'idle (Machines page)'], ['single', 'one live view'], ['grid', 'grid of 4'], ['grid_focused', 'grid of 4, focused'], ['idle_after', 'idle after live views']]) {
+  for (const [key, label] of [['idle', 'idle (Machines page)'], ['single', 'one live view'], ['still', 'one view, screen still'], ['grid', 'grid of 4'], ['grid_focused', 'grid of 4, focused'], ['idle_after', 'idle after live views']]) {
     const a = key.startsWith('idle') ? r[key] : r[key]?.app;
     if (!a) continue;
     mrows.push([label, f(a.cpu_percent), f(a.pss_mb), f(a.rss_mb), f(a.guests_cpu_percent), f(a.display_cpu_percent), f(a.host_cpu_percent), Object.entries(a.processes).map(([c, p]) => `${c}${p.n > 1 ? `x${p.n}` : ''} ${f(p.cpu_percent)}%/${f(p.pss_mb, 0)}MB`).join(', ')]);
+  }
+  if (r.chromium) {
+    mrows.push(['Chromium /viewer, busy', f(r.chromium.busy.cpu_percent), f(r.chromium.busy.pss_mb), f(r.chromium.busy.rss_mb), f(r.chromium.busy.guests_cpu_percent), f(r.chromium.busy.display_cpu_percent), f(r.chromium.busy.host_cpu_percent), 'same guest (b1), same run']);
+    mrows.push(['Chromium /viewer, still', f(r.chromium.still.cpu_percent), f(r.chromium.still.pss_mb), f(r.chromium.still.rss_mb), f(r.chromium.still.guests_cpu_percent), f(r.chromium.still.display_cpu_percent), f(r.chromium.still.host_cpu_percent), '']);
+    const ratio = (a, b) => (b > 0 ? `${(a / b).toFixed(1)}x` : '–');
+    if (r.single && r.still) out.push(`\n   app / Chromium CPU: busy ${ratio(r.single.app.cpu_percent, r.chromium.busy.cpu_percent)}, still ${ratio(r.still.app.cpu_percent, r.chromium.still.cpu_percent)}`);
   }
   out.push('');
   out.push('2. The app process and its children (CPU % of one core over the window; memory at its end, MB)');

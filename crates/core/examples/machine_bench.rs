@@ -32,6 +32,7 @@ async fn first_frame(ms: &Machines, m: &Machine, t0: Instant) -> f64 {
             if f.keyframe {
                 let _ = tx.send(());
             }
+            false
         },
         |_| {},
     )

@@ -10,6 +10,7 @@ pub mod compat;
 pub mod environments;
 pub mod error;
 pub mod export;
+pub mod frames;
 pub mod live;
 pub mod machine;
 pub mod paths;

@@ -3,15 +3,21 @@
 //!
 //! WebKitGTK has no RTCPeerConnection, so the Rust side is the peer; it never decodes video.
 //! RTP is depacketized by hand per timestamp and emitted on the marker bit (a sample builder
-//! would hold each frame until the next one starts); on a sequence gap we drop until the next
-//! keyframe and send PLI.
+//! would hold each frame until the next one starts).
+//!
+//! Loss: packets go through `Reorder` first, which holds a gap open for `NACK_WAIT` while
+//! webrtc-rs's NACK generator asks for the missing packets and the agent's responder resends
+//! them. Only a gap still open after that reaches the `Assembler` as loss; it then drops until
+//! the next keyframe and sends one PLI. (Milestone 1 declared loss on any gap: each sent a PLI,
+//! the keyframe burst overflowed the socket buffer, and more loss followed.)
 
 use crate::agent::AgentClient;
 use crate::error::{CoreError, Result};
 use bytes::Bytes;
 use porthole_proto::{AgentMessage, Event};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use webrtc::api::interceptor_registry::register_default_interceptors;
 use webrtc::api::media_engine::MediaEngine;
 use webrtc::api::APIBuilder;
@@ -38,20 +44,102 @@ pub struct LiveFrame {
     pub rtp_timestamp: u32,
     /// Session clock of the frame, once a `clock` message has paired the two clocks.
     pub t_ms: Option<u64>,
+    /// When the app had the whole frame (Unix ms; 0 for replay): the bench's split timings.
+    pub received_unix_ms: u64,
 }
 
 impl LiveFrame {
     /// The UI's binary frame: u8 flags (bit 0 keyframe), 3 pad, u32 LE t_ms, u32 LE RTP
-    /// timestamp, u32 reserved, then the access unit (Annex-B).
+    /// timestamp, u32 LE received (Unix ms, low 32 bits), then the access unit (Annex-B).
     pub fn to_wire(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(16 + self.data.len());
         v.push(self.keyframe as u8);
         v.extend_from_slice(&[0, 0, 0]);
         v.extend_from_slice(&(self.t_ms.unwrap_or(0) as u32).to_le_bytes());
         v.extend_from_slice(&self.rtp_timestamp.to_le_bytes());
-        v.extend_from_slice(&0u32.to_le_bytes());
+        v.extend_from_slice(&(self.received_unix_ms as u32).to_le_bytes());
         v.extend_from_slice(&self.data);
         v
+    }
+}
+
+/// How long a sequence gap stays open for a retransmission. webrtc-rs's NACK generator runs
+/// every 100 ms; on loopback and LAN a resent packet arrives within a few ms of the NACK.
+pub const NACK_WAIT: Duration = Duration::from_millis(150);
+/// Packets held behind a gap at most (a 1280x800 keyframe is about 150 packets).
+const MAX_HELD: usize = 1024;
+
+/// One RTP packet as the assembler needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Packet {
+    pub seq: u16,
+    pub ts: u32,
+    pub marker: bool,
+    pub payload: Bytes,
+}
+
+/// Puts packets back in sequence order, waiting up to `NACK_WAIT` for a missing one.
+#[derive(Default)]
+pub struct Reorder {
+    next: Option<u16>,
+    held: BTreeMap<u16, Packet>,
+    gap_since: Option<Instant>,
+}
+
+impl Reorder {
+    /// Takes one packet; returns the packets now in order (none while a gap waits).
+    pub fn push(&mut self, p: Packet, now: Instant) -> Vec<Packet> {
+        let next = *self.next.get_or_insert(p.seq);
+        let d = p.seq.wrapping_sub(next) as i16;
+        if d < 0 {
+            return vec![]; // a duplicate or a retransmission that came too late
+        }
+        self.held.insert(p.seq, p);
+        if d > 0 && self.gap_since.is_none() {
+            self.gap_since = Some(now);
+        }
+        self.drain(now)
+    }
+
+    /// When the open gap gives up, if one is open (for the reader's timeout).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.gap_since.map(|t| t + NACK_WAIT)
+    }
+
+    /// The packets in order from `next`; past a gap only once it has waited long enough.
+    pub fn drain(&mut self, now: Instant) -> Vec<Packet> {
+        let mut out = vec![];
+        let Some(mut next) = self.next else { return out };
+        let start = next;
+        loop {
+            if let Some(p) = self.held.remove(&next) {
+                next = next.wrapping_add(1);
+                out.push(p);
+                continue;
+            }
+            if self.held.is_empty() {
+                self.gap_since = None;
+                break;
+            }
+            if next != start && out.last().is_some_and(|p| p.seq.wrapping_add(1) == next) {
+                // Moved on to a different missing packet: its wait starts now.
+                self.gap_since = Some(now);
+            }
+            let expired = self.gap_since.is_some_and(|t| now >= t + NACK_WAIT);
+            if !(expired || self.held.len() > MAX_HELD) {
+                self.gap_since.get_or_insert(now);
+                break;
+            }
+            // Give up on the gap: skip to the oldest held packet (the assembler sees the jump).
+            next = *self
+                .held
+                .keys()
+                .min_by_key(|s| s.wrapping_sub(next))
+                .expect("not empty");
+            self.gap_since = None;
+        }
+        self.next = Some(next);
+        out
     }
 }
 
@@ -159,13 +247,26 @@ pub struct LiveSession {
     pub dc: Arc<RTCDataChannel>,
     pub location: String,
     client: AgentClient,
+    want_key: Arc<tokio::sync::Notify>,
+}
+
+/// Keyframe requests closer together than this are merged.
+const PLI_GAP: Duration = Duration::from_millis(300);
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl LiveSession {
-    /// Connects to the agent; `on_frame` gets each access unit, `on_event` each timeline event.
+    /// Connects to the agent; `on_frame` gets each access unit (and returns true when whoever
+    /// takes the frames lost some: the agent is asked for a keyframe), `on_event` each timeline
+    /// event.
     pub async fn connect(
         client: AgentClient,
-        on_frame: impl Fn(LiveFrame) + Send + Sync + 'static,
+        on_frame: impl Fn(LiveFrame) -> bool + Send + Sync + 'static,
         on_event: impl Fn(Event) + Send + Sync + 'static,
     ) -> Result<Self> {
         Self::connect_at(client, None, on_frame, on_event).await
@@ -176,7 +277,7 @@ impl LiveSession {
     pub async fn connect_at(
         client: AgentClient,
         max_fps: Option<u32>,
-        on_frame: impl Fn(LiveFrame) + Send + Sync + 'static,
+        on_frame: impl Fn(LiveFrame) -> bool + Send + Sync + 'static,
         on_event: impl Fn(Event) + Send + Sync + 'static,
     ) -> Result<Self> {
         let err = |e: webrtc::Error| CoreError::Agent {
@@ -259,35 +360,76 @@ impl LiveSession {
         }));
         let on_frame = Arc::new(on_frame);
         let pc_weak = Arc::downgrade(&pc);
+        let want_key = Arc::new(tokio::sync::Notify::new());
+        let want_key2 = want_key.clone();
         pc.on_track(Box::new(move |track, _, _| {
-            let (on_frame, clock, pc_weak) = (on_frame.clone(), clock.clone(), pc_weak.clone());
+            let (on_frame, clock) = (on_frame.clone(), clock.clone());
+            let want_key = want_key2.clone();
+            let ssrc = track.ssrc();
+            // Keyframe requests (loss here, a page that fell behind, a decoder restart in the
+            // UI) go out as PLI, at most one per `PLI_GAP`: a keyframe is a burst of ~150
+            // packets, and asking again before the last one arrived only adds bursts.
+            let pli_weak = pc_weak.clone();
+            let asked = want_key.clone();
+            tokio::spawn(async move {
+                let mut last: Option<Instant> = None;
+                loop {
+                    asked.notified().await;
+                    let Some(pc) = pli_weak.upgrade() else { return };
+                    if last.is_some_and(|t| t.elapsed() < PLI_GAP) {
+                        tokio::time::sleep(PLI_GAP - last.unwrap().elapsed()).await;
+                    }
+                    last = Some(Instant::now());
+                    let pli = PictureLossIndication {
+                        sender_ssrc: 0,
+                        media_ssrc: ssrc,
+                    };
+                    let _ = pc.write_rtcp(&[Box::new(pli)]).await;
+                }
+            });
             tokio::spawn(async move {
                 let mut asm = Assembler::default();
-                while let Ok((pkt, _)) = track.read_rtp().await {
-                    let h = &pkt.header;
-                    match asm.push(h.sequence_number, h.timestamp, h.marker, &pkt.payload) {
-                        Assembled::Frame(data, keyframe) => {
-                            let t_ms = clock.lock().unwrap().map(|(rtp, t)| {
-                                (t as i64 + (h.timestamp.wrapping_sub(rtp) as i32 as i64) / 90)
-                                    .max(0) as u64
-                            });
-                            on_frame(LiveFrame {
-                                data,
-                                keyframe,
-                                rtp_timestamp: h.timestamp,
-                                t_ms,
-                            });
+                let mut order = Reorder::default();
+                loop {
+                    let wait = order
+                        .deadline()
+                        .map(|d| d.saturating_duration_since(Instant::now()))
+                        .unwrap_or(Duration::from_secs(3600));
+                    let ready = match tokio::time::timeout(wait, track.read_rtp()).await {
+                        Ok(Ok((pkt, _))) => {
+                            let h = &pkt.header;
+                            let p = Packet {
+                                seq: h.sequence_number,
+                                ts: h.timestamp,
+                                marker: h.marker,
+                                payload: pkt.payload.clone(),
+                            };
+                            order.push(p, Instant::now())
                         }
-                        Assembled::Lost => {
-                            if let Some(pc) = pc_weak.upgrade() {
-                                let pli = PictureLossIndication {
-                                    sender_ssrc: 0,
-                                    media_ssrc: track.ssrc(),
-                                };
-                                let _ = pc.write_rtcp(&[Box::new(pli)]).await;
+                        Ok(Err(_)) => return,
+                        Err(_) => order.drain(Instant::now()),
+                    };
+                    for p in ready {
+                        match asm.push(p.seq, p.ts, p.marker, &p.payload) {
+                            Assembled::Frame(data, keyframe) => {
+                                let t_ms = clock.lock().unwrap().map(|(rtp, t)| {
+                                    (t as i64 + (p.ts.wrapping_sub(rtp) as i32 as i64) / 90)
+                                        .max(0) as u64
+                                });
+                                let lost = on_frame(LiveFrame {
+                                    data,
+                                    keyframe,
+                                    rtp_timestamp: p.ts,
+                                    t_ms,
+                                    received_unix_ms: unix_ms(),
+                                });
+                                if lost {
+                                    want_key.notify_one();
+                                }
                             }
+                            Assembled::Lost => want_key.notify_one(),
+                            Assembled::None => {}
                         }
-                        Assembled::None => {}
                     }
                 }
             });
@@ -311,7 +453,13 @@ impl LiveSession {
             dc,
             location,
             client,
+            want_key,
         })
+    }
+
+    /// Asks the agent for a keyframe (the UI restarted its decoder).
+    pub fn request_keyframe(&self) {
+        self.want_key.notify_one();
     }
 
     /// Sends a data-channel message (`pointer`, `key`, `control`, ...).
@@ -435,6 +583,64 @@ mod tests {
         }
     }
 
+    fn pkt(seq: u16) -> Packet {
+        Packet {
+            seq,
+            ts: seq as u32,
+            marker: false,
+            payload: Bytes::new(),
+        }
+    }
+
+    /// Each case: packets in arrival order (`seq` or `wait` = time passes beyond NACK_WAIT),
+    /// and the sequence numbers handed on, in order.
+    #[test]
+    fn reorder_waits_for_a_resent_packet_then_gives_up() {
+        fn check(arrivals: &[Option<u16>], want: &[u16]) {
+            let mut r = Reorder::default();
+            let mut now = Instant::now();
+            let mut got = vec![];
+            for a in arrivals {
+                match a {
+                    Some(seq) => got.extend(r.push(pkt(*seq), now)),
+                    None => {
+                        now += NACK_WAIT + Duration::from_millis(1);
+                        got.extend(r.drain(now));
+                    }
+                }
+                now += Duration::from_millis(1);
+            }
+            let got: Vec<u16> = got.iter().map(|p| p.seq).collect();
+            assert_eq!(got, want, "arrivals {arrivals:?}");
+        }
+        let s = Some;
+        // In order: straight through.
+        check(&[s(1), s(2), s(3)], &[1, 2, 3]);
+        // 2 resent after 3 and 4 (a NACK answered): nothing lost, order restored.
+        check(&[s(1), s(3), s(4), s(2), s(5)], &[1, 2, 3, 4, 5]);
+        // 2 never comes: after the wait, 3 and 4 go on (the assembler sees the jump).
+        check(&[s(1), s(3), s(4), None, s(5)], &[1, 3, 4, 5]);
+        // Duplicates and a resend that came after the gap was given up: dropped.
+        check(&[s(1), s(1), s(3), None, s(2), s(4)], &[1, 3, 4]);
+        // Across the u16 wrap.
+        check(&[s(65534), s(0), s(65535), s(1)], &[65534, 65535, 0, 1]);
+        // Two gaps: each waits its own turn (4 is awaited from when 2 filled the first).
+        check(&[s(1), s(3), s(6), s(2), None, s(7)], &[1, 2, 3, 6, 7]);
+        check(&[s(1), s(3), s(6), s(2), s(7)], &[1, 2, 3]);
+    }
+
+    #[test]
+    fn reorder_deadline_only_while_a_gap_is_open() {
+        let mut r = Reorder::default();
+        let t = Instant::now();
+        r.push(pkt(1), t);
+        assert_eq!(r.deadline(), None);
+        r.push(pkt(3), t);
+        assert_eq!(r.deadline(), Some(t + NACK_WAIT));
+        r.push(pkt(2), t);
+        assert_eq!(r.deadline(), None);
+    }
+
     #[test]
     fn wire_header() {
         let f = LiveFrame {
@@ -442,11 +648,13 @@ mod tests {
             keyframe: true,
             rtp_timestamp: 7,
             t_ms: Some(1234),
+            received_unix_ms: 0x1_0000_0009,
         };
         let w = f.to_wire();
         assert_eq!(w[0], 1);
         assert_eq!(u32::from_le_bytes(w[4..8].try_into().unwrap()), 1234);
         assert_eq!(u32::from_le_bytes(w[8..12].try_into().unwrap()), 7);
+        assert_eq!(u32::from_le_bytes(w[12..16].try_into().unwrap()), 9);
         assert_eq!(&w[16..], &[0, 0, 0, 1, 0x65]);
     }
 }

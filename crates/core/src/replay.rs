@@ -452,6 +452,7 @@ impl Recording {
                     keyframe: s.keyframe,
                     rtp_timestamp: (s.t_ms * 90) as u32,
                     t_ms: Some(s.t_ms),
+                    received_unix_ms: 0,
                 };
                 if !send(frame) {
                     return Ok(());

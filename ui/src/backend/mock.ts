@@ -581,6 +581,11 @@ export function createMockBackend(opts: MockOptions = {}): Backend {
       if (mm) stopLive(mm);
     },
 
+    async liveKeyframe(name) {
+      // A fresh encoder starts with a keyframe.
+      machines.get(name)?.live?.resize();
+    },
+
     async liveInput(name, msg: InputMessage) {
       const mm = running(name);
       advance(mm);

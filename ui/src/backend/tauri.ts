@@ -3,7 +3,7 @@
 // Struct arguments (`req`) are deserialized with serde `rename_all = "camelCase"`.
 
 import { Channel, invoke } from '@tauri-apps/api/core';
-import type { Backend, BackendError, Event, FrameSink, Progress, ProgressSink } from './types';
+import type { Backend, BackendError, Event, FrameSink, LiveInfo, Progress, ProgressSink } from './types';
 
 function toBackendError(e: unknown): BackendError {
   if (e && typeof e === 'object' && 'message' in e) {
@@ -34,6 +34,27 @@ function frameChannel(onFrame: FrameSink): Channel<ArrayBuffer> {
   return ch;
 }
 
+/**
+ * Live frames: the app's loopback WebSocket (crates/core/src/frames.rs), one binary message per
+ * frame. Not a `Channel`: a channel message over 1 KB is an `eval` plus an `ipc://` fetch on
+ * the GTK main thread, per frame. The socket closes when the view stops (`liveStop`) or the
+ * backend ends the stream; a view started again gets a new URL.
+ */
+const sockets = new Map<string, WebSocket>();
+
+function openFrames(name: string, url: string, onFrame: FrameSink): void {
+  sockets.get(name)?.close();
+  const ws = new WebSocket(url);
+  ws.binaryType = 'arraybuffer';
+  ws.onmessage = (m) => {
+    if (m.data instanceof ArrayBuffer) onFrame(m.data);
+  };
+  ws.onclose = () => {
+    if (sockets.get(name) === ws) sockets.delete(name);
+  };
+  sockets.set(name, ws);
+}
+
 /** A channel for a command's `onProgress` (`Channel<Progress>`, always passed; lines nobody
  * listens to are dropped here). */
 function progressChannel(onProgress?: ProgressSink): Channel<Progress> {
@@ -55,9 +76,17 @@ export function createTauriBackend(): Backend {
     liveStart: (name, onFrame, onEvent, opts) => {
       const onEventCh = new Channel<Event>();
       onEventCh.onmessage = onEvent;
-      return call('live_start', { name, onFrame: frameChannel(onFrame), onEvent: onEventCh, maxFps: opts?.maxFps ?? null });
+      return call<LiveInfo & { frames: string }>('live_start', { name, onEvent: onEventCh, maxFps: opts?.maxFps ?? null }).then(({ frames, ...info }) => {
+        openFrames(name, frames, onFrame);
+        return info;
+      });
     },
-    liveStop: (name) => call('live_stop', { name }),
+    liveStop: (name) => {
+      sockets.get(name)?.close();
+      sockets.delete(name);
+      return call('live_stop', { name });
+    },
+    liveKeyframe: (name) => call('live_keyframe', { name }),
     liveInput: (name, msg) => call('live_input', { name, msg }),
     displayInfo: (name) => call('display_info', { name }),
     control: (name, action) => call('control', { name, action }),

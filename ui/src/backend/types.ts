@@ -164,6 +164,8 @@ export interface Backend {
 
   liveStart(name: string, onFrame: FrameSink, onEvent: (e: Event) => void, opts?: { maxFps?: number }): Promise<LiveInfo>;
   liveStop(name: string): Promise<void>;
+  /** Ask the machine for a keyframe now (the decoder restarted and waits for one). */
+  liveKeyframe(name: string): Promise<void>;
   liveInput(name: string, msg: InputMessage): Promise<void>;
   /** The guest screen's size and whether it can follow the viewer's window. */
   displayInfo(name: string): Promise<DisplayState>;

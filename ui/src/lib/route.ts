@@ -25,11 +25,19 @@ export function navigate(view: View, ...params: string[]): void {
   window.location.hash = href(view, ...params);
 }
 
+/** `next`, unless it is the route `prev` already is (keeps React from re-rendering). */
+function sameRoute(prev: Route, next: Route): Route {
+  return prev.view === next.view && prev.params.join('/') === next.params.join('/') ? prev : next;
+}
+
 export function useRoute(): Route {
   const [route, setRoute] = useState(() => parseHash(window.location.hash));
   useEffect(() => {
-    const on = () => setRoute(parseHash(window.location.hash));
+    const on = () => setRoute((r) => sameRoute(r, parseHash(window.location.hash)));
     window.addEventListener('hashchange', on);
+    // The hash may have changed between the first render (which read it) and this listener:
+    // read it again, or `location.hash = '#/live/NAME'` right after load is lost (seen 1 in 8).
+    on();
     return () => window.removeEventListener('hashchange', on);
   }, []);
   return route;

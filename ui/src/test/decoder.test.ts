@@ -80,6 +80,39 @@ describe('StreamDecoder', () => {
     expect(FakeVideoDecoder.instances[1].chunks.map((c) => c.type)).toEqual(['key', 'delta']);
   });
 
+  it('asks for a keyframe once when it restarts, not while it already waits for one', async () => {
+    const d = new StreamDecoder();
+    let asked = 0;
+    d.onNeedKeyframe = () => asked++;
+    d.push(buildFrame({ key: false, tMs: 0, rtp: 0 }, H264_DELTA)); // waiting from the start
+    expect(asked).toBe(0);
+    d.push(buildFrame({ key: true, tMs: 33, rtp: 0 }, H264_KEY));
+    FakeVideoDecoder.failNext = true;
+    d.push(buildFrame({ key: false, tMs: 66, rtp: 0 }, H264_DELTA));
+    await tick();
+    expect(asked).toBe(1);
+    d.push(buildFrame({ key: false, tMs: 99, rtp: 0 }, H264_DELTA));
+    d.restart();
+    expect(asked).toBe(1);
+  });
+
+  it('carries the receive time from the header into the bench timings', async () => {
+    window.__portholeTiming = [];
+    try {
+      const d = new StreamDecoder();
+      d.label = 'm1';
+      d.push(buildFrame({ key: true, tMs: 500, rtp: 0, rxMs: 4242 }, H264_KEY));
+      await tick();
+      expect(window.__portholeTiming).toHaveLength(1);
+      expect(window.__portholeTiming[0]).toMatchObject({ name: 'm1', tMs: 500, rxMs: 4242, renderer: '2d' });
+      const t = window.__portholeTiming[0];
+      expect(t.pageMs).toBeLessThanOrEqual(t.decodeMs);
+      expect(t.decodeMs).toBeLessThanOrEqual(t.drawnMs);
+    } finally {
+      delete window.__portholeTiming;
+    }
+  });
+
   it('drops the backlog when decoding falls behind, but not during a seek\'s burst', async () => {
     const burst = (d: StreamDecoder, from: number) => {
       d.push(buildFrame({ key: true, tMs: from, rtp: 0 }, H264_KEY));

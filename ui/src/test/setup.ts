@@ -23,7 +23,9 @@ function fake2d(canvas: HTMLCanvasElement): CanvasRenderingContext2D {
   }) as unknown as CanvasRenderingContext2D;
 }
 
-HTMLCanvasElement.prototype.getContext = function (this: HTMLCanvasElement) {
+HTMLCanvasElement.prototype.getContext = function (this: HTMLCanvasElement, kind: string) {
+  // No WebGL here: the decoder falls back to its 2D path (renderer.test checks the shader's maths).
+  if (kind !== '2d') return null;
   return fake2d(this);
 } as unknown as HTMLCanvasElement['getContext'];
 

@@ -4,7 +4,7 @@
 import { useEffect, useRef, useState } from 'react';
 import type { Event, InputMessage } from '../backend/types';
 import type { DecoderStats, StreamDecoder } from './decoder';
-import { drawOverlay, type SessionClock } from './overlay';
+import { drawOverlay, overlayActive, type SessionClock } from './overlay';
 
 export interface VideoSurfaceProps {
   decoder: StreamDecoder;
@@ -89,7 +89,9 @@ export function VideoSurface(props: VideoSurfaceProps) {
     return () => ro.disconnect();
   }, [stream?.width, stream?.height]);
 
-  // Overlay: redrawn every animation frame from the events and the session clock.
+  // Overlay: drawn on animation frames only while something on it is alive (an action younger
+  // than OVERLAY_TTL_MS, fading out); a still screen with nothing happening draws nothing. It
+  // wakes on each picture drawn and, for events that change no pixel, on a 100 ms check.
   useEffect(() => {
     const canvas = overlayRef.current;
     if (!canvas || !fit) return;
@@ -99,17 +101,33 @@ export function VideoSurface(props: VideoSurfaceProps) {
     const ctx = canvas.getContext('2d');
     if (!ctx) return;
     let raf = 0;
+    let dirty = true;
     const tick = () => {
+      raf = 0;
       const s = streamRef.current;
       const evs = eventsRef.current?.() ?? [];
+      const now = clock.now();
+      const live = s ? overlayActive(evs, now) : false;
       ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-      if (s && evs.length) drawOverlay(ctx, evs, clock.now(), fit.w / s.width, { width: fit.w, height: fit.h });
-      else ctx.clearRect(0, 0, fit.w, fit.h);
-      raf = requestAnimationFrame(tick);
+      if (live && s) drawOverlay(ctx, evs, now, fit.w / s.width, { width: fit.w, height: fit.h });
+      else if (dirty) ctx.clearRect(0, 0, fit.w, fit.h);
+      dirty = live;
+      if (live) raf = requestAnimationFrame(tick);
+    };
+    const wake = () => {
+      if (raf) return;
+      const s = streamRef.current;
+      if (dirty || (s && overlayActive(eventsRef.current?.() ?? [], clock.now()))) raf = requestAnimationFrame(tick);
     };
     raf = requestAnimationFrame(tick);
-    return () => cancelAnimationFrame(raf);
-  }, [fit, clock]);
+    const off = decoder.onDrawn(wake);
+    const id = window.setInterval(wake, 100);
+    return () => {
+      off();
+      window.clearInterval(id);
+      if (raf) cancelAnimationFrame(raf);
+    };
+  }, [fit, clock, decoder]);
 
   useEffect(() => {
     if (!showStats) return;

@@ -4,9 +4,16 @@
 //
 // Frame message layout:
 //   u8 flags (bit 0: keyframe), 3 bytes padding, u32 LE t_ms (session clock),
-//   u32 LE RTP timestamp, u32 LE reserved, then one H.264 access unit (Annex-B) or VP8 frame.
+//   u32 LE RTP timestamp, u32 LE received (Unix ms, low 32 bits, when the app's Rust side had
+//   the whole frame; 0 for replay), then one H.264 access unit (Annex-B) or VP8 frame.
+//
+// Drawing: decoded pictures are copied out (`VideoFrame.copyTo`) and painted by a WebGL2
+// shader (renderer.ts), never `drawImage(VideoFrame)` where WebGL2 exists; one copy at a time,
+// and a picture decoded while one is being painted replaces any other waiting (live: the
+// newest wins, nothing queues behind a slow paint).
 
 import type { Codec } from '../backend/types';
+import { I420Renderer, i420Planes, nv12Planes, type Plane } from './renderer';
 
 export const HEADER_BYTES = 16;
 export const FLAG_KEY = 1;
@@ -18,6 +25,8 @@ export interface FrameHeader {
   key: boolean;
   tMs: number;
   rtp: number;
+  /** Unix ms (low 32 bits) the app received it; 0 if unknown. */
+  rxMs?: number;
 }
 
 export interface ParsedFrame extends FrameHeader {
@@ -31,6 +40,7 @@ export function parseFrame(buf: ArrayBuffer): ParsedFrame | null {
     key: (v.getUint8(0) & FLAG_KEY) !== 0,
     tMs: v.getUint32(4, true),
     rtp: v.getUint32(8, true),
+    rxMs: v.getUint32(12, true),
     data: new Uint8Array(buf, HEADER_BYTES),
   };
 }
@@ -41,6 +51,7 @@ export function buildFrame(h: FrameHeader, data: Uint8Array): ArrayBuffer {
   v.setUint8(0, h.key ? FLAG_KEY : 0);
   v.setUint32(4, h.tMs >>> 0, true);
   v.setUint32(8, h.rtp >>> 0, true);
+  v.setUint32(12, (h.rxMs ?? 0) >>> 0, true);
   new Uint8Array(out, HEADER_BYTES).set(data);
   return out;
 }
@@ -88,6 +99,10 @@ export interface DecoderStats {
   decoded: number;
   /** Frames dropped while waiting for a keyframe (after an error, a seek or a backlog). */
   dropped: number;
+  /** Decoded pictures not painted: a newer one was ready before the paint began. */
+  skipped: number;
+  /** How pictures reach the canvas: 'webgl' (copyTo + shader) or '2d' (drawImage). */
+  renderer: 'webgl' | '2d' | null;
   errors: number;
   width: number;
   height: number;
@@ -108,31 +123,82 @@ export interface DrawnFrame {
 
 const MAX_QUEUE = 24;
 
+/**
+ * Per-frame times for `tests/bench/app.mjs` (Unix ms): captured in the guest (session clock
+ * `tMs`), received by the app's Rust side, handed to the page, given to `decode()`, out of the
+ * decoder, painted. Kept only while `window.__portholeTiming` is an array (the bench sets it).
+ */
+export interface FrameTiming {
+  name: string;
+  tMs: number;
+  rxMs: number;
+  pageMs: number;
+  decodeMs: number;
+  outputMs: number;
+  drawnMs: number;
+  /** The next animation frame after the draw (≈ on screen); 0 until then. */
+  paintedMs: number;
+  renderer: 'webgl' | '2d';
+}
+
+declare global {
+  interface Window {
+    __portholeTiming?: FrameTiming[];
+  }
+}
+
+interface Meta {
+  tMs: number;
+  arrived: number;
+  rxMs: number;
+  decodeAt: number;
+}
+
 export class StreamDecoder {
   private canvas: HTMLCanvasElement | null = null;
   private ctx: CanvasRenderingContext2D | null = null;
+  private gl: I420Renderer | null = null;
+  private painting = false;
+  private waiting: { frame: VideoFrame; meta: Meta | undefined; outAt: number } | null = null;
+  private copyBuf: Uint8Array | null = null;
   private dec: VideoDecoder | null = null;
   private waitKey = true;
   private codec: Codec | null = null;
   /** The current decoder's picture format (see `streamFormat`). */
   private format: string | null = null;
   private nextTs = 1;
-  private pending = new Map<number, { tMs: number; arrived: number }>();
+  private pending = new Map<number, Meta>();
   private drawnAt: number[] = [];
   private minOffset = Infinity;
-  private s = { frames: 0, decoded: 0, dropped: 0, errors: 0, width: 0, height: 0, decodeMs: 0, jitterMs: 0 };
+  private s = { frames: 0, decoded: 0, dropped: 0, skipped: 0, errors: 0, width: 0, height: 0, decodeMs: 0, jitterMs: 0 };
   private lastError: string | null = null;
   private listeners = new Set<(f: DrawnFrame) => void>();
   private closed = false;
   /** Session time up to which a seek's burst is decoded in full (see `restart`). */
   private keepUntil: number | null = null;
 
+  /** Called when the decoder restarts and waits for a keyframe (ask the source for one). */
+  onNeedKeyframe: (() => void) | null = null;
+  /** The machine or session this stream shows (for the bench's timings). */
+  label = '';
+
   constructor(private codecHint: Codec = 'H264') {}
 
-  /** Draw onto this canvas from now on (its size follows the stream). */
+  /**
+   * Draw onto this canvas from now on (its size follows the stream): WebGL2 where the canvas
+   * can have it, else its 2D context (a canvas keeps the first kind it was asked for).
+   */
   attach(canvas: HTMLCanvasElement | null): void {
     this.canvas = canvas;
-    this.ctx = canvas ? canvas.getContext('2d', { alpha: false }) : null;
+    this.gl = canvas && webCodecsAvailable() ? I420Renderer.create(canvas) : null;
+    this.ctx = canvas && !this.gl ? canvas.getContext('2d', { alpha: false }) : null;
+    if (canvas) {
+      // For the end-to-end tests, which read the picture back at known pixels (and must not
+      // ask a canvas for a 2D context before we chose: that would rule out WebGL for good).
+      const gl = this.gl;
+      canvas.dataset.renderer = gl ? 'webgl' : '2d';
+      (canvas as HTMLCanvasElement & { __portholeRead?: unknown }).__portholeRead = gl ? (points: [number, number][]) => gl.read(points) : undefined;
+    }
   }
 
   setCodecHint(c: Codec): void {
@@ -180,7 +246,7 @@ export class StreamDecoder {
       this.emit({ tMs: f.tMs, width: this.s.width, height: this.s.height }, now);
       return;
     }
-    this.pending.set(ts, { tMs: f.tMs, arrived: now });
+    this.pending.set(ts, { tMs: f.tMs, arrived: now, rxMs: f.rxMs ?? 0, decodeAt: performance.now() });
     try {
       this.dec.decode(new EncodedVideoChunk({ type: f.key ? 'key' : 'delta', timestamp: ts, data: f.data }));
     } catch (e) {
@@ -209,6 +275,11 @@ export class StreamDecoder {
     }
     this.dec = null;
     this.pending.clear();
+    if (this.waiting) {
+      this.waiting.frame.close();
+      this.waiting = null;
+    }
+    if (!this.waitKey && !this.closed) this.onNeedKeyframe?.();
     this.waitKey = true;
   }
 
@@ -219,6 +290,7 @@ export class StreamDecoder {
       ...this.s,
       fps: this.drawnAt.length,
       codec: this.codec,
+      renderer: this.gl ? 'webgl' : this.ctx ? '2d' : null,
       supported: webCodecsAvailable(),
       lastError: this.lastError,
     };
@@ -260,6 +332,20 @@ export class StreamDecoder {
       frame.close();
       return;
     }
+    const outAt = performance.now();
+    if (this.gl) {
+      if (this.painting) {
+        // A paint is in flight: this picture waits, replacing any older one waiting.
+        if (this.waiting) {
+          this.waiting.frame.close();
+          this.s.skipped++;
+        }
+        this.waiting = { frame, meta, outAt };
+        return;
+      }
+      void this.paintGl(frame, meta, outAt);
+      return;
+    }
     const w = frame.displayWidth;
     const h = frame.displayHeight;
     const c = this.canvas;
@@ -271,10 +357,53 @@ export class StreamDecoder {
       this.ctx.drawImage(frame, 0, 0, w, h);
     }
     frame.close();
+    this.drawn(meta, w, h, outAt, '2d');
+  }
+
+  /** copyTo, upload, draw; then the picture that waited meanwhile, if any. */
+  private async paintGl(frame: VideoFrame, meta: Meta | undefined, outAt: number): Promise<void> {
+    this.painting = true;
+    const w = frame.displayWidth;
+    const h = frame.displayHeight;
+    try {
+      const gl = this.gl!;
+      const fmt = frame.format;
+      const rect = { x: 0, y: 0, width: w, height: h };
+      if (fmt === 'I420' || fmt === 'NV12') {
+        const size = frame.allocationSize({ rect });
+        if (!this.copyBuf || this.copyBuf.byteLength < size) this.copyBuf = new Uint8Array(size);
+        const layout = await frame.copyTo(this.copyBuf, { rect });
+        const planes: Plane[] | null = fmt === 'I420' ? i420Planes(layout, w, h) : nv12Planes(layout, w, h);
+        if (this.gl === gl && planes && !this.closed) gl.draw(this.copyBuf, planes, w, h);
+      } else if (!this.closed) {
+        gl.drawFrame(frame);
+      }
+    } catch (e) {
+      frame.close();
+      this.painting = false;
+      this.fail(e);
+      return;
+    }
+    frame.close();
+    this.painting = false;
+    this.drawn(meta, w, h, outAt, 'webgl');
+    const next = this.waiting;
+    this.waiting = null;
+    if (next && !this.closed) void this.paintGl(next.frame, next.meta, next.outAt);
+  }
+
+  private drawn(meta: Meta | undefined, w: number, h: number, outAt: number, renderer: 'webgl' | '2d'): void {
     if (this.keepUntil !== null && meta && meta.tMs + 1 >= this.keepUntil) this.keepUntil = null;
     this.s.decoded++;
     const now = performance.now();
     if (meta) this.s.decodeMs = smooth(this.s.decodeMs, now - meta.arrived);
+    const log = typeof window !== 'undefined' ? window.__portholeTiming : undefined;
+    if (log && meta && log.length < 100_000) {
+      const base = performance.timeOrigin;
+      const rec: FrameTiming = { name: this.label, tMs: meta.tMs, rxMs: meta.rxMs, pageMs: base + meta.arrived, decodeMs: base + meta.decodeAt, outputMs: base + outAt, drawnMs: base + now, paintedMs: 0, renderer };
+      log.push(rec);
+      requestAnimationFrame(() => (rec.paintedMs = performance.timeOrigin + performance.now()));
+    }
     this.emit({ tMs: meta?.tMs ?? 0, width: w, height: h }, now);
   }
 

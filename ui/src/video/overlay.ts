@@ -97,6 +97,12 @@ export function lowerBound(events: Event[], t: number): number {
   return lo;
 }
 
+/** Whether `drawOverlay` would draw anything at `now` (an event in its window). */
+export function overlayActive(events: Event[], now: number): boolean {
+  const from = lowerBound(events, now - OVERLAY_TTL_MS);
+  return from < lowerBound(events, now + 1);
+}
+
 /**
  * Draws the actions of `events` (sorted by t_ms) that happened in the last OVERLAY_TTL_MS
  * before `now`. `scale` maps stream pixels to canvas pixels.

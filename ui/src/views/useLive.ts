@@ -57,6 +57,9 @@ export function useLive(name: string | null, maxFps?: number): LiveSession {
   useEffect(() => {
     if (!name) return;
     const decoder = new StreamDecoder();
+    decoder.label = name;
+    // A restarted decoder waits for a keyframe: ask for one now, not at the next periodic one.
+    decoder.onNeedKeyframe = () => void backend.liveKeyframe(name).catch(() => {});
     const clock = new SessionClock();
     setPipe({ decoder, clock });
     setInfo(null);
