@@ -56,7 +56,9 @@ pub enum Sent {
     Queued,
     /// The page is behind: this frame was dropped, and so will be the rest until a keyframe.
     /// `first` is true for the frame that started the drop (ask the agent for a keyframe once).
-    Dropped { first: bool },
+    Dropped {
+        first: bool,
+    },
     /// The page closed the stream.
     Closed,
 }
@@ -166,7 +168,9 @@ impl FrameServer {
                         .await?;
                         rx
                     }
-                    None => return refuse(&mut sock, 404, "no such stream (each is opened once)").await,
+                    None => {
+                        return refuse(&mut sock, 404, "no such stream (each is opened once)").await
+                    }
                 }
             }
             Err((status, why)) => return refuse(&mut sock, status, why).await,
@@ -196,7 +200,9 @@ impl FrameServer {
         let mut ws_key = None;
         let mut upgrade = false;
         for h in lines {
-            let Some((name, value)) = h.split_once(':') else { continue };
+            let Some((name, value)) = h.split_once(':') else {
+                continue;
+            };
             let value = value.trim();
             match name.trim().to_ascii_lowercase().as_str() {
                 "origin" => origin = Some(value),
@@ -392,7 +398,10 @@ mod tests {
         assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
         let sizes = [3usize, 200, 70_000];
         for (i, n) in sizes.iter().enumerate() {
-            assert_eq!(sink.send(Bytes::from(vec![i as u8; *n]), i == 0), Sent::Queued);
+            assert_eq!(
+                sink.send(Bytes::from(vec![i as u8; *n]), i == 0),
+                Sent::Queued
+            );
         }
         for (i, n) in sizes.iter().enumerate() {
             let (op, body) = read_message(&mut s).await;
@@ -414,7 +423,12 @@ mod tests {
         let cases: [(&str, &str, Option<&str>, &str); 5] = [
             ("wrong key", &wrong_key, Some(ORIGIN), "403"),
             ("no key", &no_key, Some(ORIGIN), "403"),
-            ("a web page's origin", &url, Some("http://evil.example"), "403"),
+            (
+                "a web page's origin",
+                &url,
+                Some("http://evil.example"),
+                "403",
+            ),
             ("no origin", &url, None, "403"),
             ("unknown stream", &other_stream, Some(ORIGIN), "404"),
         ];
@@ -441,10 +455,19 @@ mod tests {
         for i in 0..QUEUE {
             assert_eq!(sink.send(Bytes::from(vec![i as u8]), i == 0), Sent::Queued);
         }
-        assert_eq!(sink.send(Bytes::from_static(b"d"), false), Sent::Dropped { first: true });
-        assert_eq!(sink.send(Bytes::from_static(b"d"), false), Sent::Dropped { first: false });
+        assert_eq!(
+            sink.send(Bytes::from_static(b"d"), false),
+            Sent::Dropped { first: true }
+        );
+        assert_eq!(
+            sink.send(Bytes::from_static(b"d"), false),
+            Sent::Dropped { first: false }
+        );
         // A keyframe while still full: dropped, still waiting for the next one.
-        assert_eq!(sink.send(Bytes::from_static(b"k"), true), Sent::Dropped { first: false });
+        assert_eq!(
+            sink.send(Bytes::from_static(b"k"), true),
+            Sent::Dropped { first: false }
+        );
     }
 
     #[tokio::test]

@@ -109,7 +109,9 @@ impl Reorder {
     /// The packets in order from `next`; past a gap only once it has waited long enough.
     pub fn drain(&mut self, now: Instant) -> Vec<Packet> {
         let mut out = vec![];
-        let Some(mut next) = self.next else { return out };
+        let Some(mut next) = self.next else {
+            return out;
+        };
         let start = next;
         loop {
             if let Some(p) = self.held.remove(&next) {
@@ -413,8 +415,8 @@ impl LiveSession {
                         match asm.push(p.seq, p.ts, p.marker, &p.payload) {
                             Assembled::Frame(data, keyframe) => {
                                 let t_ms = clock.lock().unwrap().map(|(rtp, t)| {
-                                    (t as i64 + (p.ts.wrapping_sub(rtp) as i32 as i64) / 90)
-                                        .max(0) as u64
+                                    (t as i64 + (p.ts.wrapping_sub(rtp) as i32 as i64) / 90).max(0)
+                                        as u64
                                 });
                                 let lost = on_frame(LiveFrame {
                                     data,

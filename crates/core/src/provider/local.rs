@@ -1595,9 +1595,16 @@ mod tests {
         assert_eq!(log_tail(&z), "");
         // A long log is read from its end only.
         let big = d.path().join("big.log");
-        std::fs::write(&big, format!("first line\n{}last line\n", "filler\n".repeat(30_000))).unwrap();
+        std::fs::write(
+            &big,
+            format!("first line\n{}last line\n", "filler\n".repeat(30_000)),
+        )
+        .unwrap();
         let t = log_tail(&big);
-        assert!(t.ends_with("filler | last line") && !t.contains("first"), "{t}");
+        assert!(
+            t.ends_with("filler | last line") && !t.contains("first"),
+            "{t}"
+        );
     }
 
     #[test]
