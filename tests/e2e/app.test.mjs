@@ -619,4 +619,28 @@ describe('desktop app through tauri-driver', { timeout: 20 * 60 * 1000 }, () => 
       assert.fail(`the header names the size on screen: ${head}`);
     });
   }));
+
+  it('says reconnecting through a 5 s network cut and is back on its own after it', { timeout: STEP_TIMEOUT }, async (t) => {
+    needs('live');
+    if (w.netIndex === null) return t.skip('the machine has no veth to cut (not root: user-mode network)');
+    const wd = w.wd;
+    const link = `phh${w.netIndex}`;
+    await wd.exec((n) => { location.hash = `#/live/${n}`; }, NAME);
+    await waitFor(async () => { const r = await wd.exec(canvasPixels, PROBES); return !r.missing && r.picture; }, { timeout: 30000, message: 'the live view showing the guest before the cut' });
+    const cut = Date.now();
+    await run('ip', ['link', 'set', link, 'down']);
+    try {
+      await waitEl(() => document.querySelector('[data-testid="reconnecting"]'), [], 'the view saying it is reconnecting while the link is down', 20000);
+      await sleep(Math.max(0, 5000 - (Date.now() - cut)));
+    } finally {
+      await run('ip', ['link', 'set', link, 'up']);
+    }
+    const up = Date.now();
+    // A change made after the link returned reaches the same view, without reopening it.
+    await guest(`xsetroot -solid '#00ffff'`);
+    await waitCanvasColor([0, 255, 255], 'the live canvas to show the guest again after the link returned', 60000);
+    console.log(`network cut: link down ${up - cut} ms; the picture back ${Date.now() - up} ms after the link returned`);
+    await waitFor(() => wd.exec(() => !document.querySelector('[data-testid="reconnecting"]')), { timeout: 10000, message: 'the reconnecting notice to clear' });
+    assert.equal(await wd.exec(() => location.hash), `#/live/${NAME}`);
+  });
 });

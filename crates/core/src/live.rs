@@ -312,9 +312,18 @@ impl LiveSession {
         )
         .map_err(err)?;
         let registry = register_default_interceptors(Registry::new(), &mut m).map_err(err)?;
+        // A cut link or a dead agent is noticed in ~2 s (webrtc-rs's defaults: 5 s disconnected,
+        // 25 s failed), so the view can say "reconnecting" and start again on its own.
+        let mut se = webrtc::api::setting_engine::SettingEngine::default();
+        se.set_ice_timeouts(
+            Some(Duration::from_secs(2)),
+            Some(Duration::from_secs(4)),
+            Some(Duration::from_millis(500)),
+        );
         let api = APIBuilder::new()
             .with_media_engine(m)
             .with_interceptor_registry(registry)
+            .with_setting_engine(se)
             .build();
         let pc = Arc::new(
             api.new_peer_connection(RTCConfiguration::default())
@@ -338,6 +347,7 @@ impl LiveSession {
         let clock: Arc<Mutex<Option<(u32, u64)>>> = Arc::new(Mutex::new(None));
         let c2 = clock.clone();
         let on_event = Arc::new(on_event);
+        let on_link = on_event.clone();
         dc.on_message(Box::new(move |msg| {
             let (clock, on_event) = (c2.clone(), on_event.clone());
             Box::pin(async move {
@@ -359,6 +369,24 @@ impl LiveSession {
                     _ => {}
                 }
             })
+        }));
+        // The link's state for the UI (not a timeline entry: seq 0, kind `link`).
+        pc.on_peer_connection_state_change(Box::new(move |st| {
+            use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState as S;
+            let state = match st {
+                S::Connected => "connected",
+                S::Disconnected => "disconnected",
+                S::Failed => "failed",
+                _ => return Box::pin(async {}),
+            };
+            on_link(Event {
+                seq: 0,
+                t_ms: 0,
+                actor: porthole_proto::Actor::System,
+                kind: "link".into(),
+                data: serde_json::json!({ "state": state }),
+            });
+            Box::pin(async {})
         }));
         let on_frame = Arc::new(on_frame);
         let pc_weak = Arc::downgrade(&pc);

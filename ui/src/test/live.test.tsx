@@ -273,6 +273,34 @@ describe('Live', () => {
     await screen.findByRole('button', { name: 'Take control' });
   });
 
+  it('a failed link says reconnecting, starts the stream again until it works, and clears on the next picture', async () => {
+    const real = backend.liveStart.bind(backend);
+    const sinks: { onFrame: (b: ArrayBuffer) => void; onEvent: (e: import('../backend').Event) => void }[] = [];
+    let failNext = 0;
+    const start = vi.spyOn(backend, 'liveStart').mockImplementation(async (name, onFrame, onEvent, opts) => {
+      sinks.push({ onFrame, onEvent });
+      if (failNext > 0) {
+        failNext--;
+        throw { code: 'agent', message: 'connection refused' };
+      }
+      return real(name, onFrame, onEvent, opts);
+    });
+    renderView(<LiveView machine="gpu-box" />);
+    await screen.findByText(/1280×800 · session s-/);
+    expect(start).toHaveBeenCalledTimes(1);
+    failNext = 1; // the agent is still down on the first try
+    act(() => sinks[0].onEvent({ seq: 0, t_ms: 0, actor: 'system', kind: 'link', data: { state: 'disconnected' } }));
+    expect(await screen.findByTestId('reconnecting')).toBeTruthy();
+    expect(start).toHaveBeenCalledTimes(1); // disconnected may heal by itself: no restart yet
+    act(() => sinks[0].onEvent({ seq: 0, t_ms: 0, actor: 'system', kind: 'link', data: { state: 'failed' } }));
+    await waitFor(() => expect(start).toHaveBeenCalledTimes(3)); // a refused try, then one that works
+    expect(screen.getByTestId('reconnecting')).toBeTruthy();
+    // The next picture drawn ends it (a keyframe through the sink the last start got).
+    const { buildFrame } = await import('../video/decoder');
+    act(() => sinks[2].onFrame(buildFrame({ key: true, tMs: 5000, rtp: 0 }, new Uint8Array([0, 0, 0, 1, 0x67, 0x42, 0, 0, 0, 1, 0x65, 0x88]))));
+    await waitFor(() => expect(screen.queryByTestId('reconnecting')).toBeNull());
+  });
+
   it('grid: every running machine at a reduced rate, the focused one at full rate', async () => {
     const start = vi.spyOn(backend, 'liveStart');
     renderView(<LiveView machine={null} />);

@@ -165,6 +165,12 @@ export function LiveStage({ name, live, showStats, onAreaResize }: { name: strin
         placeholder={live.info ? 'Waiting for the first keyframe…' : 'Connecting…'}
         label={`${name} desktop`}
       />
+      {live.reconnecting && (
+        <div className="reconnecting" role="status" data-testid="reconnecting">
+          <Spinner />
+          Connection to {name} lost · reconnecting…
+        </div>
+      )}
       {human && <div className="taken-hint">Your pointer and keyboard go to {name}. Release control to hand it back to the agent.</div>}
     </div>
   );
@@ -294,6 +300,7 @@ function GridTile({ machine, focused, onFocus }: { machine: Machine; focused: bo
         <span className="muted small">{machine.provider}</span>
         {human && <span className="badge human">human</span>}
         {live.stalled && <span className="badge warn">stalled</span>}
+        {live.reconnecting && <span className="badge warn">reconnecting</span>}
         <span className="spacer" />
         <span className="muted small">{focused ? 'full rate' : `${GRID_FPS} fps`}</span>
         <a className="button small" href={href('live', machine.name)} onClick={(e) => e.stopPropagation()}>

@@ -35,6 +35,8 @@ export interface LiveSession {
   control: ControlState;
   /** The latest `stalled` event not followed by agent activity. */
   stalled: Event | null;
+  /** The link to the machine dropped; the view is connecting again on its own. */
+  reconnecting: boolean;
   sendControl: (action: ControlAction) => Promise<ControlState>;
   /** One viewer message to the machine (e.g. the host clipboard, on the user's explicit ask). */
   sendInput: (msg: InputMessage) => Promise<void>;
@@ -50,6 +52,7 @@ export function useLive(name: string | null, maxFps?: number): LiveSession {
   const [terminals, setTerminals] = useState<Map<string, string[]>>(new Map());
   const [control, setControl] = useState<ControlState>(DEFAULT_CONTROL);
   const [stalled, setStalled] = useState<Event | null>(null);
+  const [reconnecting, setReconnecting] = useState(false);
   const [screen, setScreen] = useState<{ width: number; height: number } | null>(null);
   const [displayError, setDisplayError] = useState<Event | null>(null);
   const overlayRef = useRef<Event[]>([]);
@@ -68,6 +71,7 @@ export function useLive(name: string | null, maxFps?: number): LiveSession {
     setTerminals(new Map());
     setControl(DEFAULT_CONTROL);
     setStalled(null);
+    setReconnecting(false);
     setScreen(null);
     setDisplayError(null);
     overlayRef.current = [];
@@ -138,7 +142,15 @@ export function useLive(name: string | null, maxFps?: number): LiveSession {
       if (flushTimer === null) flushTimer = window.setTimeout(flush, 200);
     };
 
+    // Reconnecting: the peer connection failed (link cut, agent gone); start the stream again
+    // every second until it comes back. The first picture drawn after that ends it.
+    let lost = false;
+    let retryTimer: number | null = null;
     const offDrawn = decoder.onDrawn((f) => {
+      if (lost) {
+        lost = false;
+        setReconnecting(false);
+      }
       clock.observe(f.tMs);
       if (!maxFps && f.width > 0 && f.height > 0 && (f.width !== drawn.width || f.height !== drawn.height)) {
         drawn = { width: f.width, height: f.height };
@@ -149,11 +161,34 @@ export function useLive(name: string | null, maxFps?: number): LiveSession {
 
     // Live events only (not history): a failed resize is news, an old one is not.
     const onLive = (e: Event) => {
+      if (e.seq === 0 && e.kind === 'link') {
+        const st = e.data?.state;
+        if (st === 'disconnected' || st === 'failed') {
+          if (!lost) {
+            lost = true;
+            setReconnecting(true);
+          }
+          if (st === 'failed' && retryTimer === null) retryTimer = window.setTimeout(retry, 0);
+        }
+        return;
+      }
       add(e);
       if (e.kind === 'error' && e.data?.input === 'display' && alive) setDisplayError(e);
     };
 
-    serial(name, () => backend.liveStart(name, (buf) => decoder.push(buf), onLive, maxFps ? { maxFps } : undefined)).then(
+    const start = () => serial(name, () => backend.liveStart(name, (buf) => decoder.push(buf), onLive, maxFps ? { maxFps } : undefined));
+    const retry = () => {
+      retryTimer = null;
+      if (!alive || !lost) return;
+      decoder.restart();
+      start().then(
+        (i) => alive && setInfo(i),
+        () => {
+          if (alive && lost) retryTimer = window.setTimeout(retry, 1000);
+        },
+      );
+    };
+    start().then(
       (i) => {
         if (!alive) return;
         setInfo(i);
@@ -181,6 +216,7 @@ export function useLive(name: string | null, maxFps?: number): LiveSession {
     return () => {
       alive = false;
       offDrawn();
+      if (retryTimer !== null) window.clearTimeout(retryTimer);
       if (flushTimer !== null) window.clearTimeout(flushTimer);
       decoder.close();
       void serial(name, () => backend.liveStop(name)).catch(() => undefined);
@@ -207,5 +243,5 @@ export function useLive(name: string | null, maxFps?: number): LiveSession {
     [name],
   );
 
-  return { decoder: pipe?.decoder ?? null, clock: pipe?.clock ?? null, info, screen, displayError, error, events, overlayEvents, terminals, control, stalled, sendControl, sendInput };
+  return { decoder: pipe?.decoder ?? null, clock: pipe?.clock ?? null, info, screen, displayError, error, events, overlayEvents, terminals, control, stalled, reconnecting, sendControl, sendInput };
 }
