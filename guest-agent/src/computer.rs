@@ -630,6 +630,16 @@ pub fn health_problems(app: &App) -> Vec<String> {
         .collect()
 }
 
+/// The screen now as a full-size JPEG (chapters), or None if the grab fails.
+pub async fn jpeg_screenshot(app: &Arc<App>) -> Option<Vec<u8>> {
+    let q = ShotQuery {
+        format: ImageFormat::Jpeg,
+        quality: Some(85),
+        ..Default::default()
+    };
+    take_screenshot(app, &q, None).await.ok()
+}
+
 async fn take_screenshot(
     app: &Arc<App>,
     q: &ShotQuery,

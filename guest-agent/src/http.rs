@@ -108,6 +108,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/sessions", post(session_new))
         .route("/v1/sessions/current", get(session_current))
         .merge(crate::computer::routes())
+        .merge(crate::vendors::routes())
         .nest_service("/mcp", crate::mcp::service(app.clone()))
         .layer(middleware::from_fn_with_state(app.clone(), auth));
     Router::new()

@@ -25,4 +25,5 @@ pub mod recorder;
 pub mod serve;
 pub mod stream;
 pub mod tls;
+pub mod vendors;
 pub mod watch;

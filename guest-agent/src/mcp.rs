@@ -67,6 +67,20 @@ fn tools(app: &App) -> Vec<Tool> {
             })),
         ),
         Tool::new("screenshot", "Take a screenshot of the desktop (PNG).", schema(json!({"type": "object", "properties": {}}))),
+        Tool::new(
+            "chapter",
+            "Mark a chapter of this session's recording for the reviewer: what you are about to show or just showed. \
+             Recorded with a screenshot; the replay and the exported evidence are split by chapters.",
+            schema(json!({
+                "type": "object",
+                "properties": {
+                    "title": {"type": "string", "maxLength": 200},
+                    "description": {"type": "string", "maxLength": 4000},
+                    "proves": {"type": "string", "description": "what this chapter shows works"}
+                },
+                "required": ["title"]
+            })),
+        ),
     ]
 }
 
@@ -144,9 +158,18 @@ impl ServerHandler for Mcp {
                 },
                 Err(e) => tool_error(ApiError::bad_request(format!("exec arguments: {e}"))),
             },
+            "chapter" => match crate::vendors::chapter(&self.app, &args).await {
+                Ok(ev) => CallToolResult::success(vec![ContentBlock::text(
+                    serde_json::to_string(&ev).unwrap_or_default(),
+                )])
+                .into(),
+                Err(e) => tool_error(e),
+            },
             other => {
                 return Err(McpError::invalid_params(
-                    format!("unknown tool '{other}'; tools are computer, exec, screenshot"),
+                    format!(
+                        "unknown tool '{other}'; tools are computer, exec, screenshot, chapter"
+                    ),
                     None,
                 ))
             }

@@ -98,6 +98,19 @@ test('screenshot returns a 1280x800 PNG image block', withLog(async () => {
   assert.equal(buf.readUInt32BE(20), HEIGHT, 'PNG height');
 }));
 
+test('chapter marks the session: a chapter event on the timeline, errors on the field', withLog(async () => {
+  const res = await client.callTool({ name: 'chapter', arguments: { title: 'Checkout works', description: 'Adds an item and pays' } });
+  assert.ok(!res.isError, `chapter: ${JSON.stringify(res)}`);
+  const ev = JSON.parse(textOf(res));
+  assert.equal(ev.kind, 'chapter');
+  assert.equal(ev.data.title, 'Checkout works');
+  const events = (await (await fetch(`${agent.url}/v1/events?after=0`, { headers: agent.auth() })).json()).events;
+  assert.ok(events.some((e) => e.seq === ev.seq && e.kind === 'chapter' && e.data.description === 'Adds an item and pays'));
+  const bad = await client.callTool({ name: 'chapter', arguments: { description: 'no title' } });
+  assert.ok(bad.isError);
+  assert.match(textOf(bad), /title: required/);
+}));
+
 test('exec runs a shell command', withLog(async () => {
   const res = await client.callTool({ name: 'exec', arguments: { command: 'echo mcp-ok' } });
   assert.ok(!res.isError, `exec: ${JSON.stringify(res)}`);
