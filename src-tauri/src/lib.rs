@@ -190,7 +190,7 @@ async fn live_start(
     s.lives.lock().await.insert(name.clone(), Arc::new(live));
     let d = m.spec.clone();
     Ok(
-        json!({"sessionId": session["id"], "codec": "H264", "width": d["width"].as_u64().unwrap_or(1280), "height": d["height"].as_u64().unwrap_or(800), "frames": frames}),
+        json!({"sessionId": session["id"], "codec": "H264", "width": d["width"].as_u64().unwrap_or(1280), "height": d["height"].as_u64().unwrap_or(800), "frames": frames, "gpu": has_gpu()}),
     )
 }
 
@@ -440,15 +440,24 @@ fn app_version() -> String {
 /// default; the user's own setting always wins.
 #[cfg(target_os = "linux")]
 fn software_rendering_fixups() {
-    let has_gpu = std::fs::read_dir("/dev/dri")
-        .map(|d| {
-            d.flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with("renderD"))
-        })
-        .unwrap_or(false);
-    if !has_gpu && std::env::var_os("WEBKIT_DISABLE_DMABUF_RENDERER").is_none() {
+    if !has_gpu() && std::env::var_os("WEBKIT_DISABLE_DMABUF_RENDERER").is_none() {
         // Before GTK or any thread starts: nothing else reads the environment yet.
         std::env::set_var("WEBKIT_DISABLE_DMABUF_RENDERER", "1");
+    }
+}
+
+/// Whether the webview's GL runs on a GPU. WebKit masks the renderer's name from pages ("Apple
+/// GPU"), so the UI asks us: on llvmpipe its WebGL renderer costs more than drawImage.
+fn has_gpu() -> bool {
+    if cfg!(target_os = "linux") {
+        std::fs::read_dir("/dev/dri")
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("renderD"))
+            })
+            .unwrap_or(false)
+    } else {
+        true
     }
 }
 

@@ -3,6 +3,7 @@
 // Struct arguments (`req`) are deserialized with serde `rename_all = "camelCase"`.
 
 import { Channel, invoke } from '@tauri-apps/api/core';
+import { setGpu } from '../video/decoder';
 import type { Backend, BackendError, Event, FrameSink, LiveInfo, Progress, ProgressSink } from './types';
 
 function toBackendError(e: unknown): BackendError {
@@ -76,7 +77,8 @@ export function createTauriBackend(): Backend {
     liveStart: (name, onFrame, onEvent, opts) => {
       const onEventCh = new Channel<Event>();
       onEventCh.onmessage = onEvent;
-      return call<LiveInfo & { frames: string }>('live_start', { name, onEvent: onEventCh, maxFps: opts?.maxFps ?? null }).then(({ frames, ...info }) => {
+      return call<LiveInfo & { frames: string; gpu?: boolean }>('live_start', { name, onEvent: onEventCh, maxFps: opts?.maxFps ?? null }).then(({ frames, gpu, ...info }) => {
+        setGpu(gpu ?? null);
         openFrames(name, frames, onFrame);
         return info;
       });

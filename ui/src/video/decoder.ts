@@ -124,6 +124,33 @@ export interface DrawnFrame {
 const MAX_QUEUE = 24;
 
 /**
+ * WebGL2 only where it runs on a GPU. On a software rasterizer (llvmpipe: VMs, CI, no GPU) the
+ * texture uploads and the draw cost more than drawImage: measured here, one busy live view
+ * 14 fps with decode p50 406 ms behind two llvmpipe threads at 75% of a core, against 30 fps,
+ * decode 6 ms and no llvmpipe at all through the 2D canvas (DMA-BUF renderer off, see
+ * src-tauri). WebKit hides the GL renderer's name from pages ("Apple GPU"), so the backend
+ * says (`setGpu`, from `live_start`); without word, WebGL2. `localStorage['porthole.renderer']`
+ * = '2d' or 'webgl' overrides (to compare).
+ */
+let gpuHint: boolean | null = null;
+
+export function setGpu(gpu: boolean | null): void {
+  gpuHint = gpu;
+}
+
+export function useWebGL(): boolean {
+  let forced: string | null = null;
+  try {
+    forced = globalThis.localStorage?.getItem('porthole.renderer') ?? null;
+  } catch {
+    forced = null;
+  }
+  if (forced === '2d') return false;
+  if (forced === 'webgl') return true;
+  return gpuHint !== false;
+}
+
+/**
  * Per-frame times for `tests/bench/app.mjs` (Unix ms): captured in the guest (session clock
  * `tMs`), received by the app's Rust side, handed to the page, given to `decode()`, out of the
  * decoder, painted. Kept only while `window.__portholeTiming` is an array (the bench sets it).
@@ -189,16 +216,25 @@ export class StreamDecoder {
    * can have it, else its 2D context (a canvas keeps the first kind it was asked for).
    */
   attach(canvas: HTMLCanvasElement | null): void {
-    this.canvas = canvas;
-    this.gl = canvas && webCodecsAvailable() ? I420Renderer.create(canvas) : null;
-    this.ctx = canvas && !this.gl ? canvas.getContext('2d', { alpha: false }) : null;
-    if (canvas) {
-      // For the end-to-end tests, which read the picture back at known pixels (and must not
-      // ask a canvas for a 2D context before we chose: that would rule out WebGL for good).
-      const gl = this.gl;
-      canvas.dataset.renderer = gl ? 'webgl' : '2d';
-      (canvas as HTMLCanvasElement & { __portholeRead?: unknown }).__portholeRead = gl ? (points: [number, number][]) => gl.read(points) : undefined;
+    if (canvas !== this.canvas) {
+      this.gl = null;
+      this.ctx = null;
     }
+    this.canvas = canvas;
+  }
+
+  /** The canvas's context, chosen at its first picture (when the backend has said `setGpu`). */
+  private ensureRenderer(): void {
+    const canvas = this.canvas;
+    if (!canvas || this.gl || this.ctx) return;
+    // A canvas keeps the first kind of context it was asked for: reuse the one it has.
+    if (canvas.dataset.renderer !== '2d') this.gl = webCodecsAvailable() && useWebGL() ? I420Renderer.create(canvas) : null;
+    if (!this.gl) this.ctx = canvas.getContext('2d', { alpha: false });
+    // For the end-to-end tests, which read the picture back at known pixels (and must not
+    // ask a canvas for a 2D context before we chose: that would rule out WebGL for good).
+    const gl = this.gl;
+    canvas.dataset.renderer = gl ? 'webgl' : '2d';
+    (canvas as HTMLCanvasElement & { __portholeRead?: unknown }).__portholeRead = gl ? (points: [number, number][]) => gl.read(points) : undefined;
   }
 
   setCodecHint(c: Codec): void {
@@ -333,6 +369,7 @@ export class StreamDecoder {
       return;
     }
     const outAt = performance.now();
+    this.ensureRenderer();
     if (this.gl) {
       if (this.painting) {
         // A paint is in flight: this picture waits, replacing any older one waiting.
