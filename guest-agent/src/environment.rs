@@ -405,8 +405,8 @@ async fn run_sequence(
     if let Some(b) = &env.build {
         let engine = which("docker").or_else(|| which("podman"));
         let msg = match engine {
-            Some(e) => format!("build {} with {} is not run by the agent yet; the provider builds images", b.dockerfile, e.display()),
-            None => format!("build ({}) is not supported on this machine: no container engine (docker or podman) is installed", b.dockerfile),
+            Some(e) => format!("build {} with {} is not run by the agent yet; the provider builds images", b.dockerfile.as_deref().unwrap_or("(inline Dockerfile)"), e.display()),
+            None => format!("build ({}) is not supported on this machine: no container engine (docker or podman) is installed", b.dockerfile.as_deref().unwrap_or("inline Dockerfile")),
         };
         app.timeline.emit(
             Actor::System,

@@ -608,10 +608,17 @@ describe('desktop app through tauri-driver', { timeout: 20 * 60 * 1000 }, () => 
     // Toasts sit over the list's bottom corner: bring the row to the middle first.
     await wd.exec((seq) => document.querySelector(`.event-row[data-seq="${seq}"]`).scrollIntoView({ block: 'center' }), fitted.seq);
     await wd.click(row);
-    await waitFor(() => wd.exec((sw, sh) => {
-      const c = document.querySelector('[data-testid="video-canvas"]');
-      return c && c.width === sw && c.height === sh;
-    }, size.width, size.height), { timeout: 20000, message: `the replay canvas to draw the fitted part at ${size.width}x${size.height}` });
+    let seen = null;
+    await waitFor(async () => {
+      seen = await wd.exec(() => {
+        const c = document.querySelector('[data-testid="video-canvas"]');
+        return c && { w: c.width, h: c.height, renderer: c.dataset.renderer || null, position: document.querySelector('[data-testid="replay-position"]')?.textContent || '' };
+      });
+      return seen && seen.w === size.width && seen.h === size.height;
+    }, { timeout: 20000, message: `the replay canvas to draw the fitted part at ${size.width}x${size.height}` }).catch((e) => {
+      e.message += ` (last seen: ${JSON.stringify(seen)}; the part event at ${fitted.t_ms} ms)`;
+      throw e;
+    });
     // The header re-renders from the decoder's size report, a frame or so after the canvas.
     let head = '';
     await waitFor(async () => {

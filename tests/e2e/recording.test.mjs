@@ -73,7 +73,9 @@ test('a recording survives kill -9: playable to within 2 s of the kill, events i
 
 // The timeline and the video share one clock: a click's `action` event at t_ms and the first
 // recorded frame that shows its effect (a full-screen colour change on mousedown) are within
-// two frame intervals (67 ms at 30 fps) of each other.
+// three frame intervals (100 ms at 30 fps) of each other: Chromium paints a mousedown one to
+// three 16.7 ms vsyncs later and the capture adds up to one 33 ms interval (70 ms seen on an
+// idle machine); a clock offset between the two would show as far more.
 test('an action event lines up with the recorded frame that first shows its effect', { timeout: 120000 }, async () => {
   const dir = tmpDir('porthole-e2e-recpx-');
   const page = '<!doctype html><body style="margin:0;height:100vh;background:#000" onmousedown="document.body.style.background=\'#f00\'"></body>';
@@ -102,13 +104,10 @@ test('an action event lines up with the recorded frame that first shows its effe
     assert.equal(r.status, 200);
     const events = (await (await fetch(`${url}/v1/events?after=0`, { headers: auth })).json()).events;
     const click = events.find((e) => e.kind === 'action' && e.data.action === 'left_click');
-    await sleep(2500);
     const rec = (await (await fetch(`${url}/v1/recordings`, { headers: auth })).json()).recordings[0];
-    process.kill(agent.pid, 'SIGKILL');
-    await sleep(300);
     const video = path.join(data, 'recordings', rec.id, 'video-0001.mp4');
     // Every decoded frame's pts (from showinfo, same pass) and a 2x2 patch far from the pointer.
-    const { pts, px } = await new Promise((resolve, reject) => {
+    const frames = () => new Promise((resolve, reject) => {
       execFile('ffmpeg', ['-hide_banner', '-i', video, '-fps_mode', 'passthrough', '-vf', 'crop=2:2:100:700,showinfo', '-f', 'rawvideo', '-pix_fmt', 'rgb24', '-'],
         { encoding: 'buffer', maxBuffer: 1 << 26 }, (err, out, errOut) => {
           if (err) return reject(err);
@@ -116,13 +115,27 @@ test('an action event lines up with the recorded frame that first shows its effe
           resolve({ pts: t, px: out });
         });
     });
+    const red = ({ pts, px }) => pts.findIndex((_, i) => px[i * 12] > 200 && px[i * 12 + 1] < 60);
+    // The muxer writes a fragment once a later packet arrives past its 1 s duration; on a still
+    // screen that is the next 2 s keepalive frame, later under load: wait for the file to hold
+    // the effect (a fixed 2.5 s here lost it about once in three runs on a busy CI machine).
+    await waitFor(async () => red(await frames().catch(() => ({ pts: [], px: Buffer.alloc(0) }))) >= 0,
+      { timeout: 30000, interval: 500, message: 'the recording on disk to hold a frame showing the click' }).catch(async (e) => {
+      const png = Buffer.from(await (await fetch(`${url}/v1/screenshot?settle=0`, { headers: auth })).arrayBuffer());
+      writeFileSync(path.join(dir, 'after.png'), png);
+      e.message += `; the screen now at (100, 700): rgb ${[...(await pixel(path.join(dir, 'after.png'), 100, 700)).subarray(0, 3)]}`;
+      throw e;
+    });
+    process.kill(agent.pid, 'SIGKILL');
+    await sleep(300);
+    const { pts, px } = await frames();
     assert.equal(px.length, pts.length * 12, 'a 2x2 RGB patch per frame');
-    const first = pts.findIndex((_, i) => px[i * 12] > 200 && px[i * 12 + 1] < 60);
+    const first = red({ pts, px });
     assert.ok(first >= 0, 'a recorded frame shows the click\'s effect');
     const effectMs = pts[first] * 1000;
     const delta = effectMs - click.t_ms;
     console.log(`click event t_ms ${click.t_ms}, first frame showing it at ${effectMs.toFixed(1)} ms (${delta.toFixed(1)} ms)`);
-    assert.ok(Math.abs(delta) <= 67, `effect frame at ${effectMs.toFixed(0)} ms, click event at ${click.t_ms} ms: ${delta.toFixed(0)} ms apart (max two frame intervals, 67 ms)`);
+    assert.ok(Math.abs(delta) <= 100, `effect frame at ${effectMs.toFixed(0)} ms, click event at ${click.t_ms} ms: ${delta.toFixed(0)} ms apart (max three frame intervals, 100 ms)`);
   } finally {
     try { process.kill(-agent.pid, 'SIGKILL'); } catch { /* gone */ }
     try { process.kill(-chrome.pid, 'SIGKILL'); } catch { /* gone */ }

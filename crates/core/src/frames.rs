@@ -152,7 +152,11 @@ impl FrameServer {
     async fn serve(&self, mut sock: TcpStream) -> std::io::Result<()> {
         // One frame per message, written as soon as it is queued: no Nagle delay.
         sock.set_nodelay(true)?;
-        let req = read_handshake(&mut sock).await?;
+        // A connection that never finishes its handshake is dropped, not kept forever.
+        let req =
+            tokio::time::timeout(std::time::Duration::from_secs(5), read_handshake(&mut sock))
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         let rx = match self.accept(&req) {
             Ok((id, key)) => {
                 let rx = self.waiting.lock().unwrap().remove(&id);

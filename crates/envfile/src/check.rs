@@ -61,10 +61,10 @@ fn kind_by_content(value: &Value) -> Kind {
     let Some(root) = value.as_object() else {
         return Kind::Cursor;
     };
-    // `name` and `build` exist in both worlds, so they say nothing either way.
+    // `name`, `build` and `image` exist in both worlds, so they say nothing either way.
     let environment_only = crate::spec::PORTHOLE_FIELDS
         .iter()
-        .any(|f| f.name != "name" && f.name != "build" && root.contains_key(f.name));
+        .any(|f| !["name", "build", "image"].contains(&f.name) && root.contains_key(f.name));
     if devcontainer::has_marker(root) && !environment_only {
         Kind::Devcontainer
     } else if porthole_only_names().any(|name| root.contains_key(name)) {
@@ -84,6 +84,8 @@ pub struct CheckReport {
     pub problems: Vec<Problem>,
     /// devcontainer.json fields that were present but not mapped.
     pub not_mapped: Vec<String>,
+    /// Fields of Cursor's file that are accepted but not acted on yet (`spec::NOT_APPLIED`).
+    pub not_applied: Vec<String>,
     /// The environment the file describes (Cursor's widened to Porthole's), when valid.
     pub environment: Option<PortholeEnvironment>,
 }
@@ -104,6 +106,9 @@ impl CheckReport {
         for field in &self.not_mapped {
             let _ = writeln!(text, "not mapped: {field}");
         }
+        for field in &self.not_applied {
+            let _ = writeln!(text, "not applied: {field}");
+        }
         let verdict = if self.is_valid() { "valid" } else { "invalid" };
         let _ = write!(text, "{verdict} {}", self.kind.describe());
         let mut notes = Vec::new();
@@ -112,6 +117,9 @@ impl CheckReport {
         }
         if !self.not_mapped.is_empty() {
             notes.push(count(self.not_mapped.len(), "field") + " not mapped");
+        }
+        if !self.not_applied.is_empty() {
+            notes.push(count(self.not_applied.len(), "field") + " not applied");
         }
         if !notes.is_empty() {
             let _ = write!(text, " ({})", notes.join(", "));
@@ -135,6 +143,7 @@ pub fn check_file(path: &Path) -> CheckReport {
             kind: kind_by_location(path).unwrap_or(Kind::Cursor),
             problems: vec![Problem::new("", error.to_string())],
             not_mapped: Vec::new(),
+            not_applied: Vec::new(),
             environment: None,
         },
     }
@@ -159,6 +168,7 @@ pub fn check_str(path: &Path, text: &str) -> CheckReport {
         kind,
         problems: Vec::new(),
         not_mapped: Vec::new(),
+        not_applied: Vec::new(),
         environment: None,
     };
     let checked = match kind {
@@ -171,8 +181,25 @@ pub fn check_str(path: &Path, text: &str) -> CheckReport {
         }
     };
     match checked {
-        Ok(environment) => report.environment = Some(environment),
+        Ok(environment) => {
+            report.not_applied = not_applied(&environment);
+            report.environment = Some(environment);
+        }
         Err(problems) => report.problems = problems,
     }
     report
+}
+
+/// The accepted-but-not-acted-on fields `env` has, in `spec::NOT_APPLIED`'s order.
+pub fn not_applied(env: &PortholeEnvironment) -> Vec<String> {
+    let v = serde_json::to_value(env).unwrap_or_default();
+    crate::spec::NOT_APPLIED
+        .iter()
+        .filter(|path| {
+            path.split('.')
+                .try_fold(&v, |node, key| node.get(key))
+                .is_some()
+        })
+        .map(|p| p.to_string())
+        .collect()
 }

@@ -176,9 +176,10 @@ mod tests {
                 "kind": "cursor",
                 "problems": [
                     {"path": "ports[0].port", "message": "missing required field"},
-                    {"path": "ports[0].prot", "message": "unknown field; expected one of port, name"},
+                    {"path": "ports[0].prot", "message": "unknown field; expected one of port, name (did you mean port?)"},
                 ],
                 "not_mapped": [],
+                "not_applied": [],
                 "environment": null,
             })
         );

@@ -102,7 +102,7 @@ const PORT_ENTRY: &[Field] = &[
 ];
 
 const BUILD: &[Field] = &[
-    required(
+    optional(
         "dockerfile",
         Shape::String(Text::RepoPath),
         "Dockerfile path, relative to the file's directory; `.`, `./` and `..` mean the repository root.",
@@ -112,9 +112,14 @@ const BUILD: &[Field] = &[
         Shape::String(Text::RepoPath),
         "Build context, relative to the file's directory; `.`, `./` and `..` mean the repository root. Defaults to the file's directory.",
     ),
+    optional(
+        "dockerfileContents",
+        STRING,
+        "The Dockerfile itself, instead of a path (one of the two is required).",
+    ),
 ];
 
-pub(crate) const CURSOR_FIELDS: [Field; 10] = [
+pub(crate) const CURSOR_FIELDS: [Field; 16] = [
     optional("name", STRING, "Name of the environment."),
     optional("user", STRING, "User that install, start and terminals run as."),
     optional(
@@ -145,6 +150,32 @@ pub(crate) const CURSOR_FIELDS: [Field; 10] = [
         Shape::Boolean,
         "Whether the agent may replace the snapshot with the machine's current disk state.",
     ),
+    optional("image", STRING, "A container image to start the machine from, instead of a snapshot or a build."),
+    optional("egressMode", STRING, "Outbound network policy of the machine."),
+    optional(
+        "egressAllowlist",
+        Shape::Array { items: &STRING, unique: false },
+        "Hosts the machine may reach when egress is restricted.",
+    ),
+    optional(
+        "mcpServerAllowlist",
+        Shape::Array { items: &STRING, unique: false },
+        "MCP servers the coding agent may use.",
+    ),
+    optional("disableAllMcpServers", Shape::Boolean, "Whether the coding agent gets no MCP servers at all."),
+    optional("chromeExecutablePath", STRING, "Chrome or Chromium the agent's browser tools start."),
+];
+
+/// Fields of Cursor's file that Porthole accepts but does not act on yet: `env check` and the
+/// agent say `not applied: <field>` for each one present, never refuse the file for it.
+pub(crate) const NOT_APPLIED: &[&str] = &[
+    "image",
+    "build.dockerfileContents",
+    "egressMode",
+    "egressAllowlist",
+    "mcpServerAllowlist",
+    "disableAllMcpServers",
+    "chromeExecutablePath",
 ];
 
 const DISPLAY: &[Field] = &[
@@ -209,7 +240,7 @@ const PORTHOLE_ONLY: [Field; 5] = [
     optional("agent", Shape::Object(AGENT), "The coding agent started when `porthole run start` is given no `--agent`."),
 ];
 
-pub(crate) const PORTHOLE_FIELDS: [Field; 15] = concat(CURSOR_FIELDS, PORTHOLE_ONLY);
+pub(crate) const PORTHOLE_FIELDS: [Field; 21] = concat(CURSOR_FIELDS, PORTHOLE_ONLY);
 
 /// Names that only a Porthole file may use; their presence identifies the format.
 pub(crate) fn porthole_only_names() -> impl Iterator<Item = &'static str> {

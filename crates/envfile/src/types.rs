@@ -47,6 +47,24 @@ pub struct CursorEnvironment {
     /// Whether the agent may replace the snapshot with the machine's current disk state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_can_update_snapshot: Option<bool>,
+    /// A container image to start from (accepted, not applied yet: `not applied: image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Outbound network policy (accepted, not applied yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_mode: Option<String>,
+    /// Hosts reachable when egress is restricted (accepted, not applied yet).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_allowlist: Vec<String>,
+    /// MCP servers the coding agent may use (accepted, not applied yet).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mcp_server_allowlist: Vec<String>,
+    /// No MCP servers for the coding agent (accepted, not applied yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disable_all_mcp_servers: Option<bool>,
+    /// The browser the agent's browser tools start (accepted, not applied yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chrome_executable_path: Option<String>,
 }
 
 /// Porthole's `.porthole/environment.json`: every field of [`CursorEnvironment`] with the same
@@ -84,6 +102,24 @@ pub struct PortholeEnvironment {
     /// As in [`CursorEnvironment::agent_can_update_snapshot`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_can_update_snapshot: Option<bool>,
+    /// As in [`CursorEnvironment::image`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// As in [`CursorEnvironment::egress_mode`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_mode: Option<String>,
+    /// As in [`CursorEnvironment::egress_allowlist`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_allowlist: Vec<String>,
+    /// As in [`CursorEnvironment::mcp_server_allowlist`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mcp_server_allowlist: Vec<String>,
+    /// As in [`CursorEnvironment::disable_all_mcp_servers`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disable_all_mcp_servers: Option<bool>,
+    /// As in [`CursorEnvironment::chrome_executable_path`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chrome_executable_path: Option<String>,
 
     /// Names of vault secrets exported as environment variables to every step. Only names live
     /// in the file; each must match `^[A-Z_][A-Z0-9_]*$`, appear once, and not also be in
@@ -119,6 +155,12 @@ impl From<CursorEnvironment> for PortholeEnvironment {
             build: c.build,
             snapshot: c.snapshot,
             agent_can_update_snapshot: c.agent_can_update_snapshot,
+            image: c.image,
+            egress_mode: c.egress_mode,
+            egress_allowlist: c.egress_allowlist,
+            mcp_server_allowlist: c.mcp_server_allowlist,
+            disable_all_mcp_servers: c.disable_all_mcp_servers,
+            chrome_executable_path: c.chrome_executable_path,
             ..PortholeEnvironment::default()
         }
     }
@@ -153,10 +195,14 @@ pub struct Port {
 /// holding the environment file (`.cursor/` or `.porthole/`), except that `.`, `./`, `..` and
 /// `../` on their own mean the repository root. Neither may leave the repository.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Build {
-    /// Path of the Dockerfile.
-    pub dockerfile: String,
+    /// Path of the Dockerfile (or `dockerfile_contents`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<String>,
+    /// The Dockerfile itself, instead of a path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile_contents: Option<String>,
     /// Build context; the file's directory when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<String>,
@@ -165,7 +211,8 @@ pub struct Build {
 /// [`Build`]'s paths made concrete.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedBuild {
-    pub dockerfile: PathBuf,
+    /// None when the file gives the Dockerfile's contents instead of a path.
+    pub dockerfile: Option<PathBuf>,
     pub context: PathBuf,
 }
 
@@ -179,7 +226,7 @@ impl Build {
             _ => normalize(&file_dir.join(p)),
         };
         ResolvedBuild {
-            dockerfile: resolve(&self.dockerfile),
+            dockerfile: self.dockerfile.as_deref().map(resolve),
             context: self
                 .context
                 .as_deref()
@@ -251,7 +298,8 @@ mod tests {
 
     fn build(dockerfile: &str, context: Option<&str>) -> ResolvedBuild {
         let b = Build {
-            dockerfile: dockerfile.into(),
+            dockerfile: Some(dockerfile.into()),
+            dockerfile_contents: None,
             context: context.map(Into::into),
         };
         b.resolve(Path::new("/repo"), Path::new("/repo/.cursor"))
@@ -260,11 +308,17 @@ mod tests {
     #[test]
     fn build_paths_are_relative_to_the_files_directory() {
         let r = build("Dockerfile", None);
-        assert_eq!(r.dockerfile, Path::new("/repo/.cursor/Dockerfile"));
+        assert_eq!(
+            r.dockerfile.as_deref(),
+            Some(Path::new("/repo/.cursor/Dockerfile"))
+        );
         assert_eq!(r.context, Path::new("/repo/.cursor"));
 
         let r = build("../docker/./Dockerfile", Some("../docker"));
-        assert_eq!(r.dockerfile, Path::new("/repo/docker/Dockerfile"));
+        assert_eq!(
+            r.dockerfile.as_deref(),
+            Some(Path::new("/repo/docker/Dockerfile"))
+        );
         assert_eq!(r.context, Path::new("/repo/docker"));
     }
 
@@ -279,8 +333,8 @@ mod tests {
         }
         // Only the bare forms are special: a path starting with `./` is still under `.cursor/`.
         assert_eq!(
-            build("./Dockerfile", None).dockerfile,
-            Path::new("/repo/.cursor/Dockerfile")
+            build("./Dockerfile", None).dockerfile.as_deref(),
+            Some(Path::new("/repo/.cursor/Dockerfile"))
         );
     }
 

@@ -76,13 +76,49 @@ fn syntax_problem(text: &str, e: &serde_json::Error) -> Problem {
 pub(crate) fn cursor(value: &Value) -> Vec<Problem> {
     let mut walker = Walker::default();
     walker.object(value, &CURSOR_FIELDS);
-    walker.problems
+    let mut problems = walker.problems;
+    problems.extend(build_source(value));
+    problems
+}
+
+/// `build` names its Dockerfile one way or the other: a path or the contents.
+fn build_source(value: &Value) -> Option<Problem> {
+    let build = value.get("build")?.as_object()?;
+    (!build.contains_key("dockerfile") && !build.contains_key("dockerfileContents"))
+        .then(|| Problem::new("build", "needs dockerfile (a path) or dockerfileContents"))
+}
+
+/// The known name closest to an unknown one (a typo's likely meaning), if any is close.
+fn closest<'a>(unknown: &str, names: &[&'a str]) -> Option<&'a str> {
+    let u = unknown.to_ascii_lowercase();
+    names
+        .iter()
+        .map(|n| (edit_distance(&u, &n.to_ascii_lowercase()), *n))
+        .filter(|(d, n)| *d <= (n.len() / 3).max(2))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, n)| n)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 pub(crate) fn porthole(value: &Value) -> Vec<Problem> {
     let mut walker = Walker::default();
     walker.object(value, &PORTHOLE_FIELDS);
     let mut problems = walker.problems;
+    problems.extend(build_source(value));
     // A name in both would leave it unclear which value wins, and a plain value under a secret's
     // name would not be redacted.
     if let (Some(env), Some(secrets)) = (
@@ -287,9 +323,12 @@ impl Walker {
             .filter(|k| !fields.iter().any(|f| f.name == k.as_str()))
         {
             let names: Vec<&str> = fields.iter().map(|f| f.name).collect();
+            let hint = closest(key, &names)
+                .map(|n| format!(" (did you mean {n}?)"))
+                .unwrap_or_default();
             self.at_key(key, |w| {
                 w.report(format!(
-                    "unknown field; expected one of {}",
+                    "unknown field; expected one of {}{hint}",
                     names.join(", ")
                 ))
             });
