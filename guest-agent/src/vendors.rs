@@ -27,6 +27,12 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/v1/chapters", post(chapters))
 }
 
+/// Blocks in one Anthropic list, and `/v1/computer` actions one OpenAI item may expand to: a
+/// model sends a handful per turn; a hostile caller must not turn one request into thousands of
+/// actions (each a timeline event and two thumbnails) or gigabytes of screenshots.
+pub const MAX_BLOCKS: usize = 32;
+pub const MAX_ACTIONS: usize = 128;
+
 fn bad(field: &str, msg: impl std::fmt::Display) -> ApiError {
     ApiError::new(
         StatusCode::BAD_REQUEST,
@@ -100,8 +106,9 @@ async fn anthropic(
                     "an empty list; send one tool-use block or more",
                 ));
             }
-            // All parsed before any runs: a malformed block later in the list must not leave
-            // the first ones done.
+            // Every block's shape is checked before any runs (a malformed block → 400, nothing
+            // done); an action that then fails (off screen, refused by control) ends the list
+            // there, its entry the error, as the contract says.
             let actions = blocks
                 .iter()
                 .enumerate()
@@ -349,6 +356,20 @@ async fn openai(
         (Some(_), Some(_)) => return Err(bad("action", "send either action or actions, not both")),
         (None, None) => return Err(bad("action", "missing (or actions[])")),
     }
+    if actions.len() > MAX_ACTIONS {
+        return Err(bad(
+            "actions",
+            format!(
+                "{} steps (a drag's path counts each point); at most {MAX_ACTIONS} in one item",
+                actions.len()
+            ),
+        ));
+    }
+    // Everything checked before anything runs: a bad step later must not leave the first done
+    // (or a drag's button held).
+    for a in &actions {
+        crate::computer::parse_action(a, app.cfg.display_size)?;
+    }
     let quiet = ShotQuery {
         settle: Some(0),
         ..Default::default()
@@ -407,7 +428,8 @@ pub async fn chapter(app: &Arc<App>, v: &Value) -> Result<porthole_proto::Event,
     };
     let proves = match o.get("proves") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::String(s)) if s.chars().count() <= 1000 => Some(s.clone()),
+        Some(Value::String(_)) => return Err(bad("proves", "at most 1000 characters")),
         Some(_) => return Err(bad("proves", "expected a string")),
     };
     let id = format!(
@@ -499,6 +521,17 @@ mod tests {
         check(
             json!({"name": "type", "input": {"action": "key", "text": "a"}}),
             Err("input.action: \"key\" contradicts"),
+        );
+    }
+
+    #[test]
+    fn a_drag_path_counts_each_point() {
+        let path: Vec<Value> = (0..200).map(|i| json!({"x": i, "y": i})).collect();
+        let a = openai_actions(&json!({"type": "drag", "path": path}), "action").unwrap();
+        assert!(
+            a.len() > MAX_ACTIONS,
+            "the handler refuses this many: {}",
+            a.len()
         );
     }
 

@@ -187,7 +187,10 @@ async fn live_start(
         },
     )
     .await?;
-    s.lives.lock().await.insert(name.clone(), Arc::new(live));
+    // Two starts of one view can race past the `remove` above: close whichever lost.
+    if let Some(old) = s.lives.lock().await.insert(name.clone(), Arc::new(live)) {
+        old.close().await;
+    }
     let d = m.spec.clone();
     Ok(
         json!({"sessionId": session["id"], "codec": "H264", "width": d["width"].as_u64().unwrap_or(1280), "height": d["height"].as_u64().unwrap_or(800), "frames": frames, "gpu": has_gpu()}),

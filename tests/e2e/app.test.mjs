@@ -605,18 +605,22 @@ describe('desktop app through tauri-driver', { timeout: 20 * 60 * 1000 }, () => 
       return parseClock(text.split('/')[1]) > fitted.data.start_t_ms + 1000;
     }, { timeout: 90000, interval: 1000, message: 'a synced recording that goes past the fitted part' });
     const row = await waitEl((seq) => document.querySelector(`.event-row[data-seq="${seq}"]`), [fitted.seq], 'the part event in the replay list');
-    // Toasts sit over the list's bottom corner: bring the row to the middle first.
+    // Toasts sit over the list's bottom corner, and the newest rows cannot scroll away from it
+    // (the click then landed on a toast: the player stayed in the first part, seen twice in
+    // ten runs): dismiss them, then bring the row to the middle.
+    await wd.exec(() => document.querySelectorAll('.toasts button[aria-label="Dismiss"]').forEach((b) => b.click()));
+    await waitFor(() => wd.exec(() => !document.querySelector('.toasts button[aria-label="Dismiss"]')), { timeout: 10000, message: 'the toasts dismissed' });
     await wd.exec((seq) => document.querySelector(`.event-row[data-seq="${seq}"]`).scrollIntoView({ block: 'center' }), fitted.seq);
     await wd.click(row);
-    let seen = null;
+    let drawnAt = null;
     await waitFor(async () => {
-      seen = await wd.exec(() => {
+      drawnAt = await wd.exec(() => {
         const c = document.querySelector('[data-testid="video-canvas"]');
         return c && { w: c.width, h: c.height, renderer: c.dataset.renderer || null, position: document.querySelector('[data-testid="replay-position"]')?.textContent || '' };
       });
-      return seen && seen.w === size.width && seen.h === size.height;
+      return drawnAt && drawnAt.w === size.width && drawnAt.h === size.height;
     }, { timeout: 20000, message: `the replay canvas to draw the fitted part at ${size.width}x${size.height}` }).catch((e) => {
-      e.message += ` (last seen: ${JSON.stringify(seen)}; the part event at ${fitted.t_ms} ms)`;
+      e.message += ` (last seen: ${JSON.stringify(drawnAt)}; the part event at ${fitted.t_ms} ms)`;
       throw e;
     });
     // The header re-renders from the decoder's size report, a frame or so after the canvas.

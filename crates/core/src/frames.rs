@@ -12,10 +12,14 @@
 //! be one the app was started with. A web page in a browser on the same host knows neither the
 //! port's secret nor an id, and its Origin is refused anyway.
 //!
-//! Architecture Invariant: a slow page never makes the app buffer without bound. Each stream has
-//! a small queue; when it is full the sink drops frames up to the next keyframe and tells its
-//! caller, who asks the agent for one (a dropped delta frame would leave the decoder drawing on
-//! a broken reference).
+//! Architecture Invariant: a slow reader never makes the app buffer without bound. Each stream
+//! has a small queue; when it is full the sink drops frames up to the next keyframe and tells
+//! its caller, who asks the agent for one (a dropped delta frame would leave the decoder drawing
+//! on a broken reference). A socket that takes no frame for 10 s ends the stream. (WebKit's
+//! network process reads the socket whatever the page's JS does, so a slow page shows up in the
+//! decoder's queue instead: `ui/src/video/decoder.ts` restarts past 24 frames and asks for a
+//! keyframe.) At most 64 connections may be in their handshake (2 s each) at once, and the
+//! accept loop outlives accept errors: a local process cannot starve the app's live views.
 
 use crate::error::{CoreError, Result};
 use base64::Engine;
@@ -34,6 +38,10 @@ use tokio::sync::mpsc;
 const QUEUE: usize = 16;
 /// The handshake must fit in this (a browser's is about 500 bytes).
 const MAX_HANDSHAKE: usize = 8 * 1024;
+/// Connections allowed in their handshake at once (the app opens one per view).
+const MAX_HANDSHAKES: usize = 64;
+/// A frame the page's socket does not take within this ends the stream.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 pub struct FrameServer {
@@ -116,11 +124,26 @@ impl FrameServer {
             waiting: Mutex::new(HashMap::new()),
         });
         let s = Arc::downgrade(&server);
+        // Connections still in their handshake at once: a local process opening many and never
+        // finishing must not use up the app's file descriptors (and so the accept loop).
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
-            while let Ok((sock, _)) = listener.accept().await {
+            loop {
+                let sock = match listener.accept().await {
+                    Ok((sock, _)) => sock,
+                    Err(e) => {
+                        // EMFILE and the like pass; the server must outlive them.
+                        tracing::warn!("frame server: accept: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 let Some(server) = s.upgrade() else { return };
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    continue; // dropped: too many half-open connections
+                };
                 tokio::spawn(async move {
-                    if let Err(e) = server.serve(sock).await {
+                    if let Err(e) = server.serve(sock, permit).await {
                         tracing::debug!("frame server: {e}");
                     }
                 });
@@ -131,6 +154,7 @@ impl FrameServer {
 
     /// A new stream: its sink and the URL the page opens (good for one connection).
     pub fn open(&self) -> (FrameSink, String) {
+        self.sweep();
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(QUEUE);
         self.waiting.lock().unwrap().insert(id, rx);
@@ -149,12 +173,16 @@ impl FrameServer {
         self.waiting.lock().unwrap().retain(|_, rx| !rx.is_closed());
     }
 
-    async fn serve(&self, mut sock: TcpStream) -> std::io::Result<()> {
+    async fn serve(
+        &self,
+        mut sock: TcpStream,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> std::io::Result<()> {
         // One frame per message, written as soon as it is queued: no Nagle delay.
         sock.set_nodelay(true)?;
         // A connection that never finishes its handshake is dropped, not kept forever.
         let req =
-            tokio::time::timeout(std::time::Duration::from_secs(5), read_handshake(&mut sock))
+            tokio::time::timeout(std::time::Duration::from_secs(2), read_handshake(&mut sock))
                 .await
                 .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         let rx = match self.accept(&req) {
@@ -179,6 +207,7 @@ impl FrameServer {
             }
             Err((status, why)) => return refuse(&mut sock, status, why).await,
         };
+        drop(permit);
         self.sweep();
         pump(sock, rx).await
     }
@@ -282,8 +311,11 @@ async fn pump(sock: TcpStream, mut rx: mpsc::Receiver<Bytes>) -> std::io::Result
         tokio::select! {
             f = rx.recv() => match f {
                 Some(f) => {
-                    wr.write_all(&frame_header(f.len())).await?;
-                    wr.write_all(&f).await?;
+                    let mut msg = frame_header(f.len());
+                    msg.extend_from_slice(&f);
+                    tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&msg))
+                        .await
+                        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
                 }
                 None => break,
             },
@@ -472,6 +504,37 @@ mod tests {
             sink.send(Bytes::from_static(b"k"), true),
             Sent::Dropped { first: false }
         );
+    }
+
+    /// A local process holding many connections open without a handshake: they are cut off
+    /// (the cap, then the 2 s timeout) and the page gets its stream afterwards.
+    #[tokio::test]
+    async fn half_open_connections_do_not_starve_the_page() {
+        let server = FrameServer::start(vec![ORIGIN.into()]).await.unwrap();
+        let (_sink, url) = server.open();
+        let host = url
+            .strip_prefix("ws://")
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let mut idle = vec![];
+        for _ in 0..(MAX_HANDSHAKES + 20) {
+            idle.push(TcpStream::connect(&host).await.unwrap());
+        }
+        // Past the handshake timeout every one of them has been closed by the server.
+        tokio::time::sleep(std::time::Duration::from_millis(2300)).await;
+        for s in idle.iter_mut() {
+            let mut b = [0u8; 1];
+            let n = tokio::time::timeout(std::time::Duration::from_secs(2), s.read(&mut b))
+                .await
+                .expect("the server closes a half-open connection")
+                .unwrap_or(0);
+            assert_eq!(n, 0);
+        }
+        let (_, head) = handshake(&url, Some(ORIGIN)).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     }
 
     #[tokio::test]

@@ -402,12 +402,28 @@ impl LiveSession {
             let pli_weak = pc_weak.clone();
             let asked = want_key.clone();
             tokio::spawn(async move {
+                use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState as S;
                 let mut last: Option<Instant> = None;
                 loop {
-                    asked.notified().await;
+                    // Ends with the session: checked every 2 s while nobody asks.
+                    tokio::select! {
+                        _ = asked.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                            match pli_weak.upgrade() {
+                                Some(pc) if pc.connection_state() != S::Closed => continue,
+                                _ => return,
+                            }
+                        }
+                    }
                     let Some(pc) = pli_weak.upgrade() else { return };
-                    if last.is_some_and(|t| t.elapsed() < PLI_GAP) {
-                        tokio::time::sleep(PLI_GAP - last.unwrap().elapsed()).await;
+                    if pc.connection_state() == S::Closed {
+                        return;
+                    }
+                    if let Some(t) = last {
+                        let since = t.elapsed();
+                        if since < PLI_GAP {
+                            tokio::time::sleep(PLI_GAP - since).await;
+                        }
                     }
                     last = Some(Instant::now());
                     let pli = PictureLossIndication {
@@ -474,10 +490,24 @@ impl LiveSession {
             .await
             .map(|d| d.sdp)
             .unwrap_or_default();
-        let (answer, location) = client.whep(&sdp, max_fps).await?;
-        pc.set_remote_description(RTCSessionDescription::answer(answer).map_err(err)?)
-            .await
-            .map_err(err)?;
+        // A failed start must not leave the peer's ICE tasks and sockets behind (the view
+        // retries every second while an agent is down).
+        let (answer, location) = match client.whep(&sdp, max_fps).await {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = pc.close().await;
+                return Err(e);
+            }
+        };
+        let remote = match RTCSessionDescription::answer(answer) {
+            Ok(d) => pc.set_remote_description(d).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = remote {
+            let _ = client.delete(&location).await;
+            let _ = pc.close().await;
+            return Err(err(e));
+        }
         Ok(Self {
             pc,
             dc,

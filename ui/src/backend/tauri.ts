@@ -43,17 +43,31 @@ function frameChannel(onFrame: FrameSink): Channel<ArrayBuffer> {
  */
 const sockets = new Map<string, WebSocket>();
 
-function openFrames(name: string, url: string, onFrame: FrameSink): void {
-  sockets.get(name)?.close();
+function openFrames(name: string, url: string, onFrame: FrameSink, onEvent: (e: Event) => void): void {
+  detach(name);
   const ws = new WebSocket(url);
   ws.binaryType = 'arraybuffer';
   ws.onmessage = (m) => {
     if (m.data instanceof ArrayBuffer) onFrame(m.data);
   };
   ws.onclose = () => {
-    if (sockets.get(name) === ws) sockets.delete(name);
+    if (sockets.get(name) !== ws) return;
+    sockets.delete(name);
+    // Not closed by us (a stop or a new start detaches first): the stream is gone, which the
+    // view treats as a lost link and starts again.
+    onEvent({ seq: 0, t_ms: 0, actor: 'system', kind: 'link', data: { state: 'failed', reason: 'frame stream closed' } });
   };
   sockets.set(name, ws);
+}
+
+/** Forgets `name`'s frame socket before closing it, so its close is not taken for a loss. */
+function detach(name: string): void {
+  const old = sockets.get(name);
+  sockets.delete(name);
+  if (old) {
+    old.onclose = null;
+    old.close();
+  }
 }
 
 /** A channel for a command's `onProgress` (`Channel<Progress>`, always passed; lines nobody
@@ -77,15 +91,15 @@ export function createTauriBackend(): Backend {
     liveStart: (name, onFrame, onEvent, opts) => {
       const onEventCh = new Channel<Event>();
       onEventCh.onmessage = onEvent;
+      detach(name); // the backend ends the old stream now: not a loss
       return call<LiveInfo & { frames: string; gpu?: boolean }>('live_start', { name, onEvent: onEventCh, maxFps: opts?.maxFps ?? null }).then(({ frames, gpu, ...info }) => {
         setGpu(gpu ?? null);
-        openFrames(name, frames, onFrame);
+        openFrames(name, frames, onFrame, onEvent);
         return info;
       });
     },
     liveStop: (name) => {
-      sockets.get(name)?.close();
-      sockets.delete(name);
+      detach(name);
       return call('live_stop', { name });
     },
     liveKeyframe: (name) => call('live_keyframe', { name }),

@@ -168,7 +168,7 @@ export function useLive(name: string | null, maxFps?: number): LiveSession {
             lost = true;
             setReconnecting(true);
           }
-          if (st === 'failed' && retryTimer === null) retryTimer = window.setTimeout(retry, 0);
+          if (st === 'failed' && retryTimer === null) retryTimer = window.setTimeout(retry, 250);
         }
         return;
       }
