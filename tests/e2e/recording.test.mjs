@@ -78,7 +78,9 @@ test('a recording survives kill -9: playable to within 2 s of the kill, events i
 // idle machine); a clock offset between the two would show as far more.
 test('an action event lines up with the recorded frame that first shows its effect', { timeout: 120000 }, async () => {
   const dir = tmpDir('porthole-e2e-recpx-');
-  const page = '<!doctype html><body style="margin:0;height:100vh;background:#000" onmousedown="document.body.style.background=\'#f00\'"></body>';
+  // Blue once its script has run: Xvfb's bare root window is black too, so a black screen said
+  // nothing (the click then went to no page: the screen stayed black, ~1 run in 15).
+  const page = '<!doctype html><body style="margin:0;height:100vh;background:#000" onmousedown="document.body.style.background=\'#f00\'"><script>document.body.style.background=\'#00f\'</script></body>';
   const server = http.createServer((_, res) => { res.setHeader('content-type', 'text/html'); res.end(page); });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   const xvfb = await startXvfb({ width: 1280, height: 800, log: path.join(dir, 'xvfb.log') });
@@ -92,13 +94,13 @@ test('an action event lines up with the recorded frame that first shows its effe
   });
   try {
     await waitFor(async () => (await fetch(`${url}/v1/health`)).ok, { timeout: 30000, message: 'agent health' });
-    // Wait until the page is up: the screen is black where the page is.
+    // Wait until the page is up and its script ran: the screen is blue where the page is.
     await waitFor(async () => {
       const png = Buffer.from(await (await fetch(`${url}/v1/screenshot?settle=0`, { headers: auth })).arrayBuffer());
       writeFileSync(path.join(dir, 's.png'), png);
       const p = await pixel(path.join(dir, 's.png'), 100, 700);
-      return p[0] < 30 && p[1] < 30 && p[2] < 30; // (2x2 crop: 4:2:0 cannot crop one pixel)
-    }, { timeout: 60000, interval: 500, message: 'the black test page in Chromium' });
+      return p[0] < 40 && p[1] < 40 && p[2] > 200; // (2x2 crop: 4:2:0 cannot crop one pixel)
+    }, { timeout: 60000, interval: 500, message: 'the blue test page in Chromium' });
     await sleep(500);
     const r = await fetch(`${url}/v1/computer`, { method: 'POST', headers: auth, body: JSON.stringify({ action: 'left_click', coordinate: [900, 200] }) });
     assert.equal(r.status, 200);
