@@ -41,6 +41,15 @@ fn bad(field: &str, msg: impl std::fmt::Display) -> ApiError {
     )
 }
 
+/// A required string field of `o`; `path` names it in the error.
+fn required_str<'a>(o: &'a Map<String, Value>, key: &str, path: &str) -> Result<&'a str, ApiError> {
+    match o.get(key) {
+        Some(Value::String(s)) => Ok(s.as_str()),
+        None => Err(bad(path, "missing")),
+        Some(_) => Err(bad(path, "expected a string")),
+    }
+}
+
 fn body_json(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| bad("body", format!("not JSON: {e}")))
 }
@@ -55,11 +64,7 @@ pub fn anthropic_action(block: &Value, at: &str) -> Result<Value, ApiError> {
     let o = block
         .as_object()
         .ok_or_else(|| bad(at, "expected a tool-use object {\"name\", \"input\"}"))?;
-    let name = match o.get("name") {
-        Some(Value::String(s)) => s.as_str(),
-        None => return Err(bad(&format!("{at}name"), "missing")),
-        Some(_) => return Err(bad(&format!("{at}name"), "expected a string")),
-    };
+    let name = required_str(o, "name", &format!("{at}name"))?;
     let input = match o.get("input") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(m)) => m.clone(),
@@ -207,11 +212,7 @@ pub fn openai_actions(a: &Value, at: &str) -> Result<Vec<Value>, ApiError> {
     let o = a
         .as_object()
         .ok_or_else(|| bad(at, "expected an action object with a \"type\""))?;
-    let ty = match o.get("type") {
-        Some(Value::String(s)) => s.as_str(),
-        None => return Err(bad(&format!("{at}.type"), "missing")),
-        Some(_) => return Err(bad(&format!("{at}.type"), "expected a string")),
-    };
+    let ty = required_str(o, "type", &format!("{at}.type"))?;
     Ok(match ty {
         "click" => {
             let at_xy = xy(o, at)?;

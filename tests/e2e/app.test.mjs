@@ -644,6 +644,7 @@ describe('desktop app through tauri-driver', { timeout: 20 * 60 * 1000 }, () => 
     await run('ip', ['link', 'set', link, 'down']);
     try {
       await waitEl(() => document.querySelector('[data-testid="reconnecting"]'), [], 'the view saying it is reconnecting while the link is down', 20000);
+      await saveShot('app-e2e-reconnecting.png');
       await sleep(Math.max(0, 5000 - (Date.now() - cut)));
     } finally {
       await run('ip', ['link', 'set', link, 'up']);

@@ -311,9 +311,12 @@ async fn pump(sock: TcpStream, mut rx: mpsc::Receiver<Bytes>) -> std::io::Result
         tokio::select! {
             f = rx.recv() => match f {
                 Some(f) => {
-                    let mut msg = frame_header(f.len());
-                    msg.extend_from_slice(&f);
-                    tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&msg))
+                    // Header and frame as they are: no copy of the frame on this path.
+                    let write = async {
+                        wr.write_all(&frame_header(f.len())).await?;
+                        wr.write_all(&f).await
+                    };
+                    tokio::time::timeout(WRITE_TIMEOUT, write)
                         .await
                         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
                 }
