@@ -104,6 +104,31 @@ describe('vendor tool shapes and chapters', () => {
     assert.deepEqual(await mouseLocation(xvfb.display), { x: 640, y: 400 }, 'a refused item moved nothing');
   }));
 
+  it('while a human holds control, neither vendor shape acts (409 control_refused) and the pointer stays', withAgentLog(() => agent, async () => {
+    const op = { authorization: `Bearer ${agent.token}`, 'content-type': 'application/json' };
+    const control = (action) => fetch(`${agent.url}/v1/control`, { method: 'POST', headers: op, body: JSON.stringify({ action }) });
+    // The coding agent cannot take control back for itself.
+    assert.equal((await call('/v1/control', { action: 'release' })).status, 403);
+    await call('/v1/anthropic/tool_use', { name: 'mouse_move', input: { coordinate: [50, 50] } });
+    assert.equal((await control('take')).status, 200);
+    try {
+      for (const [p, body] of [
+        ['/v1/anthropic/tool_use', { name: 'mouse_move', input: { coordinate: [900, 700] } }],
+        ['/v1/openai/computer_call', { type: 'computer_call', call_id: 'c9', actions: [{ type: 'move', x: 900, y: 700 }, { type: 'click', x: 900, y: 700, button: 'left' }] }],
+      ]) {
+        const r = await call(p, body);
+        assert.equal(r.status, 409, `${p}: ${JSON.stringify(r.body)}`);
+        assert.equal(r.body.error.code, 'control_refused');
+      }
+      const list = await call('/v1/anthropic/tool_use', [{ name: 'mouse_move', input: { coordinate: [900, 700] } }]);
+      assert.equal(list.status, 200);
+      assert.equal(list.body.results[0].error.code, 'control_refused', 'a list stops at the refusal, its entry the error');
+      assert.deepEqual(await mouseLocation(xvfb.display), { x: 50, y: 50 }, 'nothing moved while the human held control');
+    } finally {
+      await control('release');
+    }
+  }));
+
   it('chapters: a chapter event with a screenshot that can be fetched, and errors on the field', withAgentLog(() => agent, async () => {
     const r = await call('/v1/chapters', { title: 'Login works', description: 'Signs in with the demo user', proves: 'login' });
     assert.equal(r.status, 201, JSON.stringify(r.body));
