@@ -35,6 +35,8 @@ pub struct Config {
 
 pub struct App {
     pub cfg: Config,
+    /// Where everything the coding agent runs is started (see [`crate::workload`]).
+    pub workload: crate::workload::Workload,
     pub timeline: Timeline,
     pub control: Mutex<Control>,
     pub input: Input,

@@ -346,7 +346,9 @@ pub async fn stop_previous(app: &App) {
         // SAFETY: signalling a process group we started.
         unsafe { libc::kill(-pgid, libc::SIGTERM) };
     }
-    let _ = tokio::process::Command::new("tmux")
+    let _ = app
+        .workload
+        .command("tmux")
         .arg("-S")
         .arg(tmux_socket(app))
         .args(["kill-session", "-t", TMUX_SESSION])
@@ -522,7 +524,7 @@ async fn run_step(
     secrets: &HashMap<String, String>,
     blocking: bool,
 ) -> (Option<i32>, String) {
-    let mut c = tokio::process::Command::new("sh");
+    let mut c = app.workload.command("sh");
     c.arg("-c")
         .arg(cmd)
         .current_dir(ws)
@@ -595,14 +597,24 @@ fn emit_text(app: &App, name: &str, s: &str, tail: &Mutex<String>) {
 
 /// The agent's own tmux server (in its data dir), so agents sharing a host never touch each
 /// other's terminals.
+/// In the workload sandbox, under `terminals/`: the one part of the data directory the
+/// workload sees.
 pub fn tmux_socket(app: &App) -> PathBuf {
-    app.cfg.data_dir.join("tmux.sock")
+    if app.workload.sandboxed() {
+        app.cfg.data_dir.join("terminals").join("tmux.sock")
+    } else {
+        app.cfg.data_dir.join("tmux.sock")
+    }
 }
 
 async fn tmux(app: &App, args: &[&str]) -> Result<String, String> {
     // The tmux server a first command starts inherits this environment, and every pane the
     // server's: never a token the agent itself may have been started with.
-    let out = tokio::process::Command::new("tmux")
+    // Through the workload too: a tmux server can make its client exec a command
+    // (MSG_EXEC), and the server is the coding agent's.
+    let out = app
+        .workload
+        .command("tmux")
         .arg("-S")
         .arg(tmux_socket(app))
         .args(args)

@@ -60,11 +60,12 @@ async fn read_capped<R: tokio::io::AsyncRead + Unpin>(mut r: R) -> (Vec<u8>, boo
 
 /// Runs `sh -c command` in a new process group.
 pub async fn run(
+    workload: &crate::workload::Workload,
     req: &ExecRequest,
     extra_env: &HashMap<String, String>,
 ) -> Result<ExecResult, String> {
     let timeout = Duration::from_millis(req.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS));
-    let mut cmd = tokio::process::Command::new("sh");
+    let mut cmd = workload.command("sh");
     cmd.arg("-c")
         .arg(&req.command)
         .stdin(Stdio::null())
@@ -169,7 +170,7 @@ pub async fn perform(app: &App, req: ExecRequest) -> Result<Value, ApiError> {
         )));
     }
     let secrets = app.secrets.lock().unwrap().clone();
-    let r = run(&req, &secrets).await.map_err(ApiError::bad_request)?;
+    let r = run(&app.workload, &req, &secrets).await.map_err(ApiError::bad_request)?;
     let red = &app.timeline.redactor;
     let (stdout, stderr) = (red.redact(&r.stdout), red.redact(&r.stderr));
     app.timeline.emit(
@@ -231,7 +232,7 @@ mod tests {
         let marker = dir.join("child-alive");
         // The grandchild would write the marker after 1.5 s if it survived the group kill.
         let cmd = format!("(sleep 1.5; touch {}) & sleep 30", marker.display());
-        let out = run(&req(&cmd, Some(300)), &HashMap::new()).await.unwrap();
+        let out = run(&crate::workload::Workload::direct(), &req(&cmd, Some(300)), &HashMap::new()).await.unwrap();
         assert!(out.timed_out);
         assert_eq!(out.exit_code, None);
         std::thread::sleep(Duration::from_millis(1800));

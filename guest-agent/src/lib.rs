@@ -27,3 +27,4 @@ pub mod stream;
 pub mod tls;
 pub mod vendors;
 pub mod watch;
+pub mod workload;

@@ -26,6 +26,17 @@ enum Cmd {
     /// Environment files (.cursor/ or .porthole/environment.json, devcontainer.json).
     #[command(subcommand)]
     Env(EnvCmd),
+    /// Internal: run a program in the workload sandbox (its namespaces at fds 3, 4, 5).
+    #[command(hide = true)]
+    WorkloadExec {
+        #[arg(long)]
+        seccomp: Option<PathBuf>,
+        #[arg(last = true, required = true)]
+        argv: Vec<std::ffi::OsString>,
+    },
+    /// Internal: pid 1 of the workload sandbox.
+    #[command(hide = true)]
+    Reap,
 }
 
 #[derive(Subcommand)]
@@ -105,6 +116,18 @@ struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Run everything the coding agent runs (exec, the environment, terminals, --start) in a
+    /// sandbox of its own (bubblewrap): it cannot see, signal or replace this process, nor
+    /// reach the data directory. What a local machine uses.
+    #[arg(long)]
+    workload_sandbox: bool,
+    /// The workload's seccomp filter (a compiled BPF program, bubblewrap's format).
+    #[arg(long, requires = "workload_sandbox")]
+    workload_seccomp: Option<PathBuf>,
+    /// A shell command started in the workload at boot, after the display is up (repeatable;
+    /// a machine's browser).
+    #[arg(long = "start")]
+    start: Vec<String>,
 }
 
 fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
@@ -187,10 +210,23 @@ fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
         environment,
         stall_after: std::time::Duration::from_secs(a.stall_after),
         tls,
+        workload_sandbox: a.workload_sandbox,
+        workload_seccomp: a.workload_seccomp,
+        start: a.start,
     })
 }
 
 fn main() -> anyhow::Result<()> {
+    // The trampoline and the reaper first, before anything could start a thread.
+    match std::env::args_os().nth(1).as_deref().and_then(|a| a.to_str()) {
+        Some("workload-exec") => {
+            if let Cmd::WorkloadExec { seccomp, argv } = Cli::parse().cmd {
+                porthole_agent::workload::exec_main(seccomp, argv);
+            }
+        }
+        Some("reap") => porthole_agent::workload::reap_main(),
+        _ => {}
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -209,6 +245,7 @@ fn main() -> anyhow::Result<()> {
             }
             std::process::exit(if report.is_valid() { 0 } else { 1 });
         }
+        Cmd::WorkloadExec { .. } | Cmd::Reap => unreachable!("dispatched above"),
         Cmd::Serve(a) => {
             let p = prepare(a)?;
             let rt = tokio::runtime::Builder::new_multi_thread()

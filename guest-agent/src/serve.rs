@@ -155,6 +155,36 @@ pub struct Prepared {
     pub stall_after: std::time::Duration,
     /// HTTPS (--tls-cert/--tls-key), loaded and checked before anything runs.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub workload_sandbox: bool,
+    pub workload_seccomp: Option<PathBuf>,
+    /// Shell commands started in the workload at boot (`--start`).
+    pub start: Vec<String>,
+}
+
+/// One `--start` command: once the X server's socket is there (at most 5 s), `sh -c` in the
+/// workload, detached; its output goes where the command sends it.
+async fn start_in_workload(app: Arc<App>, cmd: String) {
+    let n = app.cfg.display.trim_start_matches(':');
+    let n = n.split('.').next().unwrap_or(n).to_string();
+    let sock = std::path::Path::new("/tmp/.X11-unix").join(format!("X{n}"));
+    for _ in 0..500 {
+        if sock.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let spawned = app
+        .workload
+        .command("sh")
+        .arg("-c")
+        .arg(&cmd)
+        .env_remove("PORTHOLE_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .process_group(0)
+        .spawn();
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "--start command did not start");
+    }
 }
 
 async fn shutdown_signal() {
@@ -186,7 +216,16 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
             .into_iter()
             .chain([("PORTHOLE_OPERATOR_TOKEN".to_string(), p.cfg.token.clone())]),
     );
+    // Started here, on the thread that lives as long as the agent: the holder's bubblewrap
+    // has --die-with-parent, whose "parent" is the spawning thread.
+    let workload = if p.workload_sandbox {
+        crate::workload::Workload::start(&p.cfg.data_dir, p.workload_seccomp.as_deref())
+            .map_err(|e| anyhow::anyhow!("workload sandbox: {e}"))?
+    } else {
+        crate::workload::Workload::direct()
+    };
     let app = Arc::new(App {
+        workload,
         input: Input::spawn(p.cfg.display.clone()),
         screenshots: Screenshotter::new(p.cfg.display.clone()),
         thumbs: Screenshotter::new(p.cfg.display.clone()),
@@ -224,6 +263,9 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
     if let (Some(env), Some(ws)) = (p.environment, app.cfg.workspace.clone()) {
         crate::environment::apply(app.clone(), env, ws);
     }
+    for cmd in p.start {
+        tokio::spawn(start_in_workload(app.clone(), cmd));
+    }
     tracing::info!(addr = %listener.local_addr()?, display = %app.cfg.display, tls = p.tls.is_some(), "porthole-agent serving");
     let router = crate::http::router(app.clone());
     match p.tls {
@@ -249,7 +291,9 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
         crate::recorder::finish_current(&app);
     }
     crate::environment::stop_previous(&app).await;
-    let _ = tokio::process::Command::new("tmux")
+    let _ = app
+        .workload
+        .command("tmux")
         .arg("-S")
         .arg(crate::environment::tmux_socket(&app))
         .arg("kill-server")

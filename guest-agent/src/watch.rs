@@ -8,8 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-async fn git(ws: &Path, args: &[&str]) -> Option<String> {
-    let out = tokio::process::Command::new("git")
+/// In the workload: the repository's config is the coding agent's (`core.fsmonitor`, filter
+/// drivers run commands).
+async fn git(app: &App, ws: &Path, args: &[&str]) -> Option<String> {
+    let out = app
+        .workload
+        .command("git")
         .arg("-C")
         .arg(ws)
         .args(args)
@@ -83,15 +87,15 @@ pub fn spawn(app: Arc<App>, ws: PathBuf, stall_after: Duration) {
                 }
                 _ = tick.tick() => {
                     if is_git {
-                        if let Some(st) = git(&ws, &["status", "--porcelain=v1"]).await {
+                        if let Some(st) = git(&app, &ws, &["status", "--porcelain=v1"]).await {
                             if st != last_status {
-                                let stat = git(&ws, &["diff", "--shortstat", "HEAD"]).await.unwrap_or_default();
+                                let stat = git(&app, &ws, &["diff", "--shortstat", "HEAD"]).await.unwrap_or_default();
                                 let files: Vec<&str> = st.lines().take(200).collect();
                                 app.timeline.emit(Actor::Agent, "files", json!({"changed": files, "shortstat": stat.trim()}));
                                 last_status = st;
                             }
                         }
-                        if let Some(head) = git(&ws, &["log", "-1", "--format=%H %s"]).await {
+                        if let Some(head) = git(&app, &ws, &["log", "-1", "--format=%H %s"]).await {
                             if head != last_head {
                                 if !last_head.is_empty() {
                                     let (sha, subject) = head.split_once(' ').unwrap_or((&head, ""));

@@ -252,6 +252,31 @@ function attacks(label, opts) {
       // The host still reaches the agent.
       assert.equal((await api(m, 'GET', '/v1/health')).status, 200);
     });
+
+    it('h. evidence: the coding agent cannot see, signal or replace porthole-agent, nor reach its data', async () => {
+      // porthole-agent, the X server and the recorder are not among its processes: no pid to
+      // signal, no /proc/<pid> to open.
+      const ps = (await inside(m, 'ps -e -o comm=')).stdout;
+      assert.doesNotMatch(ps, /^(Xvfb|Xvnc|openbox)$/m, ps);
+      assert.equal(ps.split('\n').filter((l) => l === 'porthole-agent').length, 1, `only the workload's own pid 1: ${ps}`);
+      // The data directory (events, the video, meta.json, the token files) is not there.
+      const look = await inside(m, 'ls -A /run/porthole/agent; find / -xdev \\( -name events.jsonl -o -name meta.json -o -name "*.mp4" \\) 2>/dev/null; echo end');
+      assert.equal(look.stdout.trim(), 'terminals\nend', look.stdout);
+      // Everything it can signal, stopped and killed (itself included), and pid 1 from inside.
+      await api(m, 'POST', '/v1/exec', { body: { command: 'kill -STOP 1; kill -KILL 1; kill -STOP -1; kill -KILL -1', timeout_ms: 5000 } });
+      const health = await api(m, 'GET', '/v1/health', { token: m.operatorToken });
+      assert.equal(health.status, 200, health.text);
+      // The agent still serves and still records, and the attack is on its timeline.
+      const after = await inside(m, 'echo still-here');
+      assert.equal(after.stdout.trim(), 'still-here');
+      const ev = await api(m, 'GET', '/v1/events?after=0', { token: m.operatorToken });
+      const execs = (ev.json?.events ?? ev.json ?? []).filter((e) => e.kind === 'exec').map((e) => e.data.command);
+      assert.ok(execs.some((c) => c.includes('kill -KILL -1')), `the attack is recorded: ${JSON.stringify(execs)}`);
+      // Nor can it take the agent's port to catch the operator's token from the next request.
+      const port = Number(String(m.spec.listen ?? new URL(m.agent_url).host).split(':').pop());
+      const bind = await py(m, `s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\ntry:\n    s.bind(('0.0.0.0', ${port})); s.listen(); print('BOUND')\nexcept OSError as e:\n    print('ERR', errno.errorcode[e.errno])`);
+      assert.equal(bind, 'ERR EADDRINUSE', bind);
+    });
   });
 }
 

@@ -74,6 +74,8 @@ const FD_SECCOMP_CLONE3: u32 = 11;
 const FD_TOKEN: u32 = 12;
 const FD_AGENT_TOKEN: u32 = 13;
 const FD_XAUTH: u32 = 14;
+/// The workload's seccomp program, a file inside for porthole-agent to apply.
+const FD_SECCOMP_WORKLOAD: u32 = 15;
 
 /// As root, where the supervisor's private mount namespace shows the machine's host paths to
 /// bubblewrap (see [`LocalSandbox::sources`]).
@@ -458,9 +460,14 @@ impl LocalSandbox {
             .as_str()
             .or(spec["listen"].as_str())
             .unwrap_or("127.0.0.1:7300");
+        // --workload-sandbox: what the coding agent runs cannot see, signal or replace the
+        // agent, nor reach its data directory (evidence: events, the video, meta.json).
         let mut agent = format!(
-            "exec /run/porthole/bin/porthole-agent serve --display :{d} --listen {listen} --token-file /run/porthole/token --agent-token-file /run/porthole/agent-token --forget-token-files --data-dir /run/porthole/agent"
+            "exec /run/porthole/bin/porthole-agent serve --display :{d} --listen {listen} --token-file /run/porthole/token --agent-token-file /run/porthole/agent-token --forget-token-files --data-dir /run/porthole/agent --workload-sandbox"
         );
+        if spec["seccomp"]["applied"] == true {
+            agent.push_str(" --workload-seccomp /run/porthole/seccomp-workload.bpf");
+        }
         if spec["workspace"].is_string() {
             agent.push_str(" --workspace /workspace");
         }
@@ -479,14 +486,14 @@ impl LocalSandbox {
                 agent.push_str(&format!(" --udp-port {u} --public-ip 127.0.0.1"));
             }
         }
-        let browser = if spec["browser"].as_bool() == Some(true) {
-            "  chromium --no-sandbox --test-type --disable-gpu --no-first-run --disable-background-networking --disable-component-update \
-             --disable-sync --disable-dev-shm-usage --user-data-dir=$HOME/.chromium --window-position=0,0 \
-             --window-size=$W,$H about:blank >/run/porthole/logs/chromium.log 2>&1 &\n"
-                .to_string()
-        } else {
-            String::new()
-        };
+        // The browser opens pages the coding agent chooses: workload, started by the agent.
+        if spec["browser"].as_bool() == Some(true) {
+            agent.push_str(&format!(
+                " --start 'exec chromium --no-sandbox --test-type --disable-gpu --no-first-run --disable-background-networking --disable-component-update \
+                 --disable-sync --disable-dev-shm-usage --user-data-dir=$HOME/.chromium --window-position=0,0 \
+                 --window-size={w},{h} about:blank >/run/porthole/logs/chromium.log 2>&1'"
+            ));
+        }
         // The network's packet rules go in from outside before anything the agent starts can
         // send a packet: wait for the supervisor's mark.
         let wait_net = if spec["network"] == "host" {
@@ -503,7 +510,7 @@ impl LocalSandbox {
              Xvnc :{d} -auth /run/porthole/xauth -geometry {w}x{h} -depth 24 -rfbport -1 -SecurityTypes None -nolisten tcp >/run/porthole/logs/xserver.log 2>&1 &\n\
              else\n  Xvfb :{d} -auth /run/porthole/xauth -screen 0 {w}x{h}x24 -nolisten tcp >/run/porthole/logs/xserver.log 2>&1 &\nfi\n\
              (\n  i=0; while [ ! -e /tmp/.X11-unix/X{d} ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done\n  \
-             openbox >/run/porthole/logs/openbox.log 2>&1 &\n{browser}) &\n{agent}\n"
+             openbox >/run/porthole/logs/openbox.log 2>&1 &\n) &\n{agent}\n"
         )
     }
 
@@ -582,7 +589,9 @@ impl LocalSandbox {
             "ALL",
             "--new-session",
             "--die-with-parent",
-            "--disable-userns",
+            // No --disable-userns: porthole-agent builds the workload's sandbox in here (its
+            // own user, PID and mount namespaces); the workload's seccomp filter refuses new
+            // user namespaces to everything the coding agent runs.
             "--clearenv",
         ]);
         if spec["network"] == "slirp" {
@@ -621,14 +630,13 @@ impl LocalSandbox {
                 Err(_) => {}
             }
         }
-        // A new /proc for the PID namespace; its /proc/sys read-only (the user namespace
-        // already owns nothing there, this is the second layer).
+        // A new /proc for the PID namespace. Its /proc/sys is made read-only one level down, in
+        // the workload's sandbox: a bind over it here would make that sandbox's /proc mount
+        // fail (the kernel refuses a new proc where the visible one is partly covered). The
+        // host uid the machine runs as owns nothing there either way.
         push(&[
             "--proc",
             "/proc",
-            "--ro-bind",
-            "/proc/sys",
-            "/proc/sys",
             "--dev",
             "/dev",
             "--tmpfs",
@@ -690,6 +698,15 @@ impl LocalSandbox {
             &fd(FD_XAUTH),
             "/run/porthole/xauth",
         ]);
+        if spec["seccomp"]["applied"] == true {
+            push(&[
+                "--perms",
+                "0444",
+                "--ro-bind-data",
+                &fd(FD_SECCOMP_WORKLOAD),
+                "/run/porthole/seccomp-workload.bpf",
+            ]);
+        }
         for b in spec["extra_binds"]
             .as_array()
             .into_iter()
@@ -757,8 +774,9 @@ impl LocalSandbox {
             (FD_XAUTH, run.join("xauth")),
         ];
         if spec["seccomp"]["applied"] == true {
-            opens.push((FD_SECCOMP_DENY, run.join("seccomp-deny.bpf")));
+            opens.push((FD_SECCOMP_DENY, run.join("seccomp-supervisor.bpf")));
             opens.push((FD_SECCOMP_CLONE3, run.join("seccomp-clone3.bpf")));
+            opens.push((FD_SECCOMP_WORKLOAD, run.join("seccomp-deny.bpf")));
         }
         let open_all: Vec<String> = opens
             .iter()
@@ -987,16 +1005,22 @@ impl LocalSandbox {
         #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
         {
             use super::seccomp;
-            match (seccomp::deny_filter(), seccomp::clone3_filter()) {
-                (Ok(d), Ok(c)) => {
+            match (
+                seccomp::deny_filter(),
+                seccomp::clone3_filter(),
+                seccomp::supervisor_filter(),
+            ) {
+                (Ok(d), Ok(c), Ok(sup)) => {
                     std::fs::write(run.join("seccomp-deny.bpf"), seccomp::to_bytes(&d))
+                        .map_err(CoreError::io("write seccomp filter"))?;
+                    std::fs::write(run.join("seccomp-supervisor.bpf"), seccomp::to_bytes(&sup))
                         .map_err(CoreError::io("write seccomp filter"))?;
                     std::fs::write(run.join("seccomp-clone3.bpf"), seccomp::to_bytes(&c))
                         .map_err(CoreError::io("write seccomp filter"))?;
                     m.spec["seccomp"] =
                         json!({"applied": true, "denied": seccomp::DENIED.len() + 3});
                 }
-                (Err(e), _) | (_, Err(e)) => {
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                     m.spec["seccomp"] = json!({"applied": false, "reason": e});
                 }
             }
@@ -1433,6 +1457,18 @@ mod tests {
             .any(|x| x.iter().zip(w).all(|(l, r)| l == r))
     }
 
+    #[test]
+    fn init_puts_what_the_coding_agent_runs_in_the_workload_sandbox() {
+        let s = LocalSandbox::init_script(&json!({"seccomp": {"applied": true}, "browser": true}));
+        assert!(s.contains("--workload-sandbox --workload-seccomp /run/porthole/seccomp-workload.bpf"), "{s}");
+        // The browser is started by the agent, in the workload, not beside it by the init.
+        assert!(s.contains(" --start 'exec chromium "), "{s}");
+        assert_eq!(s.matches("chromium --no-sandbox").count(), 1, "{s}");
+        let s = LocalSandbox::init_script(&json!({"seccomp": {"applied": false}}));
+        assert!(s.contains("--workload-sandbox") && !s.contains("--workload-seccomp"), "{s}");
+        assert!(!s.contains("chromium"), "{s}");
+    }
+
     /// Each row: a spec, then argument sequences that must (true) or must not (false) appear.
     #[test]
     fn bwrap_argument_table() {
@@ -1444,11 +1480,14 @@ mod tests {
                     (&["--cap-drop", "ALL"], true),
                     (&["--new-session"], true),
                     (&["--die-with-parent"], true),
-                    (&["--disable-userns"], true),
+                    // The agent builds the workload's namespaces in here; the workload's own
+                    // filter refuses new user namespaces.
+                    (&["--disable-userns"], false),
                     (&["--clearenv"], true),
                     (&["--add-seccomp-fd", "10"], true),
                     (&["--add-seccomp-fd", "11"], true),
-                    (&["--ro-bind", "/proc/sys", "/proc/sys"], true),
+                    // A bind over /proc/sys here breaks the workload sandbox's /proc.
+                    (&["--ro-bind", "/proc/sys", "/proc/sys"], false),
                     (&["--ro-bind", "/usr", "/usr"], true),
                     (&["--bind", "/w", "/workspace"], true),
                     (&["--bind", "/st/m1/home", "/home/porthole"], true),
@@ -1544,7 +1583,8 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("/it'"), "{s}");
-        assert!(s.contains("10<'/st/m1/run/seccomp-deny.bpf'"), "{s}");
+        assert!(s.contains("10<'/st/m1/run/seccomp-supervisor.bpf'"), "{s}");
+        assert!(s.contains("15<'/st/m1/run/seccomp-deny.bpf'"), "{s}");
         // bubblewrap (and so the sandbox) never holds slirp4netns's exit pipe.
         assert!(s.contains(" 30>&- &"), "{s}");
         let u = machine(json!({"network": "host"}));

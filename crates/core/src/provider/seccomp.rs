@@ -130,6 +130,41 @@ pub fn deny_filter() -> Result<BpfProgram, String> {
     compile(rules, libc::EPERM as u32)
 }
 
+/// What porthole-agent itself (and the X server beside it) may not do: [`DENIED`] less what
+/// starting the workload sandbox takes (bubblewrap's mounts and user namespace, the
+/// trampoline's `setns`). The workload gets [`deny_filter`] on top, from the agent; filters
+/// stack, so the stricter one holds for everything the coding agent runs.
+pub fn supervisor_filter() -> Result<BpfProgram, String> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED
+        .iter()
+        .filter(|(name, _)| !SUPERVISOR_ALLOWED.contains(name))
+        .map(|(_, nr)| (*nr, vec![]))
+        .collect();
+    rules.insert(
+        libc::SYS_ioctl,
+        DENIED_IOCTLS
+            .iter()
+            .map(|req| SeccompRule::new(vec![cond(1, SeccompCmpOp::Eq, *req)]).unwrap())
+            .collect(),
+    );
+    compile(rules, libc::EPERM as u32)
+}
+
+/// The calls [`supervisor_filter`] leaves to porthole-agent: building the workload sandbox.
+pub const SUPERVISOR_ALLOWED: &[&str] = &[
+    "mount",
+    "umount2",
+    "pivot_root",
+    "move_mount",
+    "open_tree",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "mount_setattr",
+    "setns",
+];
+
 /// clone3 passes its flags in a struct a filter cannot read: answer ENOSYS, so the C library
 /// falls back to clone, whose flags the deny filter sees (what container runtimes do).
 pub fn clone3_filter() -> Result<BpfProgram, String> {
@@ -263,6 +298,30 @@ mod tests {
         check("read", libc::SYS_read, z, ALLOW);
         check("openat", libc::SYS_openat, z, ALLOW);
         check("execve", libc::SYS_execve, z, ALLOW);
+    }
+
+    #[test]
+    fn supervisor_filter_allows_building_the_workload_sandbox_only() {
+        let p = supervisor_filter().unwrap();
+        let z = [0u64; 6];
+        let newuser = libc::CLONE_NEWUSER as u64;
+        for (what, nr, args, want) in [
+            ("mount", libc::SYS_mount, z, ALLOW),
+            ("setns", libc::SYS_setns, z, ALLOW),
+            ("pivot_root", libc::SYS_pivot_root, z, ALLOW),
+            ("unshare(NEWUSER)", libc::SYS_unshare, [newuser, 0, 0, 0, 0, 0], ALLOW),
+            ("ptrace", libc::SYS_ptrace, z, EPERM),
+            ("process_vm_readv", libc::SYS_process_vm_readv, z, EPERM),
+            ("keyctl", libc::SYS_keyctl, z, EPERM),
+            ("bpf", libc::SYS_bpf, z, EPERM),
+            ("init_module", libc::SYS_init_module, z, EPERM),
+            ("TIOCSTI", libc::SYS_ioctl, [0, libc::TIOCSTI as u64, 0, 0, 0, 0], EPERM),
+        ] {
+            assert_eq!(run(&p, nr, args), want, "{what}");
+        }
+        for name in SUPERVISOR_ALLOWED {
+            assert!(DENIED.iter().any(|(n, _)| n == name), "{name} is not in DENIED");
+        }
     }
 
     #[test]
