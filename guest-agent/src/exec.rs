@@ -170,7 +170,9 @@ pub async fn perform(app: &App, req: ExecRequest) -> Result<Value, ApiError> {
         )));
     }
     let secrets = app.secrets.lock().unwrap().clone();
-    let r = run(&app.workload, &req, &secrets).await.map_err(ApiError::bad_request)?;
+    let r = run(&app.workload, &req, &secrets)
+        .await
+        .map_err(ApiError::bad_request)?;
     let red = &app.timeline.redactor;
     let (stdout, stderr) = (red.redact(&r.stdout), red.redact(&r.stderr));
     app.timeline.emit(
@@ -217,7 +219,9 @@ mod tests {
     async fn runs_with_env_and_exit_code() {
         let mut r = req("echo $A; echo err >&2; exit 3", None);
         r.env.insert("A".into(), "hello".into());
-        let out = run(&r, &HashMap::new()).await.unwrap();
+        let out = run(&crate::workload::Workload::direct(), &r, &HashMap::new())
+            .await
+            .unwrap();
         assert_eq!(
             (out.exit_code, out.stdout.as_str(), out.stderr.as_str()),
             (Some(3), "hello\n", "err\n")
@@ -232,7 +236,13 @@ mod tests {
         let marker = dir.join("child-alive");
         // The grandchild would write the marker after 1.5 s if it survived the group kill.
         let cmd = format!("(sleep 1.5; touch {}) & sleep 30", marker.display());
-        let out = run(&crate::workload::Workload::direct(), &req(&cmd, Some(300)), &HashMap::new()).await.unwrap();
+        let out = run(
+            &crate::workload::Workload::direct(),
+            &req(&cmd, Some(300)),
+            &HashMap::new(),
+        )
+        .await
+        .unwrap();
         assert!(out.timed_out);
         assert_eq!(out.exit_code, None);
         std::thread::sleep(Duration::from_millis(1800));
@@ -242,6 +252,7 @@ mod tests {
     #[tokio::test]
     async fn output_is_capped_and_says_so() {
         let out = run(
+            &crate::workload::Workload::direct(),
             &req("head -c 3000000 /dev/zero | tr '\\0' x", None),
             &HashMap::new(),
         )

@@ -218,7 +218,11 @@ fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
 
 fn main() -> anyhow::Result<()> {
     // The trampoline and the reaper first, before anything could start a thread.
-    match std::env::args_os().nth(1).as_deref().and_then(|a| a.to_str()) {
+    match std::env::args_os()
+        .nth(1)
+        .as_deref()
+        .and_then(|a| a.to_str())
+    {
         Some("workload-exec") => {
             if let Cmd::WorkloadExec { seccomp, argv } = Cli::parse().cmd {
                 porthole_agent::workload::exec_main(seccomp, argv);

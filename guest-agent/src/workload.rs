@@ -122,7 +122,11 @@ impl Workload {
         // which bubblewrap execs last.
         let want: Vec<u8> = [exe.as_os_str().as_bytes(), b"\0reap\0"].concat();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::fs::read(format!("/proc/{pid}/cmdline")).ok().as_deref() != Some(&want[..]) {
+        while std::fs::read(format!("/proc/{pid}/cmdline"))
+            .ok()
+            .as_deref()
+            != Some(&want[..])
+        {
             if std::time::Instant::now() > deadline {
                 return Err("the workload sandbox did not start its pid 1 in 10 s".into());
             }
@@ -138,13 +142,15 @@ impl Workload {
             }
             // The holder must really be elsewhere: joining our own namespaces would run the
             // workload beside porthole-agent and say nothing.
-            let ours = std::fs::metadata(format!("/proc/self/ns/{kind}"))
-                .map_err(|e| e.to_string())?;
+            let ours =
+                std::fs::metadata(format!("/proc/self/ns/{kind}")).map_err(|e| e.to_string())?;
             let theirs = std::fs::metadata(&p).map_err(|e| e.to_string())?;
             if std::os::unix::fs::MetadataExt::ino(&ours)
                 == std::os::unix::fs::MetadataExt::ino(&theirs)
             {
-                return Err(format!("the workload's {kind} namespace is porthole-agent's"));
+                return Err(format!(
+                    "the workload's {kind} namespace is porthole-agent's"
+                ));
             }
             // SAFETY: fd is a fresh descriptor from fcntl.
             Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -296,14 +302,18 @@ pub fn exec_main(seccomp: Option<PathBuf>, argv: Vec<OsString>) -> ! {
             std::process::exit(126)
         }
     };
-    if filter.as_ref().is_some_and(|f| f.is_empty() || f.len() % 8 != 0) {
+    if filter
+        .as_ref()
+        .is_some_and(|f| f.is_empty() || f.len() % 8 != 0)
+    {
         eprintln!("porthole-agent workload-exec: the seccomp filter is not a BPF program");
         std::process::exit(126);
     }
     let cwd = std::env::current_dir().ok();
-    for (fd, flag) in JOIN_FDS
-        .iter()
-        .zip([libc::CLONE_NEWUSER, libc::CLONE_NEWNS, libc::CLONE_NEWPID])
+    for (fd, flag) in
+        JOIN_FDS
+            .iter()
+            .zip([libc::CLONE_NEWUSER, libc::CLONE_NEWNS, libc::CLONE_NEWPID])
     {
         // SAFETY: plain syscalls on descriptors handed to us.
         if unsafe { libc::setns(*fd, flag) } != 0 {
@@ -405,15 +415,18 @@ fn drop_privileges(filter: Option<&[u8]>) {
             version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
             pid: 0,
         };
-        let d = [Data {
-            effective: 0,
-            permitted: 0,
-            inheritable: 0,
-        }, Data {
-            effective: 0,
-            permitted: 0,
-            inheritable: 0,
-        }];
+        let d = [
+            Data {
+                effective: 0,
+                permitted: 0,
+                inheritable: 0,
+            },
+            Data {
+                effective: 0,
+                permitted: 0,
+                inheritable: 0,
+            },
+        ];
         if libc::syscall(libc::SYS_capset, &h as *const Header, d.as_ptr()) != 0 {
             die("capset");
         }
@@ -479,7 +492,10 @@ mod tests {
         // The data dir's tmpfs comes after the root bind (bubblewrap applies in order).
         let bind_root = s.find("--bind / /").unwrap();
         assert!(bind_root < s.find("--tmpfs /run/porthole/agent").unwrap());
-        assert!(!s.contains("--unshare-ipc"), "X's MIT-SHM needs the IPC namespace: {s}");
+        assert!(
+            !s.contains("--unshare-ipc"),
+            "X's MIT-SHM needs the IPC namespace: {s}"
+        );
         // --dev makes bubblewrap nest a user namespace: the joined one would map us to uid 0.
         assert!(!a.iter().any(|x| x == "--dev"), "{s}");
         assert!(!holder_args(Path::new("/d"), false)

@@ -635,15 +635,7 @@ impl LocalSandbox {
         // fail (the kernel refuses a new proc where the visible one is partly covered). The
         // host uid the machine runs as owns nothing there either way.
         push(&[
-            "--proc",
-            "/proc",
-            "--dev",
-            "/dev",
-            "--tmpfs",
-            "/tmp",
-            "--tmpfs",
-            "/run",
-            "--tmpfs",
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run", "--tmpfs",
             "/var",
         ]);
         // The X server runs without root and could not make its socket directory itself
@@ -1460,12 +1452,18 @@ mod tests {
     #[test]
     fn init_puts_what_the_coding_agent_runs_in_the_workload_sandbox() {
         let s = LocalSandbox::init_script(&json!({"seccomp": {"applied": true}, "browser": true}));
-        assert!(s.contains("--workload-sandbox --workload-seccomp /run/porthole/seccomp-workload.bpf"), "{s}");
+        assert!(
+            s.contains("--workload-sandbox --workload-seccomp /run/porthole/seccomp-workload.bpf"),
+            "{s}"
+        );
         // The browser is started by the agent, in the workload, not beside it by the init.
         assert!(s.contains(" --start 'exec chromium "), "{s}");
         assert_eq!(s.matches("chromium --no-sandbox").count(), 1, "{s}");
         let s = LocalSandbox::init_script(&json!({"seccomp": {"applied": false}}));
-        assert!(s.contains("--workload-sandbox") && !s.contains("--workload-seccomp"), "{s}");
+        assert!(
+            s.contains("--workload-sandbox") && !s.contains("--workload-seccomp"),
+            "{s}"
+        );
         assert!(!s.contains("chromium"), "{s}");
     }
 

@@ -309,18 +309,31 @@ mod tests {
             ("mount", libc::SYS_mount, z, ALLOW),
             ("setns", libc::SYS_setns, z, ALLOW),
             ("pivot_root", libc::SYS_pivot_root, z, ALLOW),
-            ("unshare(NEWUSER)", libc::SYS_unshare, [newuser, 0, 0, 0, 0, 0], ALLOW),
+            (
+                "unshare(NEWUSER)",
+                libc::SYS_unshare,
+                [newuser, 0, 0, 0, 0, 0],
+                ALLOW,
+            ),
             ("ptrace", libc::SYS_ptrace, z, EPERM),
             ("process_vm_readv", libc::SYS_process_vm_readv, z, EPERM),
             ("keyctl", libc::SYS_keyctl, z, EPERM),
             ("bpf", libc::SYS_bpf, z, EPERM),
             ("init_module", libc::SYS_init_module, z, EPERM),
-            ("TIOCSTI", libc::SYS_ioctl, [0, libc::TIOCSTI as u64, 0, 0, 0, 0], EPERM),
+            (
+                "TIOCSTI",
+                libc::SYS_ioctl,
+                [0, libc::TIOCSTI as u64, 0, 0, 0, 0],
+                EPERM,
+            ),
         ] {
             assert_eq!(run(&p, nr, args), want, "{what}");
         }
         for name in SUPERVISOR_ALLOWED {
-            assert!(DENIED.iter().any(|(n, _)| n == name), "{name} is not in DENIED");
+            assert!(
+                DENIED.iter().any(|(n, _)| n == name),
+                "{name} is not in DENIED"
+            );
         }
     }
 
