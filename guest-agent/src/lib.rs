@@ -12,6 +12,7 @@ pub mod clipboard;
 pub mod computer;
 pub mod control;
 pub mod display;
+pub mod egress;
 pub mod encode;
 pub mod environment;
 pub mod events;

@@ -37,6 +37,24 @@ enum Cmd {
     /// Internal: pid 1 of the workload sandbox.
     #[command(hide = true)]
     Reap,
+    /// Internal: a machine's egress filter (started by core in its network namespace).
+    #[command(hide = true)]
+    EgressProxy {
+        #[arg(long)]
+        listen: SocketAddr,
+        /// egressMode, as the environment file says it.
+        #[arg(long)]
+        mode: Option<String>,
+        /// One egressAllowlist entry (repeatable).
+        #[arg(long)]
+        allow: Vec<String>,
+        /// Where each decision goes, a JSON line.
+        #[arg(long)]
+        log: PathBuf,
+        /// Exit when this descriptor reads EOF.
+        #[arg(long)]
+        exit_fd: Option<i32>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -124,6 +142,9 @@ struct ServeArgs {
     /// The workload's seccomp filter (a compiled BPF program, bubblewrap's format).
     #[arg(long, requires = "workload_sandbox")]
     workload_seccomp: Option<PathBuf>,
+    /// The egress filter's decision log (JSON lines), turned into `egress` events.
+    #[arg(long)]
+    egress_log: Option<PathBuf>,
     /// A shell command started in the workload at boot, after the display is up (repeatable;
     /// a machine's browser).
     #[arg(long = "start")]
@@ -213,6 +234,7 @@ fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
         workload_sandbox: a.workload_sandbox,
         workload_seccomp: a.workload_seccomp,
         start: a.start,
+        egress_log: a.egress_log,
     })
 }
 
@@ -250,6 +272,17 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(if report.is_valid() { 0 } else { 1 });
         }
         Cmd::WorkloadExec { .. } | Cmd::Reap => unreachable!("dispatched above"),
+        Cmd::EgressProxy {
+            listen,
+            mode,
+            allow,
+            log,
+            exit_fd,
+        } => {
+            let policy = porthole_agent::egress::Policy::from_env(mode.as_deref(), &allow)
+                .map_err(anyhow::Error::msg)?;
+            porthole_agent::egress::proxy_main(listen, policy, &log, exit_fd)
+        }
         Cmd::Serve(a) => {
             let p = prepare(a)?;
             let rt = tokio::runtime::Builder::new_multi_thread()

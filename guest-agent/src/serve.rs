@@ -159,6 +159,7 @@ pub struct Prepared {
     pub workload_seccomp: Option<PathBuf>,
     /// Shell commands started in the workload at boot (`--start`).
     pub start: Vec<String>,
+    pub egress_log: Option<PathBuf>,
 }
 
 /// One `--start` command: once the X server's socket is there (at most 5 s), `sh -c` in the
@@ -262,6 +263,9 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
     }
     if let (Some(env), Some(ws)) = (p.environment, app.cfg.workspace.clone()) {
         crate::environment::apply(app.clone(), env, ws);
+    }
+    if let Some(log) = p.egress_log {
+        crate::egress::spawn_follower(app.clone(), log);
     }
     for cmd in p.start {
         tokio::spawn(start_in_workload(app.clone(), cmd));

@@ -182,6 +182,14 @@ pub fn check_str(path: &Path, text: &str) -> CheckReport {
     };
     match checked {
         Ok(environment) => {
+            if let Err(e) = crate::egress::Policy::from_env(
+                environment.egress_mode.as_deref(),
+                &environment.egress_allowlist,
+            ) {
+                let (path, message) = e.split_once(": ").unwrap_or(("egressMode", &e));
+                report.problems.push(Problem::new(path, message));
+                return report;
+            }
             report.not_applied = not_applied(&environment);
             report.environment = Some(environment);
         }

@@ -11,6 +11,7 @@
 //! [`CheckReport::to_text`] or the report as JSON.
 
 mod check;
+pub mod egress;
 mod devcontainer;
 mod jsonc;
 mod schema;

@@ -151,11 +151,11 @@ pub(crate) const CURSOR_FIELDS: [Field; 16] = [
         "Whether the agent may replace the snapshot with the machine's current disk state.",
     ),
     optional("image", STRING, "A container image to start the machine from, instead of a snapshot or a build."),
-    optional("egressMode", STRING, "Outbound network policy of the machine."),
+    optional("egressMode", STRING, "Outbound network policy of the machine: \"allowAll\" (the default), \"allowlist\" (only egressAllowlist) or \"none\"."),
     optional(
         "egressAllowlist",
         Shape::Array { items: &STRING, unique: false },
-        "Hosts the machine may reach when egress is restricted.",
+        "Hosts the machine may reach when egress is restricted: names, \"*.\" + a domain (its subdomains), IP addresses.",
     ),
     optional(
         "mcpServerAllowlist",
@@ -171,8 +171,6 @@ pub(crate) const CURSOR_FIELDS: [Field; 16] = [
 pub(crate) const NOT_APPLIED: &[&str] = &[
     "image",
     "build.dockerfileContents",
-    "egressMode",
-    "egressAllowlist",
     "mcpServerAllowlist",
     "disableAllMcpServers",
     "chromeExecutablePath",

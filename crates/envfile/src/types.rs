@@ -50,10 +50,10 @@ pub struct CursorEnvironment {
     /// A container image to start from (accepted, not applied yet: `not applied: image`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// Outbound network policy (accepted, not applied yet).
+    /// Outbound network policy ([`crate::egress::Policy`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress_mode: Option<String>,
-    /// Hosts reachable when egress is restricted (accepted, not applied yet).
+    /// Hosts reachable when egress is restricted ([`crate::egress::Policy`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress_allowlist: Vec<String>,
     /// MCP servers the coding agent may use (accepted, not applied yet).

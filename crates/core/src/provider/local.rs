@@ -76,6 +76,10 @@ const FD_AGENT_TOKEN: u32 = 13;
 const FD_XAUTH: u32 = 14;
 /// The workload's seccomp program, a file inside for porthole-agent to apply.
 const FD_SECCOMP_WORKLOAD: u32 = 15;
+/// Where the egress filter listens inside a restricted machine's network namespace, and the
+/// firewall mark its own connections carry (`porthole_agent::egress::MARK`).
+const EGRESS_PROXY_PORT: u16 = 15001;
+const EGRESS_MARK: u32 = 0x7068;
 
 /// As root, where the supervisor's private mount namespace shows the machine's host paths to
 /// bubblewrap (see [`LocalSandbox::sources`]).
@@ -450,6 +454,46 @@ impl LocalSandbox {
         let _ = run("ip", &["link", "del", &format!("phh{idx}")]).await;
     }
 
+    /// The workspace environment's egress policy, read at every boot (it is the file's, and
+    /// the file may have changed): `{"restricted": false}` or the mode and list the filter
+    /// enforces. A restricted machine must have a network of its own to filter.
+    fn egress_spec(m: &Machine) -> Result<Value> {
+        let boot_err = |reason: String| CoreError::Boot {
+            name: m.name.clone(),
+            reason,
+        };
+        let env = match m.spec["workspace"]
+            .as_str()
+            .and_then(|ws| crate::environments::find_in_repo(Path::new(ws)))
+        {
+            Some(f) => match crate::environments::load(&f) {
+                Ok(e) => e,
+                // The agent reports a broken file on the timeline; the network stays open
+                // only if the file never said otherwise, which a broken file cannot say.
+                Err(e) => return Err(boot_err(format!("{}: {e}", f.display()))),
+            },
+            None => return Ok(json!({"restricted": false})),
+        };
+        let policy = porthole_envfile::egress::Policy::from_env(
+            env.egress_mode.as_deref(),
+            &env.egress_allowlist,
+        )
+        .map_err(boot_err)?;
+        if !policy.restricted() {
+            return Ok(json!({"restricted": false}));
+        }
+        if m.spec["network"] == "host" {
+            return Err(boot_err(
+                "the environment restricts egress (egressMode/egressAllowlist), which needs the machine's own network: drop --network host".into(),
+            ));
+        }
+        Ok(json!({
+            "restricted": true,
+            "mode": env.egress_mode,
+            "allow": env.egress_allowlist,
+        }))
+    }
+
     fn init_script(spec: &Value) -> String {
         let d = spec["display"].as_u64().unwrap_or(100);
         let (w, h) = (
@@ -470,6 +514,9 @@ impl LocalSandbox {
         }
         if spec["workspace"].is_string() {
             agent.push_str(" --workspace /workspace");
+        }
+        if spec["egress"]["restricted"] == true {
+            agent.push_str(" --egress-log /run/porthole/net/egress.jsonl");
         }
         if spec["idle"].as_bool() == Some(true) {
             agent.push_str(" --idle");
@@ -792,12 +839,14 @@ impl LocalSandbox {
     /// New connections from inside the machine to any host address are refused (replies to
     /// the host's own connections, to the agent, pass as established). `host_addrs`: every
     /// address of the host's interfaces at boot, the veth pairs' range, link-local.
-    fn nft_rules(host_addrs: &[String]) -> String {
+    fn nft_rules(host_addrs: &[String], egress_restricted: bool) -> String {
         let (v4, v6): (Vec<&String>, Vec<&String>) =
             host_addrs.iter().partition(|a| !a.contains(':'));
         let set = |xs: &[&String]| xs.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
         let mut r = String::from(
-            "table inet porthole {\n  chain out {\n    type filter hook output priority 0; policy accept;\n    oif \"lo\" accept\n    ct state established,related accept\n",
+            // Loopback by address as well as by interface: a connection the nat chain
+            // redirected to the egress filter still shows its first route's interface here.
+            "table inet porthole {\n  chain out {\n    type filter hook output priority 0; policy accept;\n    oif \"lo\" accept\n    ip daddr 127.0.0.0/8 accept\n    ct state established,related accept\n",
         );
         r.push_str("    ip daddr { 10.213.0.0/16, 169.254.0.0/16, 10.0.2.2 } drop\n");
         if !v4.is_empty() {
@@ -806,6 +855,16 @@ impl LocalSandbox {
         r.push_str("    ip6 daddr { fe80::/10 } drop\n");
         if !v6.is_empty() {
             r.push_str(&format!("    ip6 daddr {{ {} }} drop\n", set(&v6)));
+        }
+        if egress_restricted {
+            // After the host's addresses, so an allowed name that resolves to one of them
+            // still reaches nothing. TCP was redirected to the filter (below); the filter's
+            // own connections carry its mark; DNS goes to the resolver; nothing else leaves.
+            r.push_str(&format!(
+                "    meta mark {mark:#x} accept\n    udp dport 53 accept\n    tcp dport 53 accept\n    drop\n  }}\n  chain nat_out {{\n    type nat hook output priority -100; policy accept;\n    oif \"lo\" accept\n    meta mark {mark:#x} accept\n    tcp dport 53 accept\n    meta nfproto ipv4 meta l4proto tcp redirect to :{port}\n",
+                mark = EGRESS_MARK,
+                port = EGRESS_PROXY_PORT,
+            ));
         }
         r.push_str("  }\n}\n");
         r
@@ -873,7 +932,8 @@ impl LocalSandbox {
         };
         std::fs::write(run.join("child.pid"), child.to_string())
             .map_err(CoreError::io("write child.pid"))?;
-        let rules = Self::nft_rules(&Self::host_addresses());
+        let restricted = m.spec["egress"]["restricted"] == true;
+        let rules = Self::nft_rules(&Self::host_addresses(), restricted);
         std::fs::write(run.join("rules.nft"), &rules).map_err(CoreError::io("write rules.nft"))?;
         let rules_path = run.join("rules.nft").to_string_lossy().to_string();
         // The user namespace that owns the network namespace, asked of the kernel
@@ -909,6 +969,10 @@ impl LocalSandbox {
                 "packet rules: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
+        }
+        if restricted {
+            self.egress_up(m, mdir, owner_path.as_deref(), &netns_path, exit_rx.as_ref())
+                .await?;
         }
         let api = run.join("slirp.sock");
         let _ = std::fs::remove_file(&api);
@@ -979,6 +1043,77 @@ impl LocalSandbox {
             }
         }
         std::fs::write(mdir.join("net/ready"), b"").map_err(CoreError::io("mark network ready"))?;
+        Ok(())
+    }
+
+    /// Starts the egress filter (`porthole-agent egress-proxy`) in the machine's network
+    /// namespace and nothing else of it: the coding agent can neither see nor signal it. It
+    /// ends with the supervisor (the exit pipe slirp4netns watches too).
+    async fn egress_up(
+        &self,
+        m: &Machine,
+        mdir: &Path,
+        owner_path: Option<&str>,
+        netns_path: &str,
+        exit_rx: Option<&std::os::fd::OwnedFd>,
+    ) -> Result<()> {
+        let boot_err = |reason: String| CoreError::Boot {
+            name: m.name.clone(),
+            reason,
+        };
+        let agent = agent_bin()?;
+        let log = mdir.join("net/egress.jsonl");
+        let mut c = tokio::process::Command::new("nsenter");
+        if let Some(u) = owner_path {
+            c.arg(format!("--user={u}")).arg("--preserve-credentials");
+        }
+        c.arg(format!("--net={netns_path}"))
+            .arg(&agent)
+            .arg("egress-proxy")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{EGRESS_PROXY_PORT}"))
+            .arg("--log")
+            .arg(&log);
+        if let Some(mode) = m.spec["egress"]["mode"].as_str() {
+            c.arg("--mode").arg(mode);
+        }
+        for a in m.spec["egress"]["allow"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            c.arg(format!("--allow={a}"));
+        }
+        let plog =
+            create_log(&mdir.join("logs/egress.log")).map_err(CoreError::io("create egress log"))?;
+        c.env_clear()
+            .stdin(std::process::Stdio::null())
+            .stdout(plog.try_clone().map_err(CoreError::io("log"))?)
+            .stderr(plog)
+            .process_group(0);
+        if let Some(rx) = exit_rx {
+            c.arg(format!("--exit-fd={FD_SLIRP_EXIT}"));
+            pass_fd(&mut c, rx, FD_SLIRP_EXIT);
+        }
+        let mut child = c.spawn().map_err(CoreError::io("start the egress filter"))?;
+        // It creates its log once it listens: nothing inside sends a packet before that.
+        let t0 = std::time::Instant::now();
+        while !log.exists() {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Err(boot_err(format!(
+                    "the egress filter exited ({st}): {}",
+                    log_tail(&mdir.join("logs/egress.log"))
+                )));
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                return Err(boot_err("the egress filter did not start in 10 s".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
         Ok(())
     }
 
@@ -1078,6 +1213,7 @@ impl LocalSandbox {
                 other => other,
             })?;
         }
+        m.spec["egress"] = Self::egress_spec(m)?;
         std::fs::write(mdir.join("init.sh"), Self::init_script(&m.spec))
             .map_err(CoreError::io("write init.sh"))?;
         let fds: &[u32] = if m.spec["seccomp"]["applied"] == true {
@@ -1598,7 +1734,7 @@ mod tests {
 
     #[test]
     fn packet_rules_refuse_host_addresses() {
-        let r = LocalSandbox::nft_rules(&["192.168.1.5".into(), "2001:db8::1".into()]);
+        let r = LocalSandbox::nft_rules(&["192.168.1.5".into(), "2001:db8::1".into()], false);
         assert!(r.contains("ct state established,related accept"));
         assert!(r.contains("ip daddr { 10.213.0.0/16, 169.254.0.0/16, 10.0.2.2 } drop"));
         assert!(r.contains("ip daddr { 192.168.1.5 } drop"));
