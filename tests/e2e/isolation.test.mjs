@@ -130,6 +130,17 @@ function connectCode(host, port) {
   return `s = socket.socket(); s.settimeout(2)\ntry:\n    s.connect((${JSON.stringify(host)}, ${port})); print('OK', s.recv(64))\nexcept Exception as e:\n    print('ERR', type(e).__name__, e)`;
 }
 
+/** Two web servers in a network namespace of the test's own (10.214.7.2 and .3, reached
+ *  through a veth from the host, as the internet would be): the egress allowlist's targets. */
+async function egressServers() {
+  const ns = `phiso-eg-${process.pid}`;
+  const sh = (c) => run('sh', ['-c', c]);
+  await sh(`ip netns add ${ns} && ip link add phegv0 type veth peer name phegv1 && ip link set phegv1 netns ${ns} && ip addr add 10.214.7.1/24 dev phegv0 && ip link set phegv0 up && ip -n ${ns} addr add 10.214.7.2/24 dev phegv1 && ip -n ${ns} addr add 10.214.7.3/24 dev phegv1 && ip -n ${ns} link set phegv1 up && ip -n ${ns} link set lo up && ip -n ${ns} route add default via 10.214.7.1`);
+  const server = spawn('ip', ['netns', 'exec', ns, 'python3', '-m', 'http.server', '8080', '--bind', '0.0.0.0'], { stdio: 'ignore' });
+  await waitFor(async () => (await run('curl', ['-s', '-m', '1', '-o', '/dev/null', 'http://10.214.7.3:8080/'])).code === 0, { timeout: 10000, message: 'the egress test servers' });
+  return async () => { server.kill('SIGKILL'); await sh(`ip netns del ${ns}; ip link del phegv0 2>/dev/null; true`); };
+}
+
 function attacks(label, opts) {
   describe(`isolation (${label})`, { timeout: 10 * 60 * 1000 }, () => {
     let w;
@@ -251,6 +262,44 @@ function attacks(label, opts) {
       }
       // The host still reaches the agent.
       assert.equal((await api(m, 'GET', '/v1/health')).status, 200);
+    });
+
+    it('i. egress: an allowlist lets through what it names and refuses the rest, each on the timeline', { skip: !IS_ROOT && 'the test servers need a network namespace (root)' }, async () => {
+      const stop = await egressServers();
+      try {
+        const ws = path.join(w.home, `egress-ws-${label}`);
+        mkdirSync(path.join(ws, '.porthole'), { recursive: true, mode: 0o755 });
+        writeFileSync(path.join(ws, '.porthole', 'environment.json'), JSON.stringify({ name: 'egress', egressMode: 'allowlist', egressAllowlist: ['10.214.7.2', '*.example.com'] }), { mode: 0o644 });
+        if (opts.user) await run('chown', ['-R', opts.user, ws]);
+        const e = await w.create(`iso3-${label}`, [...(opts.createArgs ?? []), '--workspace', ws]);
+        const code = async (url) => (await inside(e, `curl -s -m 5 -o /dev/null -w "%{http_code}" ${url}; true`)).stdout.trim();
+        assert.equal(await code('http://10.214.7.2:8080/'), '200', 'the allowlisted address is reached');
+        assert.equal(await code('http://10.214.7.3:8080/'), '000', 'an address the list does not name is refused');
+        // A forged Host header naming an allowed domain does not open another address.
+        assert.equal(await code('-H "Host: www.example.com" http://10.214.7.3:8080/'), '000');
+        // Not TCP: refused too (nothing answers, the packet never leaves).
+        const udp = await py(e, "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)\ntry:\n    s.sendto(b'x', ('10.214.7.3', 8080)); s.recvfrom(10); print('ANSWER')\nexcept Exception as ex:\n    print('ERR', type(ex).__name__)");
+        assert.doesNotMatch(udp, /ANSWER/, udp);
+        let egress = [];
+        await waitFor(async () => {
+          const ev = await api(e, 'GET', '/v1/events?after=0&limit=100000', { token: e.operatorToken });
+          egress = ev.json.events.filter((x) => x.kind === 'egress').map((x) => x.data);
+          return egress.some((d) => d.allowed === false && d.host === 'www.example.com');
+        }, { timeout: 10000, message: 'the egress events' });
+        assert.ok(egress.some((d) => d.host === '10.214.7.2' && d.port === 8080 && d.allowed === true), JSON.stringify(egress));
+        assert.ok(egress.some((d) => d.host === '10.214.7.3' && d.port === 8080 && d.allowed === false), JSON.stringify(egress));
+        // The agent token sees them too (they are the machine's own record, no payload).
+        const mine = await api(e, 'GET', '/v1/events?after=0&limit=100000');
+        assert.ok(mine.json.events.some((x) => x.kind === 'egress'));
+        // The filter is out of the machine's reach: no process of it inside, and the rules
+        // cannot be changed from inside.
+        const ps = (await inside(e, 'ps -e -o args=; nft flush ruleset 2>&1; echo "nft=$?"')).stdout;
+        assert.doesNotMatch(ps, /egress-proxy/, ps);
+        assert.doesNotMatch(ps, /nft=0/, ps);
+        assert.equal(await code('http://10.214.7.3:8080/'), '000', 'still refused after the attempt');
+      } finally {
+        await stop();
+      }
     });
 
     it('h. evidence: the coding agent cannot see, signal or replace porthole-agent, nor reach its data', async () => {
