@@ -187,6 +187,9 @@ impl App {
     }
 }
 
+/// Notches one viewer `wheel` message may scroll (a physical wheel sends one or a few).
+pub const MAX_WHEEL_NOTCHES: i32 = 20;
+
 /// Per-viewer input state: pressed buttons, wheel remainder, and coalescing of noisy events.
 #[derive(Default)]
 struct InputState {
@@ -423,15 +426,7 @@ async fn handle_message(app: &Arc<App>, viewer: &str, state: &Mutex<InputState>,
                 }
             }
             ViewerMessage::Wheel { dx, dy } => {
-                // Browsers report ~100 px per notch; keep the remainder so trackpads scroll too.
-                st.wheel.0 += dx;
-                st.wheel.1 += dy;
-                let (nx, ny) = (
-                    (st.wheel.0 / 100.0).trunc() as i32,
-                    (st.wheel.1 / 100.0).trunc() as i32,
-                );
-                st.wheel.0 -= nx as f64 * 100.0;
-                st.wheel.1 -= ny as f64 * 100.0;
+                let (nx, ny) = wheel_notches(&mut st.wheel, *dx, *dy);
                 if nx != 0 || ny != 0 {
                     actions.push(InputAction::Scroll { dx: nx, dy: ny });
                     events.push(json!({"device": "wheel", "dx": nx, "dy": ny}));
@@ -510,6 +505,23 @@ async fn handle_message(app: &Arc<App>, viewer: &str, state: &Mutex<InputState>,
             );
         }
     }
+}
+
+/// Browsers report ~100 px per notch; the remainder is kept so trackpads scroll too. A
+/// message is at most [`MAX_WHEEL_NOTCHES`] notches and not-a-number is none: `dy: 1e12`
+/// once became Scroll{i32::MAX}, which held the one input thread (everyone's) for hours.
+fn wheel_notches(acc: &mut (f64, f64), dx: f64, dy: f64) -> (i32, i32) {
+    let m = MAX_WHEEL_NOTCHES as f64 * 100.0;
+    let bound = |v: f64| if v.is_finite() { v.clamp(-m, m) } else { 0.0 };
+    acc.0 = bound(bound(acc.0) + bound(dx));
+    acc.1 = bound(bound(acc.1) + bound(dy));
+    let (nx, ny) = (
+        (acc.0 / 100.0).trunc() as i32,
+        (acc.1 / 100.0).trunc() as i32,
+    );
+    acc.0 -= nx as f64 * 100.0;
+    acc.1 -= ny as f64 * 100.0;
+    (nx, ny)
 }
 
 fn input_kind(m: &ViewerMessage) -> &'static str {
@@ -616,6 +628,33 @@ mod tests {
                     assert!(!s.contains(code), "{s} names the key {code}");
                 }
             }
+        }
+    }
+
+    /// Each row: the accumulated remainder before, one message's (dx, dy), the notches sent.
+    #[test]
+    fn wheel_table() {
+        let rows: &[((f64, f64), (f64, f64), (i32, i32))] = &[
+            ((0.0, 0.0), (0.0, 100.0), (0, 1)),
+            ((0.0, 0.0), (0.0, -250.0), (0, -2)),
+            ((0.0, 60.0), (0.0, 50.0), (0, 1)),
+            ((0.0, 0.0), (0.0, 1e12), (0, MAX_WHEEL_NOTCHES)),
+            (
+                (0.0, 0.0),
+                (-1e300, f64::NEG_INFINITY),
+                (-MAX_WHEEL_NOTCHES, 0),
+            ),
+            ((0.0, 0.0), (f64::NAN, 300.0), (0, 3)),
+            ((f64::NAN, 0.0), (100.0, 0.0), (1, 0)),
+        ];
+        for (before, (dx, dy), want) in rows {
+            let mut acc = *before;
+            assert_eq!(
+                wheel_notches(&mut acc, *dx, *dy),
+                *want,
+                "{before:?} + ({dx}, {dy})"
+            );
+            assert!(acc.0.is_finite() && acc.1.is_finite(), "{acc:?}");
         }
     }
 

@@ -318,14 +318,23 @@ mod tests {
 
     #[test]
     fn names_from_the_first_bytes() {
-        assert_eq!(sni(&client_hello("api.github.com")).as_deref(), Some("api.github.com"));
+        assert_eq!(
+            sni(&client_hello("api.github.com")).as_deref(),
+            Some("api.github.com")
+        );
         let full = client_hello("api.github.com");
         // A hello cut short names nothing yet (the proxy reads more).
         assert_eq!(sni(&full[..full.len() - 4]), None);
         assert_eq!(sni(b"GET / HTTP/1.1\r\n"), None);
         for (req, want) in [
-            ("GET / HTTP/1.1\r\nHost: example.com\r\n\r\n", Some("example.com")),
-            ("GET / HTTP/1.1\r\nhost: example.com:8080\r\n\r\n", Some("example.com")),
+            (
+                "GET / HTTP/1.1\r\nHost: example.com\r\n\r\n",
+                Some("example.com"),
+            ),
+            (
+                "GET / HTTP/1.1\r\nhost: example.com:8080\r\n\r\n",
+                Some("example.com"),
+            ),
             ("GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n", Some("::1")),
             ("GET / HTTP/1.1\r\nUser-Agent: x\r\n", None),
         ] {

@@ -96,6 +96,9 @@ impl Default for EnvStatus {
 /// (and incomplete UTF-8), so a value split across reads is still replaced.
 pub struct StreamRedactor {
     secrets: Vec<(String, String)>,
+    /// Decoded text not shown yet: a tail that may be the start of a secret.
+    text: String,
+    /// An incomplete UTF-8 sequence at the end of the input so far.
     bytes: Vec<u8>,
 }
 
@@ -109,6 +112,7 @@ impl StreamRedactor {
         s.sort_by(|a, b| b.1.len().cmp(&a.1.len()));
         Self {
             secrets: s,
+            text: String::new(),
             bytes: Vec::new(),
         }
     }
@@ -117,23 +121,39 @@ impl StreamRedactor {
         crate::events::redact_with(&self.secrets, t)
     }
 
-    /// Feeds bytes; returns what can be shown now.
+    /// Feeds bytes; returns what can be shown now. Invalid UTF-8 becomes U+FFFD where it is,
+    /// and never releases what is held back (it used to: one stray byte and the first half of
+    /// a secret went out together, the second half with the next chunk).
     pub fn push(&mut self, chunk: &[u8]) -> String {
         self.bytes.extend_from_slice(chunk);
-        let valid = match std::str::from_utf8(&self.bytes) {
-            Ok(_) => self.bytes.len(),
-            Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            Err(_) => {
-                // Not UTF-8 at all: show it lossily rather than stall.
-                let s = String::from_utf8_lossy(&self.bytes).into_owned();
-                self.bytes.clear();
-                return self.redact(&s);
+        let mut rest: &[u8] = &self.bytes;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(s) => {
+                    self.text.push_str(s);
+                    rest = &[];
+                    break;
+                }
+                Err(e) => {
+                    let (good, bad) = rest.split_at(e.valid_up_to());
+                    self.text
+                        .push_str(std::str::from_utf8(good).expect("valid up to here"));
+                    match e.error_len() {
+                        Some(n) => {
+                            self.text.push(char::REPLACEMENT_CHARACTER);
+                            rest = &bad[n..];
+                        }
+                        None => {
+                            rest = bad;
+                            break;
+                        }
+                    }
+                }
             }
-        };
-        let text = std::str::from_utf8(&self.bytes[..valid])
-            .expect("checked")
-            .to_string();
+        }
+        self.bytes = rest.to_vec();
         // The longest suffix that is a proper prefix of some secret must wait for more bytes.
+        let text = &self.text;
         let mut hold = 0;
         for (_, v) in &self.secrets {
             for (i, _) in text.char_indices().rev().take(v.len()) {
@@ -145,7 +165,7 @@ impl StreamRedactor {
         }
         let cut = text.len() - hold;
         let shown = self.redact(&text[..cut]);
-        self.bytes.drain(..cut);
+        self.text.drain(..cut);
         shown
     }
 
@@ -153,7 +173,7 @@ impl StreamRedactor {
     /// it is too short to give a secret away (a prompt ending in a common letter must not
     /// hang forever); a longer secret prefix stays held until more output or the end.
     pub fn idle_flush(&mut self) -> String {
-        if self.bytes.len() <= 2 {
+        if self.text.len() + self.bytes.len() <= 2 {
             return self.flush();
         }
         String::new()
@@ -161,7 +181,8 @@ impl StreamRedactor {
 
     /// Everything held back (the stream ended).
     pub fn flush(&mut self) -> String {
-        let s = String::from_utf8_lossy(&self.bytes).into_owned();
+        let mut s = std::mem::take(&mut self.text);
+        s.push_str(&String::from_utf8_lossy(&self.bytes));
         self.bytes.clear();
         self.redact(&s)
     }
@@ -632,6 +653,28 @@ async fn tmux(app: &App, args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// A terminal's FIFO file name: its window name made a plain file name (a terminal named
+/// `/abs/x` or `../x` once made the agent `remove_file` and `mkfifo` wherever it said), with a
+/// hash of the whole name so two names that map alike still get files of their own.
+fn fifo_stem(window: &str) -> String {
+    let plain: String = window
+        .chars()
+        .take(48)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    // FNV-1a: stable across runs and builds (the restart path recomputes it).
+    let h = window.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("{plain}-{:08x}", h as u32)
+}
+
 fn terminal_name(t: &porthole_envfile::Terminal, i: usize) -> String {
     t.name
         .clone()
@@ -658,10 +701,11 @@ async fn start_terminals(
         let name = terminal_name(t, i);
         // tmux window names must not contain '.' or ':' (target syntax).
         let window = name.replace(['.', ':'], "_");
+        let stem = fifo_stem(&window);
         let gate = format!("porthole-start-{window}");
         // Output goes through a FIFO, never a file: raw terminal bytes (which may hold secrets)
         // must not touch the disk before redaction.
-        let fifo = dir.join(format!("{window}.fifo"));
+        let fifo = dir.join(format!("{stem}.fifo"));
         let _ = std::fs::remove_file(&fifo);
         let cpath =
             std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
@@ -680,7 +724,7 @@ async fn start_terminals(
             .map_err(|e| format!("open {}: {e}", fifo.display()))?;
         // The environment (secrets, the token) comes through a FIFO the shell sources, never
         // as `-e NAME=value` on tmux's command line.
-        let env_fifo = dir.join(format!("{window}.env"));
+        let env_fifo = dir.join(format!("{stem}.env"));
         let _ = std::fs::remove_file(&env_fifo);
         let cenv = std::ffi::CString::new(env_fifo.to_string_lossy().as_bytes())
             .map_err(|e| e.to_string())?;
@@ -858,7 +902,7 @@ pub async fn restart_terminal(app: &Arc<App>, name: &str) -> Result<(), String> 
         app.cfg
             .data_dir
             .join("terminals")
-            .join(format!("{window}.env")),
+            .join(format!("{}.env", fifo_stem(window))),
         generation,
     );
     tmux(app, &["respawn-pane", "-k", "-t", &target]).await?;
@@ -943,6 +987,80 @@ mod tests {
         let e = "é".as_bytes();
         assert_eq!(r.push(&e[..1]), "");
         assert_eq!(r.push(&e[1..]), "é");
+    }
+
+    #[test]
+    fn fifo_names_stay_in_the_terminals_directory() {
+        for (window, plain) in [
+            ("agent", "agent-"),
+            ("/abs/x", "_abs_x-"),
+            ("../../etc/passwd", "______etc_passwd-"),
+            ("it's; rm -rf ~", "it_s__rm_-rf__-"),
+        ] {
+            let s = fifo_stem(window);
+            assert!(s.starts_with(plain), "{window} -> {s}");
+            assert!(!s.contains('/') && !s.contains('\'') && s != "..", "{s}");
+            assert_eq!(
+                Path::new("/d").join(format!("{s}.fifo")).parent(),
+                Some(Path::new("/d"))
+            );
+        }
+        assert_ne!(
+            fifo_stem("a b"),
+            fifo_stem("a_b"),
+            "names that map alike get their own files"
+        );
+        assert_eq!(
+            fifo_stem("agent"),
+            fifo_stem("agent"),
+            "the restart path finds the same file"
+        );
+    }
+
+    /// For every way of cutting the output into two or three chunks, with invalid bytes
+    /// around and inside it, the secret never comes out (what `issue 19` found leaking).
+    #[test]
+    fn the_secret_never_comes_out_whatever_the_chunking_and_the_bytes() {
+        let secret = "sk-live-4f9Q";
+        let secrets = HashMap::from([("API_KEY".to_string(), secret.to_string())]);
+        let inputs: Vec<Vec<u8>> = vec![
+            [b"\xff".as_slice(), secret.as_bytes(), b"\n"].concat(),
+            [b"x\xc3".as_slice(), secret.as_bytes(), b"\xe2\x82"].concat(),
+            [
+                b"\xf0\x9f\x98\x80 ".as_slice(),
+                secret.as_bytes(),
+                b" \xff\xfe",
+                secret.as_bytes(),
+            ]
+            .concat(),
+            [b"sk-liv\xff".as_slice(), secret.as_bytes()].concat(),
+        ];
+        for input in &inputs {
+            let n = input.len();
+            for a in 0..=n {
+                for b in a..=n {
+                    let mut r = StreamRedactor::new(&secrets);
+                    let mut out = String::new();
+                    out += &r.push(&input[..a]);
+                    out += &r.push(&input[a..b]);
+                    out += &r.push(&input[b..]);
+                    out += &r.flush();
+                    assert!(
+                        !out.contains(secret),
+                        "cut at {a},{b} of {input:?}: {out:?}"
+                    );
+                    assert!(!out.contains("sk-live-4f"), "a half came out: {out:?}");
+                    assert_eq!(
+                        out.matches("[REDACTED:API_KEY]").count(),
+                        input
+                            .windows(secret.len())
+                            .filter(|w| *w == secret.as_bytes())
+                            .count(),
+                        "{out:?}"
+                    );
+                }
+            }
+        }
     }
 
     fn mkfifo(p: &Path) {

@@ -739,14 +739,28 @@ async fn recording_video(
         },
     };
     let n = if len == 0 { 0 } else { end - start + 1 };
-    let mut buf = vec![0u8; n as usize];
     f.seek(std::io::SeekFrom::Start(start))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string()))?;
-    f.read_exact(&mut buf)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string()))?;
-    let mut res = Response::new(Body::from(buf));
+    // Streamed in 64 KiB reads: sync asks for `bytes=N-` of parts that can be gigabytes, and
+    // this once allocated the whole range at once (the agent died out of memory).
+    let body = futures_util::stream::unfold(
+        (Some(f.take(n)), vec![0u8; 64 * 1024]),
+        |(r, mut buf)| async move {
+            let mut r = r?;
+            match r.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(k) => Some((
+                    Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(&buf[..k])),
+                    (Some(r), buf),
+                )),
+                Err(e) => Some((Err(e), (None, buf))),
+            }
+        },
+    );
+    let mut res = Response::new(Body::from_stream(body));
+    res.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     *res.status_mut() = status;
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));

@@ -275,10 +275,7 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
     match p.tls {
         Some(acceptor) => {
             axum::serve(
-                crate::tls::TlsListener {
-                    tcp: listener,
-                    acceptor,
-                },
+                crate::tls::TlsListener::new(listener, acceptor).context("tls listener")?,
                 router,
             )
             .with_graceful_shutdown(shutdown_signal())

@@ -4,7 +4,7 @@
 #
 # The host talks to it over the virtio-serial port `org.porthole.ctl`, one `key value` line at
 # a time, and `go` applies what was sent:
-#   token T | hostname H | machine-id M | seed HEX | udp PORT | public-ip IP | tap-ip IP/N
+#   token T | agent-token T | hostname H | machine-id M | seed HEX | udp PORT | public-ip IP | tap-ip IP/N
 #   size WxH | display-size WxH
 #   browser 0|1 | idle 0|1 | stall SECS | workspace 0|1 | fresh 0|1   then   go
 #   sync     flush the page cache (before a disk snapshot)
@@ -84,6 +84,9 @@ stop_agent() {
 start_agent() {
   local args=(serve --display :0 --listen 0.0.0.0:7300 --token-file /run/porthole/token
     --data-dir /var/lib/porthole/agent)
+  # Two principals: the coding agent's processes only ever see the agent token; the agent
+  # deletes both files once read (apply_identity writes them again before every start).
+  [ -n "$ATOKEN" ] && args+=(--agent-token-file /run/porthole/agent-token --forget-token-files)
   [ -n "$PUBIP" ] && args+=(--public-ip "$PUBIP")
   [ -n "$UDP" ] && args+=(--udp-port "$UDP")
   [ -n "$DSIZE" ] && args+=(--display-size "$DSIZE")
@@ -108,7 +111,9 @@ apply_identity() {
   [ -n "$MID" ] && echo "$MID" >/etc/machine-id
   # Clones of one memory snapshot share their RNG state: mix in fresh host randomness.
   [ -n "$SEED" ] && echo "$SEED" >/dev/urandom
-  umask 077; printf '%s' "$TOKEN" >/run/porthole/token; umask 022
+  umask 077; printf '%s' "$TOKEN" >/run/porthole/token
+  [ -n "$ATOKEN" ] && printf '%s' "$ATOKEN" >/run/porthole/agent-token
+  umask 022
 }
 
 go() {
@@ -135,6 +140,7 @@ while true; do
   while read -r key val <&3; do
     case "$key" in
       token) TOKEN=$val ;;
+      agent-token) ATOKEN=$val ;;
       hostname) NAME=$val ;;
       machine-id) MID=$val ;;
       seed) SEED=$val ;;

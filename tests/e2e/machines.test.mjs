@@ -24,7 +24,7 @@ import os from 'node:os';
 import path from 'node:path';
 import {
   agentBin, spawnGroup, killGroup, tmpDir, tail, freePort, waitFor, sleep,
-  launchChromium, openViewer, viewerStats, startXvfb, startAgent,
+  launchChromium, openViewer, viewerStats, startXvfb, startAgent, insecureHttpsStatus,
 } from './harness.mjs';
 
 const TARGET = process.env.CARGO_TARGET_DIR || '/work/target';
@@ -783,6 +783,20 @@ describe('porthole machines (CLI end to end)', { timeout: 90 * 60 * 1000 }, () =
       w.teardowns.push(() => agent.stop());
       assert.match(agent.url, /^https:/);
 
+      // Idle TCP connections that never start a handshake do not keep HTTPS clients out
+      // (handshakes used to run one at a time, 10 s each).
+      const { port } = new URL(agent.url);
+      const idle = await Promise.all(Array.from({ length: 20 }, () => new Promise((resolve, reject) => {
+        const c = net.connect(Number(port), '127.0.0.1', () => resolve(c));
+        c.on('error', reject);
+      })));
+      const t0 = Date.now();
+      const st = await insecureHttpsStatus(`${agent.url}/v1/health`);
+      const waited = Date.now() - t0;
+      for (const c of idle) c.destroy();
+      assert.equal(st, 200);
+      assert.ok(waited < 5000, `a new HTTPS client waited ${waited} ms behind 20 idle connections`);
+
       const failures = [];
       const expectFail = async (what, args, re) => {
         const r = await w.ph(args);
@@ -1095,6 +1109,17 @@ describe('porthole machines (CLI end to end)', { timeout: 90 * 60 * 1000 }, () =
     assert.equal(id1.exit_code, 0, JSON.stringify(id1));
     const [host1, mid1, xvfb1] = id1.stdout.trim().split('\n');
     assert.equal(host1, 'q1');
+
+    // Two principals in a VM too: the agent token reaches exec and is refused the operator's
+    // endpoints; inside, neither token file is left and the guest's commands hold only it.
+    const atok1 = (await w.ok(['machine', 'token', 'q1', '--agent'])).trim();
+    assert.notEqual(atok1, tok1);
+    assert.equal((await agentApi(q1.agent_url, atok1, '/v1/recordings')).status, 403, 'the agent token reads recordings');
+    const inVm = await execIn(q1.agent_url, atok1, 'echo "T=$PORTHOLE_TOKEN"; ls /run/porthole/');
+    const seen = /T=(\S*)/.exec(inVm.stdout)[1];
+    assert.ok(seen === '' || seen === atok1, `PORTHOLE_TOKEN inside is neither unset nor the agent token: ${inVm.stdout}`);
+    assert.ok(!inVm.stdout.includes(tok1), 'the operator token is readable inside the VM');
+    assert.doesNotMatch(inVm.stdout, /^(token|agent-token)$/m, inVm.stdout);
 
     const session1 = await agentOk(q1.agent_url, tok1, '/v1/sessions/current');
     assert.ok(session1.id, JSON.stringify(session1));

@@ -185,7 +185,8 @@ pub async fn export(
             let _ = std::fs::copy(env, out.join("environment.json"));
         }
     }
-    let title = format!("Porthole session {session}");
+    // The id came from the guest: escaped like everything else it sent.
+    let title = esc(&format!("Porthole session {session}"));
     let html = format!(
         r#"<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>
 body{{font:14px system-ui,sans-serif;margin:0;background:#0f1115;color:#e6e6e6}}header{{padding:12px 20px;border-bottom:1px solid #2a2f3a}}

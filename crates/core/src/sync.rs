@@ -14,6 +14,31 @@ pub struct SyncReport {
     pub sessions: usize,
     pub events: u64,
     pub bytes: u64,
+    /// Sessions the guest listed that were not taken, and why (the guest is not trusted).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
+}
+
+/// Parts a session may claim: a guest that says a billion would have the host loop on it.
+const MAX_PARTS: u64 = 10_000;
+
+/// A session id as agents make them (`new_session_id`): what may name a directory here.
+pub fn valid_session_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Whether `machine` may write into session `id`, given who holds it here: ids are global, and
+/// one guest must not extend another machine's recording (an id is on `/v1/health`).
+pub fn claim(owner: Option<&str>, machine: &str, id: &str) -> std::result::Result<(), String> {
+    match owner {
+        Some(o) if o != machine => Err(format!(
+            "session {id}: it belongs to machine '{o}', not '{machine}'"
+        )),
+        _ => Ok(()),
+    }
 }
 
 pub async fn sync_machine(ms: &Machines, m: &Machine) -> Result<SyncReport> {
@@ -22,7 +47,19 @@ pub async fn sync_machine(ms: &Machines, m: &Machine) -> Result<SyncReport> {
     let mut report = SyncReport::default();
     for r in list["recordings"].as_array().cloned().unwrap_or_default() {
         let id = r["id"].as_str().unwrap_or_default().to_string();
-        if id.is_empty() || id.contains('/') || id.contains("..") {
+        if !valid_session_id(&id) {
+            report.refused.push(format!(
+                "{:?}: not a session id (letters, digits, - and _, at most 64)",
+                id.chars().take(80).collect::<String>()
+            ));
+            continue;
+        }
+        let owner: Option<(String,)> = sqlx::query_as("SELECT machine FROM sessions WHERE id = ?")
+            .bind(&id)
+            .fetch_optional(&ms.store.pool)
+            .await?;
+        if let Err(why) = claim(owner.as_ref().map(|o| o.0.as_str()), &m.name, &id) {
+            report.refused.push(why);
             continue;
         }
         let state = match r["state"].as_str() {
@@ -46,7 +83,7 @@ pub async fn sync_machine(ms: &Machines, m: &Machine) -> Result<SyncReport> {
         let dir = ms.state.recordings().join(&id);
         std::fs::create_dir_all(dir.join("thumbs"))
             .map_err(CoreError::io(format!("create {}", dir.display())))?;
-        for part in 1..=r["parts"].as_u64().unwrap_or(0) as u32 {
+        for part in 1..=r["parts"].as_u64().unwrap_or(0).min(MAX_PARTS) as u32 {
             let path = dir.join(format!("video-{part:04}.mp4"));
             let have = std::fs::metadata(&path).map(|md| md.len()).unwrap_or(0);
             let bytes = client.video_from(&id, part, have).await?;
@@ -246,4 +283,30 @@ pub async fn recording(ms: &Machines, session: &str) -> Result<crate::replay::Re
         .collect();
     let starts = crate::replay::Recording::starts_from_events(&evs);
     crate::replay::Recording::open(&ms.state.recordings().join(session), &starts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guest_cannot_name_paths_or_claim_another_machines_session() {
+        for (id, ok) in [
+            ("20261202-051500-ab12", true),
+            ("s_1", true),
+            ("", false),
+            ("..", false),
+            ("a/b", false),
+            ("a\\b", false),
+            ("<script>", false),
+            ("x y", false),
+            (&"a".repeat(65), false),
+        ] {
+            assert_eq!(valid_session_id(id), ok, "{id:?}");
+        }
+        assert!(claim(None, "b", "s1").is_ok());
+        assert!(claim(Some("b"), "b", "s1").is_ok());
+        let e = claim(Some("a"), "b", "s1").unwrap_err();
+        assert!(e.contains("belongs to machine 'a'"), "{e}");
+    }
 }

@@ -79,7 +79,6 @@ fn normalize(allow: &[String]) -> Result<Vec<String>, String> {
         .collect()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,7 +87,11 @@ mod tests {
     fn policy_table() {
         let p = Policy::from_env(
             Some("allowlist"),
-            &["registry.npmjs.org".into(), "*.github.com".into(), "10.214.0.2".into()],
+            &[
+                "registry.npmjs.org".into(),
+                "*.github.com".into(),
+                "10.214.0.2".into(),
+            ],
         )
         .unwrap();
         for (host, want) in [
@@ -104,14 +107,21 @@ mod tests {
             assert_eq!(p.allows(host), want, "{host}");
         }
         assert_eq!(Policy::from_env(None, &[]).unwrap(), Policy::All);
-        assert_eq!(Policy::from_env(Some("allowAll"), &["x.com".into()]).unwrap(), Policy::All);
-        assert!(Policy::from_env(None, &["x.com".into()]).unwrap().restricted());
+        assert_eq!(
+            Policy::from_env(Some("allowAll"), &["x.com".into()]).unwrap(),
+            Policy::All
+        );
+        assert!(Policy::from_env(None, &["x.com".into()])
+            .unwrap()
+            .restricted());
         assert!(!Policy::from_env(Some("none"), &[]).unwrap().allows("x.com"));
         let e = Policy::from_env(Some("sometimes"), &[]).unwrap_err();
-        assert!(e.starts_with("egressMode:") && e.contains("allowlist"), "{e}");
+        assert!(
+            e.starts_with("egressMode:") && e.contains("allowlist"),
+            "{e}"
+        );
         let e = Policy::from_env(Some("allowlist"), &["ok.com".into(), "bad host/".into()])
             .unwrap_err();
         assert!(e.starts_with("egressAllowlist[1]:"), "{e}");
     }
-
 }

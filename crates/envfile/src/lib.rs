@@ -11,8 +11,8 @@
 //! [`CheckReport::to_text`] or the report as JSON.
 
 mod check;
-pub mod egress;
 mod devcontainer;
+pub mod egress;
 mod jsonc;
 mod schema;
 mod spec;

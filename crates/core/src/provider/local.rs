@@ -971,8 +971,14 @@ impl LocalSandbox {
             )));
         }
         if restricted {
-            self.egress_up(m, mdir, owner_path.as_deref(), &netns_path, exit_rx.as_ref())
-                .await?;
+            self.egress_up(
+                m,
+                mdir,
+                owner_path.as_deref(),
+                &netns_path,
+                exit_rx.as_ref(),
+            )
+            .await?;
         }
         let api = run.join("slirp.sock");
         let _ = std::fs::remove_file(&api);
@@ -1085,8 +1091,8 @@ impl LocalSandbox {
         {
             c.arg(format!("--allow={a}"));
         }
-        let plog =
-            create_log(&mdir.join("logs/egress.log")).map_err(CoreError::io("create egress log"))?;
+        let plog = create_log(&mdir.join("logs/egress.log"))
+            .map_err(CoreError::io("create egress log"))?;
         c.env_clear()
             .stdin(std::process::Stdio::null())
             .stdout(plog.try_clone().map_err(CoreError::io("log"))?)
@@ -1096,7 +1102,9 @@ impl LocalSandbox {
             c.arg(format!("--exit-fd={FD_SLIRP_EXIT}"));
             pass_fd(&mut c, rx, FD_SLIRP_EXIT);
         }
-        let mut child = c.spawn().map_err(CoreError::io("start the egress filter"))?;
+        let mut child = c
+            .spawn()
+            .map_err(CoreError::io("start the egress filter"))?;
         // It creates its log once it listens: nothing inside sends a packet before that.
         let t0 = std::time::Instant::now();
         while !log.exists() {

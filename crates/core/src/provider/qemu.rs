@@ -684,8 +684,13 @@ impl Qemu {
             let mut seed = [0u8; 32];
             rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut seed);
             let s = &m.spec;
-            let mut lines = vec![
-                ("token", token),
+            let mut lines = vec![("token", token)];
+            // The only token the guest's terminals, exec and MCP configs see (machines made
+            // before two tokens existed have none, and keep one).
+            if let Ok(t) = ms.agent_token(m) {
+                lines.push(("agent-token", t));
+            }
+            lines.extend([
                 ("hostname", m.name.clone()),
                 (
                     "machine-id",
@@ -717,7 +722,7 @@ impl Qemu {
                     (if s["workspace"].is_string() { "1" } else { "0" }).into(),
                 ),
                 ("fresh", (if incoming.is_some() { "1" } else { "0" }).into()),
-            ];
+            ]);
             match s["tap_index"].as_u64() {
                 Some(idx) => lines.push(("tap-ip", format!("10.215.{idx}.2/30"))),
                 // Peers on this host reach the forwarded UDP port on loopback (the app's
@@ -1524,6 +1529,7 @@ impl Provider for Qemu {
         m.spec = s;
         ms.state.create_keys()?;
         crate::machine::write_private(&m.token_path, random_token().as_bytes())?;
+        crate::machine::write_private(&m.agent_token_path(), random_token().as_bytes())?;
         // Two creates must not pick the same tap: hold the lock until the row is saved.
         let lock = super::local::CreateLock::acquire(&ms.state.root().join(".create.lock"))?;
         if network == "tap" {
