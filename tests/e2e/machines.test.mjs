@@ -888,6 +888,14 @@ describe('porthole machines (CLI end to end)', { timeout: 90 * 60 * 1000 }, () =
       const local2 = await localView(id);
       assert.equal(local2?.events, s1.events + s2.events, `local events after two syncs: ${JSON.stringify(local2)}`);
 
+      // The host does not take more of a part than its cap (a guest must not fill the host's
+      // disk): the sync says which limit, and what is on disk stays a true prefix.
+      await sleep(2500);
+      const capped = await w.ph(['recordings', 'sync', 'rec', '--json'], { env: { PORTHOLE_SYNC_MAX_PART_MB: '0' } });
+      assert.notEqual(capped.code, 0, `a sync over the part cap succeeded: ${capped.stdout}`);
+      assert.match(capped.stderr, /PORTHOLE_SYNC_MAX_PART_MB/, capped.stderr);
+      assert.equal(assertPrefix(localVideo, guestVideo, 'after the capped sync'), size2, 'the capped sync wrote video');
+
       const probe = await sh('ffprobe', ['-v', 'error', '-select_streams', 'v:0', '-show_entries', 'stream=codec_name', '-of', 'csv=p=0', localVideo]);
       assert.equal(probe.stdout.trim(), 'h264', `ffprobe ${localVideo}: ${probe.stdout} ${probe.stderr}`);
 

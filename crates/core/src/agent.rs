@@ -206,7 +206,19 @@ impl AgentClient {
     }
 
     /// Bytes `from..` of a recording part (a Range request); empty when nothing new.
-    pub async fn video_from(&self, id: &str, part: u32, from: u64) -> Result<bytes::Bytes> {
+    /// Appends part `part` of recording `id` from byte `from` to `out`, as it arrives (never
+    /// the whole part in memory), refusing more than `room` bytes: the guest is not trusted
+    /// to say how big its recording is. Returns the bytes written; what was written before an
+    /// error is a true prefix, so the next sync resumes after it.
+    pub async fn video_to(
+        &self,
+        id: &str,
+        part: u32,
+        from: u64,
+        out: &mut std::fs::File,
+        room: u64,
+    ) -> Result<u64> {
+        use std::io::Write;
         let r = self
             .http
             .get(format!("{}/v1/recordings/{id}/video?part={part}", self.url))
@@ -216,9 +228,22 @@ impl AgentClient {
             .await
             .map_err(|e| self.err(describe(&e)))?;
         if r.status().as_u16() == 416 {
-            return Ok(bytes::Bytes::new());
+            return Ok(0);
         }
-        self.check(r).await?.bytes().await.map_err(|e| self.err(e))
+        let mut r = self.check(r).await?;
+        let mut n = 0u64;
+        while let Some(chunk) = r.chunk().await.map_err(|e| self.err(e))? {
+            n += chunk.len() as u64;
+            if n > room {
+                return Err(self.err(format!(
+                    "recording {id} part {part} is larger than the {} MiB a part may be (PORTHOLE_SYNC_MAX_PART_MB): not synced further",
+                    (from + room) >> 20
+                )));
+            }
+            out.write_all(&chunk)
+                .map_err(CoreError::io(format!("write recording {id} part {part}")))?;
+        }
+        Ok(n)
     }
 
     /// WHEP: posts an SDP offer, returns (answer, resource location).

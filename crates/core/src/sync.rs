@@ -7,7 +7,6 @@ use crate::machine::{Machine, Machines};
 use crate::store::{now_ms, Store};
 use serde::Serialize;
 use serde_json::Value;
-use std::io::Write;
 
 #[derive(Debug, Default, Serialize)]
 pub struct SyncReport {
@@ -17,6 +16,16 @@ pub struct SyncReport {
     /// Sessions the guest listed that were not taken, and why (the guest is not trusted).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub refused: Vec<String>,
+}
+
+/// The most a synced recording part may hold on this host (`PORTHOLE_SYNC_MAX_PART_MB`,
+/// default 4096): a guest cannot fill the host's disk through one endless part.
+fn max_part_bytes() -> u64 {
+    std::env::var("PORTHOLE_SYNC_MAX_PART_MB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(4096)
+        << 20
 }
 
 /// Parts a session may claim: a guest that says a billion would have the host loop on it.
@@ -86,19 +95,18 @@ pub async fn sync_machine(ms: &Machines, m: &Machine) -> Result<SyncReport> {
         for part in 1..=r["parts"].as_u64().unwrap_or(0).min(MAX_PARTS) as u32 {
             let path = dir.join(format!("video-{part:04}.mp4"));
             let have = std::fs::metadata(&path).map(|md| md.len()).unwrap_or(0);
-            let bytes = client.video_from(&id, part, have).await?;
-            if !bytes.is_empty() {
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .map_err(CoreError::io(format!("open {}", path.display())))?;
-                f.write_all(&bytes)
-                    .map_err(CoreError::io(format!("write {}", path.display())))?;
-                f.sync_data().map_err(CoreError::io("sync"))?;
-                report.bytes += bytes.len() as u64;
-            }
-            let total = have + bytes.len() as u64;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(CoreError::io(format!("open {}", path.display())))?;
+            let got = client
+                .video_to(&id, part, have, &mut f, max_part_bytes().saturating_sub(have))
+                .await;
+            f.sync_data().map_err(CoreError::io("sync"))?;
+            let got = got?;
+            report.bytes += got;
+            let total = have + got;
             sqlx::query(
                 "INSERT INTO recordings (session_id, part, path, bytes, complete) VALUES (?, ?, ?, ?, ?)
                  ON CONFLICT(session_id, part) DO UPDATE SET bytes = excluded.bytes, complete = excluded.complete",
