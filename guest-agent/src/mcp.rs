@@ -84,11 +84,14 @@ fn tools(app: &App) -> Vec<Tool> {
     ]
 }
 
-fn tool_error(e: ApiError) -> CallToolResponse {
-    CallToolResult::error(vec![ContentBlock::text(format!(
-        "{}: {}",
-        e.code, e.message
-    ))])
+/// A tool error is a 200 with text, which the HTTP layer's JSON-error middleware never sees:
+/// redacted here (an exec's cwd or a computer action's text may hold a secret).
+fn tool_error(app: &App, e: ApiError) -> CallToolResponse {
+    CallToolResult::error(vec![ContentBlock::text(
+        app.timeline
+            .redactor
+            .redact(&format!("{}: {}", e.code, e.message)),
+    )])
     .into()
 }
 
@@ -135,7 +138,7 @@ impl ServerHandler for Mcp {
         Ok(match req.name.as_ref() {
             "computer" => match perform(&self.app, &args, &ShotQuery::default()).await {
                 Ok(v) => result(v),
-                Err(e) => tool_error(e),
+                Err(e) => tool_error(&self.app, e),
             },
             "screenshot" => match perform(
                 &self.app,
@@ -145,25 +148,28 @@ impl ServerHandler for Mcp {
             .await
             {
                 Ok(v) => result(v),
-                Err(e) => tool_error(e),
+                Err(e) => tool_error(&self.app, e),
             },
             // MCP is the coding agent's interface: its exec always waits on the control lock.
             "exec" => match serde_json::from_value::<ExecRequest>(args) {
                 Ok(r) => match crate::exec::agent_may_exec(&self.app, &r) {
-                    Err(e) => tool_error(e),
+                    Err(e) => tool_error(&self.app, e),
                     Ok(()) => match crate::exec::perform(&self.app, r).await {
                         Ok(v) => result(v),
-                        Err(e) => tool_error(e),
+                        Err(e) => tool_error(&self.app, e),
                     },
                 },
-                Err(e) => tool_error(ApiError::bad_request(format!("exec arguments: {e}"))),
+                Err(e) => tool_error(
+                    &self.app,
+                    ApiError::bad_request(format!("exec arguments: {e}")),
+                ),
             },
             "chapter" => match crate::vendors::chapter(&self.app, &args).await {
                 Ok(ev) => CallToolResult::success(vec![ContentBlock::text(
                     serde_json::to_string(&ev).unwrap_or_default(),
                 )])
                 .into(),
-                Err(e) => tool_error(e),
+                Err(e) => tool_error(&self.app, e),
             },
             other => {
                 return Err(McpError::invalid_params(

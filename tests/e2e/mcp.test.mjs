@@ -121,6 +121,17 @@ test('exec runs a shell command', withLog(async () => {
   assert.equal(parsed.stdout, 'mcp-ok\n');
 }));
 
+test('a tool error is redacted like every other error (a secret in an exec cwd)', withLog(async () => {
+  // The operator token is one of the agent's redacted secrets; MCP errors are 200s with text,
+  // which the HTTP error middleware never sees.
+  const res = await client.callTool({ name: 'exec', arguments: { command: 'true', cwd: `/nonexistent/${agent.token}` } });
+  assert.equal(res.isError, true, JSON.stringify(res));
+  const text = textOf(res);
+  assert.match(text, /cwd/, text);
+  assert.ok(!text.includes(agent.token), `the token is in the tool error: ${text}`);
+  assert.match(text, /\[REDACTED:PORTHOLE_OPERATOR_TOKEN\]/, text);
+}));
+
 test('computer with an invalid action is a tool error naming the field', withLog(async () => {
   const res = await client.callTool({ name: 'computer', arguments: { action: 'fly_to_the_moon' } });
   assert.equal(res.isError, true, `invalid action result: ${JSON.stringify(res)}`);

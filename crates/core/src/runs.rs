@@ -297,6 +297,7 @@ async fn clone_workspace(source: &Path, worktree: &Path, branch: &str, start: &s
         "--no-hardlinks",
         "--template=",
         "--no-checkout",
+        "--",
     ])
     .arg(source)
     .arg(worktree);

@@ -101,7 +101,13 @@ pub async fn sync_machine(ms: &Machines, m: &Machine) -> Result<SyncReport> {
                 .open(&path)
                 .map_err(CoreError::io(format!("open {}", path.display())))?;
             let got = client
-                .video_to(&id, part, have, &mut f, max_part_bytes().saturating_sub(have))
+                .video_to(
+                    &id,
+                    part,
+                    have,
+                    &mut f,
+                    max_part_bytes().saturating_sub(have),
+                )
                 .await;
             f.sync_data().map_err(CoreError::io("sync"))?;
             let got = got?;

@@ -238,6 +238,10 @@ impl Vault {
 
     /// A sealed value, opened; `None` when this key did not seal it (name and scope are bound in).
     fn unseal(&self, name: &str, scope: &str, nonce: &[u8], ct: &[u8]) -> Option<Vec<u8>> {
+        // A damaged row (a nonce of the wrong length) is unreadable, not a panic.
+        if nonce.len() != 12 {
+            return None;
+        }
         let aad = format!("{scope}\0{name}");
         self.cipher
             .decrypt(
@@ -342,6 +346,19 @@ mod tests {
         std::fs::write(&other, [7u8; 32]).unwrap();
         let read = |p: &std::path::Path| -> Result<Option<Vec<u8>>> { Ok(std::fs::read(p).ok()) };
         assert_eq!(new_key_file(&other, &read).unwrap(), vec![7u8; 32]);
+    }
+
+    #[tokio::test]
+    async fn a_damaged_row_is_unreadable_not_a_panic() {
+        std::env::set_var("PORTHOLE_KEYCHAIN", "0");
+        let dir = tempfile::tempdir().unwrap();
+        let ms = Machines::open(crate::paths::StateDir::at(dir.path()))
+            .await
+            .unwrap();
+        let v = Vault::open(&ms).await.unwrap();
+        for nonce in [&[][..], &[1u8; 5][..], &[1u8; 24][..]] {
+            assert_eq!(v.unseal("K", "", nonce, b"whatever"), None, "{nonce:?}");
+        }
     }
 
     #[tokio::test]
