@@ -188,6 +188,60 @@ impl StreamRedactor {
     }
 }
 
+/// What one terminal or step may put on the timeline: a steady 64 KiB a second with bursts of
+/// 256 KiB. `yes` in a terminal once made gigabytes of events; the excess is counted and said
+/// (a `terminal` event with `cut_bytes`), never silently dropped, and the output is still read
+/// (the program never blocks on a full pipe).
+pub const TERMINAL_BYTES_PER_SEC: f64 = 64.0 * 1024.0;
+pub const TERMINAL_BURST_BYTES: f64 = 256.0 * 1024.0;
+
+pub struct OutputBudget {
+    tokens: f64,
+    last: Instant,
+    cut: u64,
+}
+
+impl OutputBudget {
+    pub fn new(now: Instant) -> Self {
+        OutputBudget {
+            tokens: TERMINAL_BURST_BYTES,
+            last: now,
+            cut: 0,
+        }
+    }
+
+    /// The part of `s` that fits now (whole characters); the rest is counted as cut.
+    pub fn admit<'a>(&mut self, s: &'a str, now: Instant) -> &'a str {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * TERMINAL_BYTES_PER_SEC).min(TERMINAL_BURST_BYTES);
+        let mut n = s.len().min(self.tokens as usize);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        self.tokens -= n as f64;
+        self.cut += (s.len() - n) as u64;
+        &s[..n]
+    }
+
+    /// Bytes cut since the last call.
+    pub fn take_cut(&mut self) -> u64 {
+        std::mem::take(&mut self.cut)
+    }
+}
+
+/// The event that says output was cut.
+fn emit_cut(app: &App, name: &str, budget: &mut OutputBudget) {
+    let cut = budget.take_cut();
+    if cut > 0 {
+        app.timeline.emit(
+            Actor::System,
+            "terminal",
+            json!({"name": name, "text": format!("\n[porthole: {cut} bytes of output not recorded (over {} KiB/s)]\n", TERMINAL_BYTES_PER_SEC as u64 / 1024), "cut_bytes": cut}),
+        );
+    }
+}
+
 fn push_tail(tail: &mut String, s: &str) {
     tail.push_str(s);
     if tail.len() > TAIL_BYTES {
@@ -589,22 +643,30 @@ async fn pump(
     secrets: HashMap<String, String>,
 ) {
     let mut red = StreamRedactor::new(&secrets);
+    let mut budget = OutputBudget::new(Instant::now());
     let mut buf = vec![0u8; 8192];
+    let mut said = Instant::now();
     loop {
         let n = match tokio::time::timeout(Duration::from_millis(250), r.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => break,
             Ok(Ok(n)) => n,
             Err(_) => {
                 let s = red.idle_flush();
-                emit_text(&app, &name, &s, &tail);
+                emit_text(&app, &name, budget.admit(&s, Instant::now()), &tail);
+                emit_cut(&app, &name, &mut budget);
                 continue;
             }
         };
         let s = red.push(&buf[..n]);
-        emit_text(&app, &name, &s, &tail);
+        emit_text(&app, &name, budget.admit(&s, Instant::now()), &tail);
+        if said.elapsed() >= Duration::from_secs(1) {
+            said = Instant::now();
+            emit_cut(&app, &name, &mut budget);
+        }
     }
     let s = red.flush();
-    emit_text(&app, &name, &s, &tail);
+    emit_text(&app, &name, budget.admit(&s, Instant::now()), &tail);
+    emit_cut(&app, &name, &mut budget);
 }
 
 fn emit_text(app: &App, name: &str, s: &str, tail: &Mutex<String>) {
@@ -829,9 +891,11 @@ async fn follow_terminal(
     let mut reported_exit = false;
     let mut buf = vec![0u8; 16 * 1024];
     let mut check = tokio::time::interval(Duration::from_millis(500));
+    let budget = Mutex::new(OutputBudget::new(Instant::now()));
     let emit = |s: &str| {
+        let s = budget.lock().unwrap().admit(s, Instant::now()).to_string();
         if !s.is_empty() {
-            update_terminal(&app, &name, |t| push_tail(&mut t.log_tail, s));
+            update_terminal(&app, &name, |t| push_tail(&mut t.log_tail, &s));
             app.timeline
                 .emit(Actor::System, "terminal", json!({"name": name, "text": s}));
         }
@@ -847,6 +911,7 @@ async fn follow_terminal(
                 Err(_) => emit(&red.idle_flush()),
             },
             _ = check.tick() => {
+                emit_cut(&app, &name, &mut budget.lock().unwrap());
                 let out = tmux(&app, &["list-panes", "-t", &target, "-F", "#{pane_dead} #{pane_dead_status}"]).await;
                 let dead = match &out {
                     Ok(s) => s.trim().split_once(' ').filter(|(d, _)| *d == "1").map(|(_, st)| st.parse::<i32>().ok()),
@@ -987,6 +1052,38 @@ mod tests {
         let e = "é".as_bytes();
         assert_eq!(r.push(&e[..1]), "");
         assert_eq!(r.push(&e[1..]), "é");
+    }
+
+    /// Each row: seconds since the start, bytes offered, bytes admitted, bytes cut so far.
+    #[test]
+    fn output_budget_table() {
+        let t0 = Instant::now();
+        let mut b = OutputBudget::new(t0);
+        let kib = 1024usize;
+        let rows: &[(f64, usize, usize, u64)] = &[
+            (0.0, 100 * kib, 100 * kib, 0),
+            (0.0, 200 * kib, 156 * kib, 44 * 1024),
+            (0.0, 10, 0, 44 * 1024 + 10),
+            (1.0, 100 * kib, 64 * kib, 44 * 1024 + 10 + 36 * 1024),
+            (
+                100.0,
+                300 * kib,
+                256 * kib,
+                44 * 1024 + 10 + 36 * 1024 + 44 * 1024,
+            ),
+        ];
+        for (at, offered, admitted, cut) in rows {
+            let s = "x".repeat(*offered);
+            let got = b.admit(&s, t0 + Duration::from_secs_f64(*at)).len();
+            assert_eq!(got, *admitted, "at {at} s, {offered} bytes");
+            assert_eq!(b.cut, *cut, "at {at} s");
+        }
+        assert_eq!(b.take_cut(), 44 * 1024 + 10 + 36 * 1024 + 44 * 1024);
+        assert_eq!(b.take_cut(), 0);
+        // Never half a character.
+        let mut b = OutputBudget::new(t0);
+        b.tokens = 2.0;
+        assert_eq!(b.admit("é€", t0), "é");
     }
 
     #[test]

@@ -380,6 +380,30 @@ describe('environment runtime: .cursor/environment.json, secrets, tmux terminals
     assert.ok(!lw.stdout.includes('never'), `tmux has no window "never": ${lw.stdout}`);
   });
 
+  test('a terminal that floods is bounded: beyond 64 KiB/s its output is counted and said, not recorded, and nothing vanishes', async () => {
+    const repo = path.join(work, 'flood-repo');
+    mkdirSync(repo);
+    const from = (await api('/v1/events?after=0&limit=1000000')).json.next;
+    const total = 4000000;
+    const env = { name: 'flood', terminals: [{ name: 'flood', command: `head -c ${total} /dev/zero | tr '\\0' x; sleep 600` }] };
+    const t0 = Date.now();
+    const r = await api('/v1/environment', { method: 'POST', body: { environment: env, workspace: repo } });
+    assert.ok([200, 202].includes(r.status), `POST /v1/environment (flood) -> ${r.status}: ${r.text}`);
+    const flood = async () => (await allEvents()).filter((e) => e.seq > from && e.kind === 'terminal' && e.data.name === 'flood');
+    // Everything the program wrote is either on the timeline or counted as cut.
+    const events = await waitFor(async () => {
+      const ev = await flood();
+      const shown = ev.filter((e) => !e.data.cut_bytes).reduce((n, e) => n + (e.data.text.match(/x/g) || []).length, 0);
+      const cut = ev.reduce((n, e) => n + (e.data.cut_bytes || 0), 0);
+      return shown + cut >= total && ev;
+    }, { timeout: 60000, interval: 500, message: `${total} bytes of flood on the timeline or counted as cut` });
+    const secs = (Date.now() - t0) / 1000;
+    const recorded = events.filter((e) => !e.data.cut_bytes).reduce((n, e) => n + Buffer.byteLength(e.data.text), 0);
+    assert.ok(recorded <= 256 * 1024 + 64 * 1024 * (secs + 1), `${recorded} bytes recorded in ${secs} s`);
+    const notice = events.find((e) => e.data.cut_bytes > 0);
+    assert.match(notice.data.text, /bytes of output not recorded/, JSON.stringify(notice));
+  });
+
   test('a secrets file readable by others (0644) is refused: the agent exits non-zero naming the file', async () => {
     const dir = path.join(work, 'mode-check');
     mkdirSync(dir);
