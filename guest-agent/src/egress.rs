@@ -121,13 +121,35 @@ fn original_dst(s: &tokio::net::TcpStream) -> std::io::Result<SocketAddr> {
 struct Log {
     file: Mutex<std::fs::File>,
     seen: Mutex<std::collections::HashSet<(String, u16)>>,
+    /// When each refused destination was last written: at most one line per destination
+    /// every [`REFUSED_EVERY`], so a loop of refused connects cannot flood the host's disk.
+    refused: Mutex<std::collections::HashMap<(String, u16), std::time::Instant>>,
 }
+
+const REFUSED_EVERY: Duration = Duration::from_secs(10);
+/// Connections the filter serves at once; past it, new ones wait in the backlog.
+const MAX_CONNECTIONS: usize = 512;
 
 impl Log {
     fn record(&self, host: &str, port: u16, allowed: bool) {
-        if allowed && !self.seen.lock().unwrap().insert((host.to_string(), port)) {
+        let key = (host.chars().take(255).collect::<String>(), port);
+        if allowed && !self.seen.lock().unwrap().insert(key.clone()) {
             return;
         }
+        if !allowed {
+            let mut r = self.refused.lock().unwrap();
+            let now = std::time::Instant::now();
+            if r.get(&key)
+                .is_some_and(|t| now.duration_since(*t) < REFUSED_EVERY)
+            {
+                return;
+            }
+            if r.len() > 10_000 {
+                r.clear();
+            }
+            r.insert(key.clone(), now);
+        }
+        let host = key.0.as_str();
         let line = json!({"host": host, "port": port, "allowed": allowed}).to_string();
         let _ = writeln!(self.file.lock().unwrap(), "{line}");
     }
@@ -219,7 +241,9 @@ pub fn proxy_main(
         let log = Arc::new(Log {
             file: Mutex::new(file),
             seen: Mutex::new(Default::default()),
+            refused: Mutex::new(Default::default()),
         });
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let exit = async move {
             let Some(fd) = exit_fd else {
                 return std::future::pending::<()>().await;
@@ -238,10 +262,17 @@ pub fn proxy_main(
         loop {
             tokio::select! {
                 _ = &mut exit => return Ok(()),
-                a = l.accept() => {
-                    if let Ok((c, _)) = a {
-                        tokio::spawn(handle(c, policy.clone(), log.clone()));
+                a = l.accept() => match a {
+                    Ok((c, _)) => {
+                        let Ok(slot) = slots.clone().acquire_owned().await else { return Ok(()) };
+                        let (p, lg) = (policy.clone(), log.clone());
+                        tokio::spawn(async move {
+                            let _slot = slot;
+                            handle(c, p, lg).await;
+                        });
                     }
+                    // Out of descriptors and the like: back off rather than spin.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
             }
         }

@@ -152,13 +152,21 @@ impl StreamRedactor {
             }
         }
         self.bytes = rest.to_vec();
-        // The longest suffix that is a proper prefix of some secret must wait for more bytes.
+        // The longest suffix that is a proper prefix of some secret must wait for more bytes,
+        // but never one that starts inside a whole occurrence: a secret ending in its own
+        // first character (`s3cr3ts`) would otherwise be cut through and shown but for one.
         let text = &self.text;
+        let after_last = self
+            .secrets
+            .iter()
+            .filter_map(|(_, v)| text.rfind(v.as_str()).map(|i| i + v.len()))
+            .max()
+            .unwrap_or(0);
         let mut hold = 0;
         for (_, v) in &self.secrets {
             for (i, _) in text.char_indices().rev().take(v.len()) {
                 let suffix = &text[i..];
-                if suffix.len() < v.len() && v.starts_with(suffix) {
+                if i >= after_last && suffix.len() < v.len() && v.starts_with(suffix) {
                     hold = hold.max(suffix.len());
                 }
             }
@@ -1116,6 +1124,16 @@ mod tests {
 
     /// For every way of cutting the output into two or three chunks, with invalid bytes
     /// around and inside it, the secret never comes out (what `issue 19` found leaking).
+    #[test]
+    fn a_secret_that_ends_in_its_first_character_is_not_cut_through() {
+        let secrets = HashMap::from([("S".to_string(), "s3cr3ts".to_string())]);
+        let mut r = StreamRedactor::new(&secrets);
+        let mut out = r.push(b"x s3cr3ts");
+        out += &r.push(b" y");
+        out += &r.flush();
+        assert_eq!(out, "x [REDACTED:S] y");
+    }
+
     #[test]
     fn the_secret_never_comes_out_whatever_the_chunking_and_the_bytes() {
         let secret = "sk-live-4f9Q";

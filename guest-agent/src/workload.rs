@@ -75,7 +75,8 @@ impl Workload {
         // pid 1 inside is readable by everything there: it gets no environment at all.
         cmd.args(&args)
             .stdin(std::process::Stdio::null())
-            .env_clear();
+            .env_clear()
+            .process_group(0);
         let (w, f) = (info_w.as_raw_fd(), filter.as_ref().map(|f| f.as_raw_fd()));
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
@@ -290,6 +291,11 @@ fn die(what: &str) -> ! {
 /// namespaces at descriptors 3, 4 and 5. Runs before any thread exists (setns into a user
 /// namespace refuses multithreaded callers).
 pub fn exec_main(seccomp: Option<PathBuf>, argv: Vec<OsString>) -> ! {
+    // A process group of our own, first: `kill(0, sig)` reaches the caller's whole group
+    // whatever the PID namespace, and porthole-agent's group holds the X server and the
+    // holder (a hostile `core.fsmonitor` under a git started without a group of its own
+    // could SIGSTOP the recorder).
+    unsafe { libc::setpgid(0, 0) };
     if argv.is_empty() {
         eprintln!("porthole-agent workload-exec: no program");
         std::process::exit(2);

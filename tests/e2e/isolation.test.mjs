@@ -137,8 +137,10 @@ async function egressServers() {
   const sh = (c) => run('sh', ['-c', c]);
   await sh(`ip netns add ${ns} && ip link add phegv0 type veth peer name phegv1 && ip link set phegv1 netns ${ns} && ip addr add 10.214.7.1/24 dev phegv0 && ip link set phegv0 up && ip -n ${ns} addr add 10.214.7.2/24 dev phegv1 && ip -n ${ns} addr add 10.214.7.3/24 dev phegv1 && ip -n ${ns} link set phegv1 up && ip -n ${ns} link set lo up && ip -n ${ns} route add default via 10.214.7.1`);
   const server = spawn('ip', ['netns', 'exec', ns, 'python3', '-m', 'http.server', '8080', '--bind', '0.0.0.0'], { stdio: 'ignore' });
+  // A UDP echo on port 53, as a DNS tunnel's far end would be.
+  const echo = spawn('ip', ['netns', 'exec', ns, 'python3', '-c', "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 53))\nwhile True:\n    d, a = s.recvfrom(512); s.sendto(d, a)"], { stdio: 'ignore' });
   await waitFor(async () => (await run('curl', ['-s', '-m', '1', '-o', '/dev/null', 'http://10.214.7.3:8080/'])).code === 0, { timeout: 10000, message: 'the egress test servers' });
-  return async () => { server.kill('SIGKILL'); await sh(`ip netns del ${ns}; ip link del phegv0 2>/dev/null; true`); };
+  return async () => { server.kill('SIGKILL'); echo.kill('SIGKILL'); await sh(`ip netns del ${ns}; ip link del phegv0 2>/dev/null; true`); };
 }
 
 function attacks(label, opts) {
@@ -280,6 +282,12 @@ function attacks(label, opts) {
         // Not TCP: refused too (nothing answers, the packet never leaves).
         const udp = await py(e, "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)\ntry:\n    s.sendto(b'x', ('10.214.7.3', 8080)); s.recvfrom(10); print('ANSWER')\nexcept Exception as ex:\n    print('ERR', type(ex).__name__)");
         assert.doesNotMatch(udp, /ANSWER/, udp);
+        // Port 53 goes to the machine's resolvers only: to anything else it is no tunnel.
+        const dns = await py(e, "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)\ntry:\n    s.sendto(b'tunnel', ('10.214.7.3', 53)); print('ANSWER', s.recvfrom(10)[0])\nexcept Exception as ex:\n    print('ERR', type(ex).__name__)");
+        assert.doesNotMatch(dns, /ANSWER/, dns);
+        // The far end does answer, from the host: the refusal above is the rules'.
+        const fromHost = await run('python3', ['-c', "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\ns.sendto(b'tunnel', ('10.214.7.3', 53)); print('ANSWER', s.recvfrom(10)[0])"]);
+        assert.match(fromHost.stdout, /ANSWER b'tunnel'/, `${fromHost.stdout}${fromHost.stderr}`);
         let egress = [];
         await waitFor(async () => {
           const ev = await api(e, 'GET', '/v1/events?after=0&limit=100000', { token: e.operatorToken });

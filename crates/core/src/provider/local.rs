@@ -240,6 +240,19 @@ fn pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
 }
 
 /// Hands `fd` to the child as descriptor `target` (dup2 clears close-on-exec on the copy).
+/// The DNS servers the machine uses (its /etc is the host's): the nameserver lines of
+/// /etc/resolv.conf that are addresses.
+fn resolvers() -> Vec<String> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .map(str::trim)
+        .filter(|a| a.parse::<std::net::IpAddr>().is_ok())
+        .map(str::to_string)
+        .collect()
+}
+
 fn pass_fd(cmd: &mut tokio::process::Command, fd: &std::os::fd::OwnedFd, target: u32) {
     use std::os::fd::AsRawFd;
     let raw = fd.as_raw_fd();
@@ -839,7 +852,9 @@ impl LocalSandbox {
     /// New connections from inside the machine to any host address are refused (replies to
     /// the host's own connections, to the agent, pass as established). `host_addrs`: every
     /// address of the host's interfaces at boot, the veth pairs' range, link-local.
-    fn nft_rules(host_addrs: &[String], egress_restricted: bool) -> String {
+    /// `egress`: `Some(resolvers)` for a restricted machine (the only DNS servers it may ask:
+    /// port 53 to anywhere would be a tunnel past the allowlist).
+    fn nft_rules(host_addrs: &[String], egress: Option<&[String]>) -> String {
         let (v4, v6): (Vec<&String>, Vec<&String>) =
             host_addrs.iter().partition(|a| !a.contains(':'));
         let set = |xs: &[&String]| xs.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
@@ -856,12 +871,26 @@ impl LocalSandbox {
         if !v6.is_empty() {
             r.push_str(&format!("    ip6 daddr {{ {} }} drop\n", set(&v6)));
         }
-        if egress_restricted {
+        if let Some(resolvers) = egress {
             // After the host's addresses, so an allowed name that resolves to one of them
             // still reaches nothing. TCP was redirected to the filter (below); the filter's
-            // own connections carry its mark; DNS goes to the resolver; nothing else leaves.
+            // own connections carry its mark; DNS goes to the resolvers only; nothing else
+            // leaves.
+            let (r4, r6): (Vec<&String>, Vec<&String>) =
+                resolvers.iter().partition(|a| !a.contains(':'));
+            let mut dns = String::new();
+            let mut dns_nat = String::new();
+            for (fam, list) in [("ip", &r4), ("ip6", &r6)] {
+                if !list.is_empty() {
+                    let l = set(list);
+                    dns.push_str(&format!(
+                        "    {fam} daddr {{ {l} }} udp dport 53 accept\n    {fam} daddr {{ {l} }} tcp dport 53 accept\n"
+                    ));
+                    dns_nat.push_str(&format!("    {fam} daddr {{ {l} }} tcp dport 53 accept\n"));
+                }
+            }
             r.push_str(&format!(
-                "    meta mark {mark:#x} accept\n    udp dport 53 accept\n    tcp dport 53 accept\n    drop\n  }}\n  chain nat_out {{\n    type nat hook output priority -100; policy accept;\n    oif \"lo\" accept\n    meta mark {mark:#x} accept\n    tcp dport 53 accept\n    meta nfproto ipv4 meta l4proto tcp redirect to :{port}\n",
+                "    meta mark {mark:#x} accept\n{dns}    drop\n  }}\n  chain nat_out {{\n    type nat hook output priority -100; policy accept;\n    oif \"lo\" accept\n    meta mark {mark:#x} accept\n{dns_nat}    meta nfproto ipv4 meta l4proto tcp redirect to :{port}\n",
                 mark = EGRESS_MARK,
                 port = EGRESS_PROXY_PORT,
             ));
@@ -933,7 +962,11 @@ impl LocalSandbox {
         std::fs::write(run.join("child.pid"), child.to_string())
             .map_err(CoreError::io("write child.pid"))?;
         let restricted = m.spec["egress"]["restricted"] == true;
-        let rules = Self::nft_rules(&Self::host_addresses(), restricted);
+        let resolvers = resolvers();
+        let rules = Self::nft_rules(
+            &Self::host_addresses(),
+            restricted.then_some(resolvers.as_slice()),
+        );
         std::fs::write(run.join("rules.nft"), &rules).map_err(CoreError::io("write rules.nft"))?;
         let rules_path = run.join("rules.nft").to_string_lossy().to_string();
         // The user namespace that owns the network namespace, asked of the kernel
@@ -1221,7 +1254,11 @@ impl LocalSandbox {
                 other => other,
             })?;
         }
-        m.spec["egress"] = Self::egress_spec(m)?;
+        // Fixed when the machine is made: the file lives in the workspace, which the coding
+        // agent can edit, so a restart must not read a looser policy from it.
+        if !m.spec["egress"].is_object() {
+            m.spec["egress"] = Self::egress_spec(m)?;
+        }
         std::fs::write(mdir.join("init.sh"), Self::init_script(&m.spec))
             .map_err(CoreError::io("write init.sh"))?;
         let fds: &[u32] = if m.spec["seccomp"]["applied"] == true {
@@ -1742,13 +1779,40 @@ mod tests {
 
     #[test]
     fn packet_rules_refuse_host_addresses() {
-        let r = LocalSandbox::nft_rules(&["192.168.1.5".into(), "2001:db8::1".into()], false);
+        let r = LocalSandbox::nft_rules(&["192.168.1.5".into(), "2001:db8::1".into()], None);
         assert!(r.contains("ct state established,related accept"));
         assert!(r.contains("ip daddr { 10.213.0.0/16, 169.254.0.0/16, 10.0.2.2 } drop"));
         assert!(r.contains("ip daddr { 192.168.1.5 } drop"));
         assert!(r.contains("ip6 daddr { 2001:db8::1 } drop"));
         // Established first: replies to the host's connections (the agent's) still pass.
         assert!(r.find("established").unwrap() < r.find("drop").unwrap());
+        assert!(!r.contains("redirect") && !r.contains("dport 53"), "{r}");
+        // Restricted: DNS to the resolvers only (port 53 to anywhere is a tunnel), after the
+        // host's addresses; every other TCP to the filter; the rest dropped.
+        let r = LocalSandbox::nft_rules(&["192.168.1.5".into()], Some(&["10.255.255.53".into()]));
+        assert!(
+            r.contains("ip daddr { 10.255.255.53 } udp dport 53 accept"),
+            "{r}"
+        );
+        assert!(
+            r.contains("ip daddr { 10.255.255.53 } tcp dport 53 accept"),
+            "{r}"
+        );
+        assert!(
+            !r.lines()
+                .any(|l| l.trim().starts_with("udp dport 53")
+                    || l.trim().starts_with("tcp dport 53")),
+            "{r}"
+        );
+        assert!(
+            r.find("ip daddr { 192.168.1.5 } drop").unwrap() < r.find("meta mark").unwrap(),
+            "{r}"
+        );
+        assert!(
+            r.contains("meta nfproto ipv4 meta l4proto tcp redirect to :15001"),
+            "{r}"
+        );
+        assert!(r.contains("    drop\n  }\n  chain nat_out"), "{r}");
     }
 
     #[test]
