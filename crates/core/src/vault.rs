@@ -348,14 +348,21 @@ mod tests {
         assert_eq!(new_key_file(&other, &read).unwrap(), vec![7u8; 32]);
     }
 
-    #[tokio::test]
-    async fn a_damaged_row_is_unreadable_not_a_panic() {
+    /// A vault in a state dir of its own, never the developer's keychain (tests/e2e/
+    /// keychain.test.mjs covers the keychain with a throwaway gnome-keyring).
+    async fn fresh_vault() -> (tempfile::TempDir, Machines, Vault) {
         std::env::set_var("PORTHOLE_KEYCHAIN", "0");
         let dir = tempfile::tempdir().unwrap();
         let ms = Machines::open(crate::paths::StateDir::at(dir.path()))
             .await
             .unwrap();
         let v = Vault::open(&ms).await.unwrap();
+        (dir, ms, v)
+    }
+
+    #[tokio::test]
+    async fn a_damaged_row_is_unreadable_not_a_panic() {
+        let (_dir, _ms, v) = fresh_vault().await;
         for nonce in [&[][..], &[1u8; 5][..], &[1u8; 24][..]] {
             assert_eq!(v.unseal("K", "", nonce, b"whatever"), None, "{nonce:?}");
         }
@@ -363,14 +370,7 @@ mod tests {
 
     #[tokio::test]
     async fn values_are_sealed_scoped_and_never_stored_in_clear() {
-        // Never the developer's own keychain from a unit test (tests/e2e/keychain.test.mjs
-        // covers the keychain with a throwaway gnome-keyring).
-        std::env::set_var("PORTHOLE_KEYCHAIN", "0");
-        let dir = tempfile::tempdir().unwrap();
-        let ms = Machines::open(crate::paths::StateDir::at(dir.path()))
-            .await
-            .unwrap();
-        let v = Vault::open(&ms).await.unwrap();
+        let (dir, ms, v) = fresh_vault().await;
         v.set("API_KEY", "", "sk-global-111").await.unwrap();
         v.set("API_KEY", "web", "sk-web-222").await.unwrap();
         assert!(v.set("bad name", "", "x").await.is_err());

@@ -106,17 +106,19 @@ fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: u32) -> Result<BpfProg
         .map_err(|e: seccompiler::BackendError| e.to_string())
 }
 
+/// One rule per ioctl request in [`DENIED_IOCTLS`] (both filters refuse them).
+fn ioctl_rules() -> Vec<SeccompRule> {
+    DENIED_IOCTLS
+        .iter()
+        .map(|req| SeccompRule::new(vec![cond(1, SeccompCmpOp::Eq, *req)]).unwrap())
+        .collect()
+}
+
 /// The EPERM filter: [`DENIED`], TIOCSTI/TIOCLINUX, and `clone`/`unshare` with CLONE_NEWUSER.
 pub fn deny_filter() -> Result<BpfProgram, String> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         DENIED.iter().map(|(_, nr)| (*nr, vec![])).collect();
-    rules.insert(
-        libc::SYS_ioctl,
-        DENIED_IOCTLS
-            .iter()
-            .map(|req| SeccompRule::new(vec![cond(1, SeccompCmpOp::Eq, *req)]).unwrap())
-            .collect(),
-    );
+    rules.insert(libc::SYS_ioctl, ioctl_rules());
     let newuser = || {
         SeccompRule::new(vec![cond(
             0,
@@ -140,13 +142,7 @@ pub fn supervisor_filter() -> Result<BpfProgram, String> {
         .filter(|(name, _)| !SUPERVISOR_ALLOWED.contains(name))
         .map(|(_, nr)| (*nr, vec![]))
         .collect();
-    rules.insert(
-        libc::SYS_ioctl,
-        DENIED_IOCTLS
-            .iter()
-            .map(|req| SeccompRule::new(vec![cond(1, SeccompCmpOp::Eq, *req)]).unwrap())
-            .collect(),
-    );
+    rules.insert(libc::SYS_ioctl, ioctl_rules());
     compile(rules, libc::EPERM as u32)
 }
 
