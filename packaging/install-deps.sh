@@ -23,6 +23,9 @@ PKGS=(
   # for outbound traffic, nftables for the rules that keep host addresses out of reach),
   # setpriv/nsenter (util-linux); python3 is what the isolation tests attack with
   tmux bubblewrap iproute2 procps psmisc slirp4netns nftables util-linux python3
+  # machines from a Dockerfile or an image (podman builds; uidmap for rootless builds);
+  # busybox-static is the images test's base root filesystem (no registry is reachable)
+  podman uidmap busybox-static
   # a TURN server for the relay test (coturn)
   coturn
   # QEMU VMs and their guest image (packaging/guest-image/build.sh)

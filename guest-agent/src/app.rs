@@ -61,6 +61,9 @@ pub struct App {
     pub clipboard: std::sync::OnceLock<crate::clipboard::Clipboard>,
     /// The screen size before a human's viewer resized it, put back when control returns.
     pub display_restore: Mutex<Option<(u32, u32)>>,
+    /// The provider's account of making the environment's image (`--image-build`), shown as
+    /// the `build` step.
+    pub image_build: Option<serde_json::Value>,
 }
 
 impl App {

@@ -431,7 +431,7 @@ pub async fn stop_previous(app: &App) {
     }
     let _ = app
         .workload
-        .command("tmux")
+        .tmux()
         .arg("-S")
         .arg(tmux_socket(app))
         .args(["kill-session", "-t", TMUX_SESSION])
@@ -487,22 +487,45 @@ async fn run_sequence(
         );
         set_step(app, generation, s);
     }
-    if let Some(b) = &env.build {
-        let engine = which("docker").or_else(|| which("podman"));
-        let msg = match engine {
-            Some(e) => format!("build {} with {} is not run by the agent yet; the provider builds images", b.dockerfile.as_deref().unwrap_or("(inline Dockerfile)"), e.display()),
-            None => format!("build ({}) is not supported on this machine: no container engine (docker or podman) is installed", b.dockerfile.as_deref().unwrap_or("inline Dockerfile")),
+    if env.build.is_some() || env.image.is_some() {
+        let (state, message, extra) = match &app.image_build {
+            // The provider built (or found) the image and booted the machine from it.
+            Some(b) => {
+                let (run, total) = (b["steps_run"].as_u64().unwrap_or(0), b["steps_total"].as_u64().unwrap_or(0));
+                let how = if env.build.is_none() {
+                    "from podman's local storage".to_string()
+                } else if run == 0 {
+                    "cached: no build step ran".to_string()
+                } else {
+                    format!("{run} of {total} build steps ran")
+                };
+                (
+                    StepState::Done,
+                    format!("image {} ({how})", b["name"].as_str().unwrap_or("?")),
+                    json!({"image": b["name"], "image_id": b["id"], "steps_run": run, "steps_total": total,
+                           "duration_ms": b["duration_ms"], "warnings": b["warnings"]}),
+                )
+            }
+            None => (
+                StepState::Unsupported,
+                format!(
+                    "{} is applied by the local sandbox provider, which builds it with podman; this machine was not booted from it",
+                    if env.build.is_some() { "build" } else { "image" }
+                ),
+                json!({}),
+            ),
         };
-        app.timeline.emit(
-            Actor::System,
-            "step",
-            json!({"step": "build", "state": "unsupported", "message": msg}),
-        );
-        set_step(
-            app,
-            generation,
-            step("build", StepState::Unsupported, Some(msg)),
-        );
+        let mut data = json!({"step": "build", "state": state, "message": message});
+        if let (Some(d), Some(x)) = (data.as_object_mut(), extra.as_object()) {
+            d.extend(x.clone());
+        }
+        app.timeline.emit(Actor::System, "step", data);
+        let mut s = step("build", state, Some(message));
+        s.duration_ms = app
+            .image_build
+            .as_ref()
+            .and_then(|b| b["duration_ms"].as_u64());
+        set_step(app, generation, s);
     }
     if let Some(cmd) = &env.install {
         let started = Instant::now();
@@ -587,14 +610,6 @@ async fn run_sequence(
         tokio::spawn(watch_ports(app.clone(), generation));
     }
     true
-}
-
-fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(bin))
-        .find(|p| p.is_file())
 }
 
 /// Runs one step's shell command, streaming its output as `terminal` events.
@@ -705,7 +720,7 @@ async fn tmux(app: &App, args: &[&str]) -> Result<String, String> {
     // (MSG_EXEC), and the server is the coding agent's.
     let out = app
         .workload
-        .command("tmux")
+        .tmux()
         .arg("-S")
         .arg(tmux_socket(app))
         .args(args)
@@ -813,7 +828,7 @@ async fn start_terminals(
         serve_terminal_env(app.clone(), env_fifo.clone(), generation);
         // The command waits until the pane's output is piped, so its first lines are kept.
         let command = format!(
-            ". {}; tmux -S {} wait-for {gate}; {}",
+            "unset LOCPATH; . {}; tmux -S {} wait-for {gate}; {}",
             sh_quote(&env_fifo.to_string_lossy()),
             sh_quote(&sock),
             t.command
@@ -857,7 +872,7 @@ async fn start_terminals(
                 "-o",
                 "-t",
                 &target,
-                &format!("cat > '{}'", fifo.display()),
+                &format!("{} > '{}'", app.workload.tool("cat"), fifo.display()),
             ],
         )
         .await?;

@@ -31,6 +31,9 @@ enum Cmd {
     WorkloadExec {
         #[arg(long)]
         seccomp: Option<PathBuf>,
+        /// An image's root filesystem to run the program in (chroot, before privileges go).
+        #[arg(long)]
+        root: Option<PathBuf>,
         #[arg(last = true, required = true)]
         argv: Vec<std::ffi::OsString>,
     },
@@ -146,9 +149,24 @@ struct ServeArgs {
     #[arg(long)]
     egress_log: Option<PathBuf>,
     /// A shell command started in the workload at boot, after the display is up (repeatable;
-    /// a machine's browser).
+    /// a machine's browser). In the machine's tree, even when the environment has an image.
     #[arg(long = "start")]
     start: Vec<String>,
+    /// As --start, in the environment's image (a browser the image brings:
+    /// chromeExecutablePath).
+    #[arg(long = "start-in-image", requires = "workload_root")]
+    start_in_image: Vec<String>,
+    /// The environment's image: its root filesystem, where exec, the environment's steps and
+    /// its terminals run (the machine's own copy; see --workload-sandbox).
+    #[arg(long, requires = "workload_sandbox")]
+    workload_root: Option<PathBuf>,
+    /// One `NAME=value` of the image's ENV (repeatable).
+    #[arg(long = "workload-env", requires = "workload_root")]
+    workload_env: Vec<String>,
+    /// What the provider did to make the image (JSON: id, name, steps_run, steps_total,
+    /// duration_ms, warnings): the environment's `build` step.
+    #[arg(long, requires = "workload_root")]
+    image_build: Option<String>,
 }
 
 fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
@@ -214,7 +232,7 @@ fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
             agent_token,
             data_dir,
             display_size,
-            workspace: a.workspace,
+            workspace: a.workspace.clone(),
             record: !a.no_record,
             max_fps: a.max_fps,
         },
@@ -234,7 +252,20 @@ fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
         workload_sandbox: a.workload_sandbox,
         workload_seccomp: a.workload_seccomp,
         start: a.start,
+        start_in_image: a.start_in_image,
         egress_log: a.egress_log,
+        image: a
+            .workload_root
+            .map(|root| porthole_agent::workload::ImageRoot {
+                root,
+                env: a.workload_env,
+                workspace: a.workspace.clone(),
+            }),
+        image_build: a
+            .image_build
+            .map(|j| serde_json::from_str(&j))
+            .transpose()
+            .context("--image-build is not JSON")?,
     })
 }
 
@@ -246,8 +277,13 @@ fn main() -> anyhow::Result<()> {
         .and_then(|a| a.to_str())
     {
         Some("workload-exec") => {
-            if let Cmd::WorkloadExec { seccomp, argv } = Cli::parse().cmd {
-                porthole_agent::workload::exec_main(seccomp, argv);
+            if let Cmd::WorkloadExec {
+                seccomp,
+                root,
+                argv,
+            } = Cli::parse().cmd
+            {
+                porthole_agent::workload::exec_main(seccomp, root, argv);
             }
         }
         Some("reap") => porthole_agent::workload::reap_main(),

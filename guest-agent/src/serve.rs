@@ -159,12 +159,18 @@ pub struct Prepared {
     pub workload_seccomp: Option<PathBuf>,
     /// Shell commands started in the workload at boot (`--start`).
     pub start: Vec<String>,
+    /// The same, in the environment's image (`--start-in-image`).
+    pub start_in_image: Vec<String>,
+    /// The environment's image, the root of what the coding agent runs.
+    pub image: Option<crate::workload::ImageRoot>,
+    /// The provider's account of making that image (the `build` step).
+    pub image_build: Option<serde_json::Value>,
     pub egress_log: Option<PathBuf>,
 }
 
 /// One `--start` command: once the X server's socket is there (at most 5 s), `sh -c` in the
 /// workload, detached; its output goes where the command sends it.
-async fn start_in_workload(app: Arc<App>, cmd: String) {
+async fn start_in_workload(app: Arc<App>, cmd: String, in_image: bool) {
     let n = app.cfg.display.trim_start_matches(':');
     let n = n.split('.').next().unwrap_or(n).to_string();
     let sock = std::path::Path::new("/tmp/.X11-unix").join(format!("X{n}"));
@@ -174,9 +180,12 @@ async fn start_in_workload(app: Arc<App>, cmd: String) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    let spawned = app
-        .workload
-        .command("sh")
+    let mut c = if in_image {
+        app.workload.command("sh")
+    } else {
+        app.workload.host_command("sh")
+    };
+    let spawned = c
         .arg("-c")
         .arg(&cmd)
         .env_remove("PORTHOLE_TOKEN")
@@ -220,8 +229,12 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
     // Started here, on the thread that lives as long as the agent: the holder's bubblewrap
     // has --die-with-parent, whose "parent" is the spawning thread.
     let workload = if p.workload_sandbox {
-        crate::workload::Workload::start(&p.cfg.data_dir, p.workload_seccomp.as_deref())
-            .map_err(|e| anyhow::anyhow!("workload sandbox: {e}"))?
+        crate::workload::Workload::start(
+            &p.cfg.data_dir,
+            p.workload_seccomp.as_deref(),
+            p.image.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("workload sandbox: {e}"))?
     } else {
         crate::workload::Workload::direct()
     };
@@ -243,6 +256,7 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
         recorder_on: false.into(),
         clipboard: Default::default(),
         display_restore: Default::default(),
+        image_build: p.image_build.clone(),
     });
     if app.cfg.record && !p.idle {
         app.recorder_on
@@ -268,7 +282,10 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
         crate::egress::spawn_follower(app.clone(), log);
     }
     for cmd in p.start {
-        tokio::spawn(start_in_workload(app.clone(), cmd));
+        tokio::spawn(start_in_workload(app.clone(), cmd, false));
+    }
+    for cmd in p.start_in_image {
+        tokio::spawn(start_in_workload(app.clone(), cmd, true));
     }
     tracing::info!(addr = %listener.local_addr()?, display = %app.cfg.display, tls = p.tls.is_some(), "porthole-agent serving");
     let router = crate::http::router(app.clone());
@@ -294,7 +311,7 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
     crate::environment::stop_previous(&app).await;
     let _ = app
         .workload
-        .command("tmux")
+        .tmux()
         .arg("-S")
         .arg(crate::environment::tmux_socket(&app))
         .arg("kill-server")

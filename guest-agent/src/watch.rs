@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 async fn git(app: &App, ws: &Path, args: &[&str]) -> Option<String> {
     let out = app
         .workload
-        .command("git")
+        .host_command("git")
         .arg("-C")
         .arg(ws)
         .args(args)

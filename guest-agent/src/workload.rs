@@ -34,9 +34,29 @@ pub struct Workload {
     sandbox: Option<Sandbox>,
 }
 
+/// An environment's image as the root of the coding agent's programs (`exec`, steps,
+/// terminals): its root filesystem, a machine's own copy, and its `ENV`. Porthole's own tools
+/// (the browser, git over the workspace) keep the machine's tree; tmux, which the terminals
+/// need whatever the image holds, runs from that tree through its own dynamic loader.
+#[derive(Clone, Debug)]
+pub struct ImageRoot {
+    /// The root filesystem, as porthole-agent sees it.
+    pub root: PathBuf,
+    /// `NAME=value`, the image's `ENV`.
+    pub env: Vec<String>,
+    /// Bound at the same path inside (the workspace).
+    pub workspace: Option<PathBuf>,
+}
+
+/// Where the machine's `/usr` appears inside an image (tmux and its libraries come from it).
+const HOST_USR: &str = "/.porthole/usr";
+/// Porthole's commands inside an image (a `tmux` that runs the machine's).
+const TOOLS: &str = "/.porthole/bin";
+
 struct Sandbox {
     exe: PathBuf,
     seccomp: Option<PathBuf>,
+    image: Option<ImageRoot>,
     /// Kept at descriptors >= 10 so the pre-exec `dup2` onto 3..5 never clobbers one of them.
     ns: [OwnedFd; 3],
     _holder: std::sync::Mutex<std::process::Child>,
@@ -55,18 +75,25 @@ impl Workload {
 
     /// Starts the holder. `seccomp`: the workload's filter (bubblewrap's format: the kernel's
     /// `struct sock_filter` array), applied to the holder and to every process joined to it.
-    pub fn start(data_dir: &Path, seccomp: Option<&Path>) -> Result<Self, String> {
+    pub fn start(
+        data_dir: &Path,
+        seccomp: Option<&Path>,
+        image: Option<ImageRoot>,
+    ) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
         let terminals = data_dir.join("terminals");
         std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
             .create(&terminals)
             .map_err(|e| format!("{}: {e}", terminals.display()))?;
+        if image.is_some() {
+            write_tools(&data_dir.join("tools"))?;
+        }
         let (info_r, info_w) = pipe()?;
         let filter = seccomp
             .map(|p| std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display())))
             .transpose()?;
         let mut args: Vec<OsString> = Vec::new();
-        for a in holder_args(data_dir, filter.is_some()) {
+        for a in holder_args(data_dir, filter.is_some(), image.as_ref()) {
             args.push(a);
         }
         args.push(exe.clone().into());
@@ -121,6 +148,7 @@ impl Workload {
             .ok_or("bwrap --info-fd gave no child-pid")?;
         // The child is reported before it has built its mounts: wait until it runs the reaper,
         // which bubblewrap execs last.
+        let mut child = child;
         let want: Vec<u8> = [exe.as_os_str().as_bytes(), b"\0reap\0"].concat();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -128,6 +156,9 @@ impl Workload {
             .as_deref()
             != Some(&want[..])
         {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Err(format!("bwrap exited ({st}) before the workload's pid 1 ran; its error is in the log above"));
+            }
             if std::time::Instant::now() > deadline {
                 return Err("the workload sandbox did not start its pid 1 in 10 s".into());
             }
@@ -161,14 +192,25 @@ impl Workload {
             sandbox: Some(Sandbox {
                 exe,
                 seccomp: seccomp.map(Path::to_path_buf),
+                image,
                 ns,
                 _holder: std::sync::Mutex::new(child),
             }),
         };
         // bubblewrap reports the child before it has built the mounts: prove the sandbox
-        // runs a program before anything relies on it.
+        // runs a program before anything relies on it (in the image too, if there is one).
+        let probe = if w.image().is_some() {
+            "/bin/sh"
+        } else {
+            "true"
+        };
         let out = w
-            .command_std("true")
+            .command_std(probe)
+            .args(if w.image().is_some() {
+                &["-c", "true"][..]
+            } else {
+                &[][..]
+            })
             .stdin(std::process::Stdio::null())
             .output()
             .map_err(|e| format!("workload probe: {e}"))?;
@@ -182,13 +224,45 @@ impl Workload {
         Ok(w)
     }
 
-    /// A command that runs `program` as workload: in the sandbox when there is one. Callers
-    /// add arguments, environment, directory and stdio as to any `Command`.
+    pub fn image(&self) -> Option<&ImageRoot> {
+        self.sandbox.as_ref().and_then(|s| s.image.as_ref())
+    }
+
+    /// A command that runs `program` as workload: in the sandbox when there is one, in the
+    /// environment's image when it has one (with the image's `ENV`). Callers add arguments,
+    /// environment, directory and stdio as to any `Command`.
     pub fn command(&self, program: impl AsRef<OsStr>) -> tokio::process::Command {
         tokio::process::Command::from(self.command_std(program))
     }
 
     pub fn command_std(&self, program: impl AsRef<OsStr>) -> std::process::Command {
+        self.build(program, true)
+    }
+
+    /// As [`Workload::command`], but in the machine's tree even when the environment has an
+    /// image: Porthole's own programs run by the workload (its browser, git).
+    pub fn host_command(&self, program: impl AsRef<OsStr>) -> tokio::process::Command {
+        tokio::process::Command::from(self.build(program, false))
+    }
+
+    /// The program a workload shell command names for one of Porthole's tools (`tmux`,
+    /// `cat`): the machine's through the tools directory inside an image.
+    pub fn tool(&self, name: &str) -> String {
+        match self.image() {
+            Some(_) => format!("{TOOLS}/{name}"),
+            None => name.to_string(),
+        }
+    }
+
+    /// tmux, whatever the image holds: the machine's, through the tools directory's wrapper.
+    pub fn tmux(&self) -> tokio::process::Command {
+        match self.image() {
+            Some(_) => self.command(format!("{TOOLS}/tmux")),
+            None => self.command("tmux"),
+        }
+    }
+
+    fn build(&self, program: impl AsRef<OsStr>, in_image: bool) -> std::process::Command {
         let Some(sb) = &self.sandbox else {
             return std::process::Command::new(program);
         };
@@ -196,6 +270,27 @@ impl Workload {
         c.arg("workload-exec");
         if let Some(s) = &sb.seccomp {
             c.arg("--seccomp").arg(s);
+        }
+        if let (Some(img), true) = (&sb.image, in_image) {
+            c.arg("--root").arg(&img.root);
+            let mut path = None;
+            for kv in &img.env {
+                if let Some((k, v)) = kv.split_once('=') {
+                    if k == "PATH" {
+                        path = Some(v.to_string());
+                    } else {
+                        c.env(k, v);
+                    }
+                }
+            }
+            // The image's PATH (a Dockerfile's `ENV PATH=...`), then Porthole's tools.
+            let path = path.unwrap_or_else(|| {
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
+            });
+            c.env("PATH", format!("{path}:{TOOLS}"));
+            if std::env::var_os("XAUTHORITY").is_some() {
+                c.env("XAUTHORITY", format!("{TOOLS}/xauth"));
+            }
         }
         c.arg("--").arg(program);
         let fds = [
@@ -218,9 +313,58 @@ impl Workload {
     }
 }
 
+/// The `tmux` an image's programs call (a pane's command waits on `tmux wait-for`): the
+/// machine's tmux through the machine's dynamic loader and libraries under [`HOST_USR`], so
+/// nothing of the image's libc is involved. Read-only inside (bound from the data directory).
+fn write_tools(dir: &Path) -> Result<(), String> {
+    let loader = if cfg!(target_arch = "aarch64") {
+        "/lib/ld-linux-aarch64.so.1"
+    } else {
+        "/lib64/ld-linux-x86-64.so.2"
+    };
+    let real = std::fs::canonicalize(loader).map_err(|e| format!("{loader}: {e}"))?;
+    let inside = |p: &Path| -> Result<String, String> {
+        p.strip_prefix("/usr")
+            .map(|r| format!("{HOST_USR}/{}", r.display()))
+            .map_err(|_| format!("{} is not under /usr: Porthole's tools cannot run inside an image on this machine", p.display()))
+    };
+    let ld = inside(&real)?;
+    let libdir = inside(real.parent().unwrap_or(Path::new("/usr/lib")))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // tmux, and the `cat` its panes' output goes through (busybox's cat sendfile()s from
+    // tmux's socket and never hands over what it read).
+    for tool in ["tmux", "cat"] {
+        let bin = std::fs::canonicalize(format!("/usr/bin/{tool}"))
+            .map_err(|e| format!("/usr/bin/{tool}: {e} (is it installed?)"))?;
+        let script = format!(
+            "#!/bin/sh\n# Written by porthole-agent: the machine's {tool}, whatever this image holds.\n\
+             # tmux refuses to start without a UTF-8 locale, which an image may not have: the\n\
+             # machine's, for tmux (its panes unset LOCPATH: the image's programs use the image's).\n\
+             TERMINFO_DIRS=\"${{TERMINFO_DIRS:-}}:{HOST_USR}/share/terminfo:{HOST_USR}/lib/terminfo\" \
+             LOCPATH={HOST_USR}/lib/locale exec {ld} --library-path {libdir}:{HOST_USR}/lib {} \"$@\"\n",
+            inside(&bin)?
+        );
+        let f = dir.join(tool);
+        std::fs::write(&f, script).map_err(|e| format!("{}: {e}", f.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("{}: {e}", f.display()))?;
+    }
+    // The display's cookie, for X clients the environment starts (a test runner's browser):
+    // the workload reads it in the machine's tree anyway.
+    if let Some(x) = std::env::var_os("XAUTHORITY") {
+        let _ = std::fs::copy(&x, dir.join("xauth"));
+    }
+    Ok(())
+}
+
 /// bubblewrap's arguments for the holder, before the program. Paths are porthole-agent's own
-/// view: the workload sees the same tree, minus the data directory.
-pub fn holder_args(data_dir: &Path, seccomp: bool) -> Vec<OsString> {
+/// view: the workload sees the same tree, minus the data directory. With an image, its root
+/// gets what a machine's programs need at the same paths (devices, a /proc of the workload's
+/// PID namespace, /tmp with the X socket, the home, the workspace, the terminals' FIFOs), the
+/// machine's /usr under [`HOST_USR`] (the same tree the workload sees anyway) and Porthole's
+/// tools; never the data directory.
+pub fn holder_args(data_dir: &Path, seccomp: bool, image: Option<&ImageRoot>) -> Vec<OsString> {
     let uid = unsafe { libc::getuid() }.to_string();
     let gid = unsafe { libc::getgid() }.to_string();
     let data = data_dir.as_os_str().to_owned();
@@ -264,7 +408,61 @@ pub fn holder_args(data_dir: &Path, seccomp: bool) -> Vec<OsString> {
     a.push(data);
     a.push("--bind".into());
     a.push(terminals.clone());
-    a.push(terminals);
+    a.push(terminals.clone());
+    if let Some(img) = image {
+        let at = |p: &Path| -> OsString {
+            let rel = p.strip_prefix("/").unwrap_or(p);
+            img.root.join(rel).into_os_string()
+        };
+        let bind = |a: &mut Vec<OsString>, op: &str, src: &Path, dst: OsString| {
+            a.extend([op.into(), src.as_os_str().to_owned(), dst]);
+        };
+        bind(
+            &mut a,
+            "--dev-bind",
+            Path::new("/dev"),
+            at(Path::new("/dev")),
+        );
+        bind(&mut a, "--bind", Path::new("/tmp"), at(Path::new("/tmp")));
+        if let Some(home) = std::env::var_os("HOME").map(PathBuf::from) {
+            bind(&mut a, "--bind-try", &home, at(&home));
+        }
+        if let Some(ws) = &img.workspace {
+            bind(&mut a, "--bind", ws, at(ws));
+        }
+        // A data directory below one of those (/tmp, the home) is hidden there too.
+        a.push("--tmpfs".into());
+        a.push(at(data_dir));
+        bind(
+            &mut a,
+            "--bind",
+            Path::new(&terminals),
+            at(Path::new(&terminals)),
+        );
+        for f in ["/etc/resolv.conf", "/etc/hosts"] {
+            bind(&mut a, "--ro-bind-try", Path::new(f), at(Path::new(f)));
+        }
+        bind(
+            &mut a,
+            "--ro-bind",
+            Path::new("/usr"),
+            at(Path::new(HOST_USR)),
+        );
+        bind(
+            &mut a,
+            "--ro-bind",
+            &data_dir.join("tools"),
+            at(Path::new(TOOLS)),
+        );
+        a.push("--proc".into());
+        a.push(at(Path::new("/proc")));
+        bind(
+            &mut a,
+            "--ro-bind",
+            Path::new("/proc/sys"),
+            at(Path::new("/proc/sys")),
+        );
+    }
     a.push("--".into());
     a
 }
@@ -290,7 +488,7 @@ fn die(what: &str) -> ! {
 /// `porthole-agent workload-exec [--seccomp F] -- PROGRAM ARGS...`, with the holder's
 /// namespaces at descriptors 3, 4 and 5. Runs before any thread exists (setns into a user
 /// namespace refuses multithreaded callers).
-pub fn exec_main(seccomp: Option<PathBuf>, argv: Vec<OsString>) -> ! {
+pub fn exec_main(seccomp: Option<PathBuf>, root: Option<PathBuf>, argv: Vec<OsString>) -> ! {
     // A process group of our own, first: `kill(0, sig)` reaches the caller's whole group
     // whatever the PID namespace, and porthole-agent's group holds the X server and the
     // holder (a hostile `core.fsmonitor` under a git started without a group of its own
@@ -326,6 +524,16 @@ pub fn exec_main(seccomp: Option<PathBuf>, argv: Vec<OsString>) -> ! {
             die("joining the workload sandbox");
         }
         unsafe { libc::close(*fd) };
+    }
+    // An image: its root for this program, while we still hold the namespace's capabilities
+    // (the program gets none, so it cannot chroot back out).
+    if let Some(r) = &root {
+        let c = CString::new(r.as_os_str().as_bytes()).unwrap_or_default();
+        // SAFETY: valid NUL-terminated path.
+        if unsafe { libc::chroot(c.as_ptr()) } != 0 {
+            die(&format!("chroot {}", r.display()));
+        }
+        unsafe { libc::chdir(c"/".as_ptr()) };
     }
     // Joining a mount namespace moves the root and the directory to its root.
     if let Some(d) = cwd {
@@ -479,7 +687,7 @@ mod tests {
 
     #[test]
     fn holder_hides_the_data_dir_but_its_terminals() {
-        let a: Vec<String> = holder_args(Path::new("/run/porthole/agent"), true)
+        let a: Vec<String> = holder_args(Path::new("/run/porthole/agent"), true, None)
             .into_iter()
             .map(|s| s.to_string_lossy().into_owned())
             .collect();
@@ -504,8 +712,70 @@ mod tests {
         );
         // --dev makes bubblewrap nest a user namespace: the joined one would map us to uid 0.
         assert!(!a.iter().any(|x| x == "--dev"), "{s}");
-        assert!(!holder_args(Path::new("/d"), false)
+        assert!(!holder_args(Path::new("/d"), false, None)
             .iter()
             .any(|x| x == "--add-seccomp-fd"));
+    }
+
+    #[test]
+    fn an_image_root_gets_the_machines_parts_but_never_the_data_dir() {
+        let img = ImageRoot {
+            root: "/run/porthole/rootfs".into(),
+            env: vec![],
+            workspace: Some("/workspace".into()),
+        };
+        let a: Vec<String> = holder_args(Path::new("/run/porthole/agent"), true, Some(&img))
+            .into_iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
+        let s = a.join(" ");
+        let r = "/run/porthole/rootfs";
+        for want in [
+            format!("--dev-bind /dev {r}/dev"),
+            format!("--bind /tmp {r}/tmp"),
+            format!("--bind /workspace {r}/workspace"),
+            format!("--bind /run/porthole/agent/terminals {r}/run/porthole/agent/terminals"),
+            format!("--ro-bind /usr {r}/.porthole/usr"),
+            format!("--ro-bind /run/porthole/agent/tools {r}/.porthole/bin"),
+            // A /proc of the workload's PID namespace, not porthole-agent's.
+            format!("--proc {r}/proc --ro-bind /proc/sys {r}/proc/sys"),
+        ] {
+            assert!(s.contains(&want), "{want} missing: {s}");
+        }
+        for (i, x) in a.iter().enumerate() {
+            if x.starts_with("--") && x.contains("bind") {
+                let src = &a[i + 1];
+                assert!(
+                    !(src == "/run/porthole/agent"
+                        || (src.starts_with("/run/porthole/agent/")
+                            && !src.starts_with("/run/porthole/agent/terminals")
+                            && !src.starts_with("/run/porthole/agent/tools"))),
+                    "the data dir is bound into the image: {s}"
+                );
+                assert!(src != "/" || i < s.len(), "");
+            }
+        }
+        // A data directory under /tmp is covered inside the image as well, before its
+        // terminals come back.
+        let t: Vec<String> = holder_args(Path::new("/tmp/agent"), false, Some(&img))
+            .into_iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
+        let ts = t.join(" ");
+        let (tmp, cover, terms) = (
+            ts.find(&format!("--bind /tmp {r}/tmp")).unwrap(),
+            ts.find(&format!("--tmpfs {r}/tmp/agent")).unwrap(),
+            ts.find(&format!(
+                "--bind /tmp/agent/terminals {r}/tmp/agent/terminals"
+            ))
+            .unwrap(),
+        );
+        assert!(tmp < cover && cover < terms, "{ts}");
+        // Only the tools directory, read-only.
+        assert!(!s.contains(&format!("--bind /run/porthole/agent/tools")));
+        assert!(
+            !s.contains(&format!("--bind /proc {r}/proc")),
+            "porthole-agent's /proc: {s}"
+        );
     }
 }

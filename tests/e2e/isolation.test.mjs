@@ -333,6 +333,12 @@ function attacks(label, opts) {
       const port = Number(String(m.spec.listen ?? new URL(m.agent_url).host).split(':').pop());
       const bind = await py(m, `s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\ntry:\n    s.bind(('0.0.0.0', ${port})); s.listen(); print('BOUND')\nexcept OSError as e:\n    print('ERR', errno.errorcode[e.errno])`);
       assert.equal(bind, 'ERR EADDRINUSE', bind);
+      // Nor read or rewrite the frames between capture and encode: the capture's buffer is a
+      // memfd only porthole-agent and the X server hold, not a SysV segment any process of
+      // the uid could attach (the workload shares the IPC namespace for X's MIT-SHM). Every
+      // segment made outside the workload's PID namespace (cpid 0 as it reads them):
+      const shm = await py(m, `libc.shmat.restype = ctypes.c_void_p\nrows = [l.split() for l in open('/proc/sysvipc/shm').read().split('\\n')[1:] if l.strip()]\noutside = [int(f[1]) for f in rows if f[4] == '0']\nok = [i for i in outside if libc.shmat(i, None, 0o10000) not in (None, ctypes.c_void_p(-1).value)]\nprint('segments', len(rows), 'outside', len(outside), 'attached', len(ok))`);
+      assert.match(shm, /attached 0$/, shm);
     });
   });
 }

@@ -317,7 +317,21 @@ async fn run(cli: Cli) -> Result<()> {
                     browser: a.browser,
                     extra_binds: vec![],
                 };
-                let m = ms.create(spec).await?;
+                // Long steps (an image's build, a guest image) as they happen, on stderr:
+                // stdout stays the result (`--json`).
+                let mut progress = ms.watch_progress();
+                let create = ms.create(spec);
+                tokio::pin!(create);
+                let m = loop {
+                    tokio::select! {
+                        m = &mut create => break m,
+                        Ok(p) = progress.recv() => eprintln!("{}: {}", p.machine, p.message),
+                    }
+                };
+                while let Ok(p) = progress.try_recv() {
+                    eprintln!("{}: {}", p.machine, p.message);
+                }
+                let m = m?;
                 print(a.json, &machine_json(&m), || {
                     format!("created {}", machine_line(&m))
                 });

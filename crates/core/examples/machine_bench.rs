@@ -2,11 +2,14 @@
 //! local sandbox, a sandbox from a snapshot, a warm-pool claim, and (with `--qemu`) a cold QEMU
 //! VM, a VM resumed from a memory snapshot and a warm-pool claim of such VMs. Also the memory
 //! of an idle machine. Medians over `--runs` (default 5; QEMU 3) in a temporary state dir.
+//! With `--image` (root, podman): a local sandbox from an environment's Dockerfile — a cold
+//! build + boot (a Dockerfile no cache has seen), a cached create (the same Dockerfile), and a
+//! create from a snapshot of an image machine. The base image is busybox alone, imported.
 //!
 //! "First frame" is the first complete H.264 access unit (a keyframe) assembled by the app's
 //! own WebRTC client (`live::LiveSession`, what the desktop app uses); decoding it adds ~2 ms.
 //!
-//! cargo run -p porthole-core --example machine_bench [-- --runs 5 --qemu]
+//! cargo run -p porthole-core --example machine_bench [-- --runs 5 --qemu --image]
 //! (needs the porthole-agent binary: PORTHOLE_AGENT_BIN or next to this example's target dir;
 //! QEMU needs the guest image: PORTHOLE_IMAGE_DIR, built on first use as root.)
 
@@ -177,6 +180,82 @@ async fn bench(ms: &Machines, kind: ProviderKind, runs: usize) {
     }
 }
 
+/// A repository whose `.cursor/environment.json` builds `dockerfile`.
+fn image_repo(root: &std::path::Path, name: &str, dockerfile: &str) -> std::path::PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(dir.join(".cursor")).unwrap();
+    std::fs::write(dir.join(".cursor/Dockerfile"), dockerfile).unwrap();
+    std::fs::write(
+        dir.join(".cursor/environment.json"),
+        r#"{"build": {"dockerfile": "Dockerfile", "context": "."}}"#,
+    )
+    .unwrap();
+    dir
+}
+
+async fn bench_image(ms: &Machines, work: &std::path::Path, runs: usize) {
+    let sh = |c: &str| {
+        let st = std::process::Command::new("sh")
+            .args(["-c", c])
+            .status()
+            .unwrap();
+        assert!(st.success(), "{c}");
+    };
+    let base = format!("localhost/porthole-bench-base:{}", std::process::id());
+    let root = work.join("base");
+    sh(&format!(
+        "mkdir -p {r}/bin {r}/etc {r}/tmp && cp /bin/busybox {r}/bin/ && for a in $(/bin/busybox --list); do [ $a = busybox ] || ln -s busybox {r}/bin/$a; done && tar -C {r} -c . | podman import - {base} >/dev/null",
+        r = root.display()
+    ));
+    let spec = |name: String, ws: std::path::PathBuf| CreateSpec {
+        name,
+        provider: Some(ProviderKind::Local),
+        workspace: Some(ws),
+        ..Default::default()
+    };
+    let df = |tag: &str| {
+        format!("FROM {base}\nRUN echo {tag} > /etc/bench && mkdir -p /usr/local/bin && cp /bin/busybox /usr/local/bin/tool\n")
+    };
+    let mut cold = Row::new("image: cold build + boot");
+    for i in 0..runs {
+        let ws = image_repo(
+            work,
+            &format!("cold-{i}"),
+            &df(&format!("cold-{i}-{}", std::process::id())),
+        );
+        let m = measure(ms, &mut cold, spec(format!("img-cold-{i}"), ws)).await;
+        ms.destroy(&m.name).await.expect("destroy");
+    }
+    cold.print();
+    let mut cached = Row::new("image: cached create");
+    for i in 0..runs {
+        let ws = image_repo(work, &format!("cached-{i}"), &df("cached"));
+        let m = measure(ms, &mut cached, spec(format!("img-cached-{i}"), ws)).await;
+        if i + 1 < runs {
+            ms.destroy(&m.name).await.expect("destroy");
+        }
+    }
+    cached.print();
+    ms.snapshot(&format!("img-cached-{}", runs - 1), "img-snap")
+        .await
+        .expect("snapshot");
+    let mut snap = Row::new("image: from snapshot");
+    for i in 0..runs {
+        let ws = work.join(format!("cached-{}", runs - 1));
+        let mut s = spec(format!("img-snap-{i}"), ws);
+        s.from_snapshot = Some("img-snap".into());
+        let m = measure(ms, &mut snap, s).await;
+        ms.destroy(&m.name).await.expect("destroy");
+    }
+    snap.print();
+    for m in ms.list().await.unwrap() {
+        let _ = ms.destroy(&m.name).await;
+    }
+    sh(&format!(
+        "podman rmi -f {base} >/dev/null 2>&1; podman image prune -f >/dev/null 2>&1 || true"
+    ));
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -195,6 +274,12 @@ async fn main() {
         "machine_bench: {runs} runs each, state in {}",
         dir.path().display()
     );
+    if args.iter().any(|a| a == "--image") {
+        bench_image(&ms, dir.path(), runs).await;
+        if args.iter().any(|a| a == "--image-only") {
+            return;
+        }
+    }
     bench(&ms, ProviderKind::Local, runs).await;
     if qemu {
         bench(&ms, ProviderKind::Qemu, runs.min(3)).await;

@@ -34,6 +34,9 @@ pub enum CoreError {
     },
     #[error("{0}")]
     Git(String),
+    /// A machine image could not be built or unpacked (the message names the failing step).
+    #[error("image build: {0}")]
+    Build(String),
 }
 
 impl CoreError {
@@ -48,6 +51,7 @@ impl CoreError {
             CoreError::Store(_) | CoreError::Migrate(_) => "store_error",
             CoreError::Io { .. } => "io_error",
             CoreError::Git(_) => "git_error",
+            CoreError::Build(_) => "build_failed",
         }
     }
 

@@ -11,6 +11,7 @@ pub mod environments;
 pub mod error;
 pub mod export;
 pub mod frames;
+pub mod image;
 pub mod live;
 pub mod machine;
 pub mod paths;

@@ -168,13 +168,7 @@ pub(crate) const CURSOR_FIELDS: [Field; 16] = [
 
 /// Fields of Cursor's file that Porthole accepts but does not act on yet: `env check` and the
 /// agent say `not applied: <field>` for each one present, never refuse the file for it.
-pub(crate) const NOT_APPLIED: &[&str] = &[
-    "image",
-    "build.dockerfileContents",
-    "mcpServerAllowlist",
-    "disableAllMcpServers",
-    "chromeExecutablePath",
-];
+pub(crate) const NOT_APPLIED: &[&str] = &["mcpServerAllowlist", "disableAllMcpServers"];
 
 const DISPLAY: &[Field] = &[
     required(

@@ -3,6 +3,12 @@
 //!
 //! Measured here: SHM GetImage costs ~0.6 ms wall / ~0.02 cpu-ms at 1280x800, ~30x less than a
 //! plain GetImage (xcap). Xvfb frames carry no pointer, so we blend the XFixes cursor image.
+//!
+//! The segment is a memfd handed to the X server (MIT-SHM 1.2 `AttachFd`), not a SysV segment:
+//! a SysV id is listed in /proc/sysvipc/shm and attachable by any process of the same uid in
+//! the IPC namespace, which the coding agent's workload shares with us (X's MIT-SHM needs it),
+//! so it could read or rewrite frames between capture and encode. A descriptor only we and the
+//! X server hold cannot be attached. SysV stays the fallback for servers older than 1.2.
 
 use super::{draw_cursor, poll_readable, CaptureError, Frame, FrameSource, Wake, Waker};
 use std::time::Instant;
@@ -19,6 +25,8 @@ struct ShmBuf {
     seg: shm::Seg,
     addr: *mut u8,
     len: usize,
+    /// A memfd mapping (munmap), else a SysV attachment (shmdt).
+    memfd: bool,
 }
 
 // SAFETY: the segment is only touched by the thread that owns the X11Source.
@@ -26,8 +34,14 @@ unsafe impl Send for ShmBuf {}
 
 impl Drop for ShmBuf {
     fn drop(&mut self) {
-        // SAFETY: addr came from shmat and is detached once.
-        unsafe { libc::shmdt(self.addr as *const _) };
+        // SAFETY: addr came from mmap (len bytes) or shmat, and is released once.
+        unsafe {
+            if self.memfd {
+                libc::munmap(self.addr as *mut _, self.len);
+            } else {
+                libc::shmdt(self.addr as *const _);
+            }
+        }
     }
 }
 
@@ -38,6 +52,8 @@ pub struct X11Source {
     width: u32,
     height: u32,
     shm: Option<ShmBuf>,
+    /// The server speaks MIT-SHM 1.2 (descriptor passing).
+    shm_fd: bool,
     damage: damage::Damage,
     cursor: Option<(u32, u32, u32, Vec<u32>)>,
 }
@@ -57,10 +73,12 @@ impl X11Source {
         };
         let x = |e: x11rb::errors::ReplyError| err(e.to_string());
         let c = |e: x11rb::errors::ConnectionError| err(e.to_string());
-        conn.shm_query_version()
+        let shm_version = conn
+            .shm_query_version()
             .map_err(c)?
             .reply()
             .map_err(|_| need("MIT-SHM"))?;
+        let shm_fd = (shm_version.major_version, shm_version.minor_version) >= (1, 2);
         conn.damage_query_version(1, 1)
             .map_err(c)?
             .reply()
@@ -104,6 +122,7 @@ impl X11Source {
             width: geo.width as u32,
             height: geo.height as u32,
             shm: None,
+            shm_fd,
             damage,
             cursor: None,
         };
@@ -123,6 +142,10 @@ impl X11Source {
             let _ = self.conn.shm_detach(old.seg);
         }
         let len = (self.width * self.height * 4) as usize;
+        if self.shm_fd {
+            self.shm = Some(self.alloc_memfd(len)?);
+            return Ok(());
+        }
         // SAFETY: plain SysV shm calls; every failure is checked before use.
         unsafe {
             let id = libc::shmget(libc::IPC_PRIVATE, len, libc::IPC_CREAT | 0o600);
@@ -150,11 +173,57 @@ impl X11Source {
                 seg,
                 addr: addr as *mut u8,
                 len,
+                memfd: false,
             };
             attached?;
             self.shm = Some(buf);
         }
         Ok(())
+    }
+
+    /// A memfd of `len` bytes, mapped here and attached by the X server through a copy of its
+    /// descriptor (ours is closed once mapped: the mapping keeps the memory).
+    fn alloc_memfd(&self, len: usize) -> Result<ShmBuf, CaptureError> {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let os =
+            |what: &str| CaptureError::Shm(format!("{what}: {}", std::io::Error::last_os_error()));
+        let seg = self.conn.generate_id().map_err(|e| self.err(e))?;
+        // SAFETY: plain syscalls; every result is checked before use.
+        unsafe {
+            let fd = libc::memfd_create(c"porthole-capture".as_ptr(), libc::MFD_CLOEXEC);
+            if fd < 0 {
+                return Err(os("memfd_create"));
+            }
+            let fd = OwnedFd::from_raw_fd(fd);
+            use std::os::fd::AsRawFd;
+            if libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) != 0 {
+                return Err(os("ftruncate"));
+            }
+            let addr = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            );
+            if addr == libc::MAP_FAILED {
+                return Err(os("mmap"));
+            }
+            let buf = ShmBuf {
+                seg,
+                addr: addr as *mut u8,
+                len,
+                memfd: true,
+            };
+            // x11rb sends the descriptor and closes its copy.
+            self.conn
+                .shm_attach_fd(buf.seg, fd, false)
+                .map_err(|e| self.err(e))?
+                .check()
+                .map_err(|e| self.err(e))?;
+            Ok(buf)
+        }
     }
 
     fn handle(&mut self, ev: Event, wake: &mut Wake) {

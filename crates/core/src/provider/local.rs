@@ -327,6 +327,33 @@ fn chown(p: &Path, uid: u32) -> Result<()> {
 }
 
 /// Asks slirp4netns (its JSON API on a unix socket) to forward a port from the host's loopback.
+/// A machine's own copy of an image's root filesystem (reflinked where the filesystem can),
+/// owned by the machine's uid as root, so its programs can write anywhere in it.
+async fn copy_rootfs(src: &Path, dst: &Path, uid: Option<u64>) -> Result<()> {
+    let _ = std::fs::remove_dir_all(dst);
+    let out = tokio::process::Command::new("cp")
+        .args(["-a", "--reflink=auto", "--"])
+        .arg(src)
+        .arg(dst)
+        .output()
+        .await
+        .map_err(CoreError::io("cp"))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(dst);
+        return Err(CoreError::Invalid(format!(
+            "copy the image's root filesystem: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    if let Some(uid) = uid {
+        let dst = dst.to_path_buf();
+        tokio::task::spawn_blocking(move || chown_tree(&dst, Some((uid as u32, uid as u32))))
+            .await
+            .map_err(|e| CoreError::Invalid(format!("chown: {e}")))??;
+    }
+    Ok(())
+}
+
 async fn slirp_hostfwd(
     api: &Path,
     proto: &str,
@@ -531,6 +558,25 @@ impl LocalSandbox {
         if spec["egress"]["restricted"] == true {
             agent.push_str(" --egress-log /run/porthole/net/egress.jsonl");
         }
+        let q = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+        let image = spec["image"].is_object();
+        if image {
+            // The image's root is where exec, the steps and the terminals run.
+            agent.push_str(" --workload-root /run/porthole/rootfs");
+            for kv in spec["image"]["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
+                agent.push_str(&format!(" --workload-env {}", q(kv)));
+            }
+            let mut summary = spec["image"].clone();
+            if let Some(o) = summary.as_object_mut() {
+                o.remove("env");
+            }
+            agent.push_str(&format!(" --image-build {}", q(&summary.to_string())));
+        }
         if spec["idle"].as_bool() == Some(true) {
             agent.push_str(" --idle");
         }
@@ -547,12 +593,24 @@ impl LocalSandbox {
             }
         }
         // The browser opens pages the coding agent chooses: workload, started by the agent.
+        // The machine's Chromium, or the environment's chromeExecutablePath (in the image,
+        // when the machine has one: a browser the image brings).
         if spec["browser"].as_bool() == Some(true) {
-            agent.push_str(&format!(
-                " --start 'exec chromium --no-sandbox --test-type --disable-gpu --no-first-run --disable-background-networking --disable-component-update \
+            let (bin, flag, log) = match spec["chrome"].as_str() {
+                Some(c) if image => (q(c), "--start-in-image", "/tmp/porthole-chromium.log"),
+                Some(c) => (q(c), "--start", "/run/porthole/logs/chromium.log"),
+                None => (
+                    "chromium".into(),
+                    "--start",
+                    "/run/porthole/logs/chromium.log",
+                ),
+            };
+            let cmd = format!(
+                "exec {bin} --no-sandbox --test-type --disable-gpu --no-first-run --disable-background-networking --disable-component-update \
                  --disable-sync --disable-dev-shm-usage --user-data-dir=$HOME/.chromium --window-position=0,0 \
-                 --window-size={w},{h} about:blank >/run/porthole/logs/chromium.log 2>&1'"
-            ));
+                 --window-size={w},{h} about:blank >{log} 2>&1"
+            );
+            agent.push_str(&format!(" {flag} {}", q(&cmd)));
         }
         // The network's packet rules go in from outside before anything the agent starts can
         // send a packet: wait for the supervisor's mark.
@@ -607,6 +665,9 @@ impl LocalSandbox {
         ];
         if let Some(ws) = spec["workspace"].as_str() {
             v.push(("workspace", PathBuf::from(ws)));
+        }
+        if spec["image"].is_object() {
+            v.push(("rootfs", mdir.join("rootfs")));
         }
         v
     }
@@ -766,6 +827,9 @@ impl LocalSandbox {
             .filter_map(Value::as_str)
         {
             push(&["--ro-bind", b, b]);
+        }
+        if spec["image"].is_object() {
+            push(&["--bind", &src("rootfs"), "/run/porthole/rootfs"]);
         }
         if spec["workspace"].is_string() {
             push(&[
@@ -1390,8 +1454,17 @@ impl LocalSandbox {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
+        // A machine booted from an image keeps its root filesystem's state too (what its
+        // install step wrote there); one from the snapshot skips the build.
+        let rootfs = self.state.machine(&m.name).join("rootfs");
+        if m.spec["image"].is_object() && rootfs.is_dir() {
+            if let Err(e) = copy_rootfs(&rootfs, &dir.join("rootfs"), None).await {
+                let _ = std::fs::remove_dir_all(dir);
+                return Err(e);
+            }
+        }
         Ok(
-            json!({"workspace": m.spec["workspace"], "env": m.spec["env"], "display_size": m.spec["display_size"]}),
+            json!({"workspace": m.spec["workspace"], "env": m.spec["env"], "display_size": m.spec["display_size"], "image": m.spec["image"]}),
         )
     }
 }
@@ -1465,6 +1538,28 @@ impl Provider for LocalSandbox {
                 }
             }
         }
+        // The environment's image (Cursor's `build` or `image`), built or found before the
+        // create lock: a build can take minutes, and other creates need not wait for it. A
+        // machine from a snapshot carries its image's root in the snapshot.
+        let env_file = spec.env_path.clone().or_else(|| {
+            workspace
+                .as_deref()
+                .and_then(crate::environments::find_in_repo)
+        });
+        let image = match (&env_file, &spec.from_snapshot) {
+            (Some(f), None) => {
+                let env = crate::environments::load(f)?;
+                match crate::image::source(&env, f)? {
+                    Some(src) => {
+                        let name = m.name.clone();
+                        let report = |l: &str| ms.report(&name, "create", l);
+                        Some(crate::image::prepare(&self.state, &src, &report).await?)
+                    }
+                    None => None,
+                }
+            }
+            _ => None,
+        };
         // Two creates (two CLI processes) must not pick the same display or network index:
         // hold an exclusive lock from picking until the machine row is saved.
         let _lock = CreateLock::acquire(&ms.state.root().join(".create.lock"))?;
@@ -1487,6 +1582,13 @@ impl Provider for LocalSandbox {
             s["sandbox_uid"] = json!(sandbox_uid_for(display));
         }
         s["isolated"] = json!(network != "host");
+        if let Some(c) = env_file
+            .as_deref()
+            .and_then(|f| crate::environments::load(f).ok())
+            .and_then(|e| e.chrome_executable_path)
+        {
+            s["chrome"] = json!(c);
+        }
         let url = match network {
             "netns" => {
                 let idx = Self::pick_net_index(ms).await?;
@@ -1537,11 +1639,42 @@ impl Provider for LocalSandbox {
                     String::from_utf8_lossy(&out.stderr).trim()
                 )));
             }
+            if path.join("rootfs").is_dir() {
+                ms.report(
+                    &m.name,
+                    "create",
+                    "restoring the image's root filesystem from the snapshot",
+                );
+                copy_rootfs(
+                    &path.join("rootfs"),
+                    &mdir.join("rootfs"),
+                    m.spec["sandbox_uid"].as_u64(),
+                )
+                .await?;
+                let (_, _, meta) = ms.snapshot_info(snap).await?;
+                m.spec["image"] = meta["image"].clone();
+            }
             m.spec["snapshot"] = json!(snap);
         }
         // Saved before booting, so a concurrent create sees this display and network as taken.
         ms.save(m).await?;
         drop(_lock);
+        if let Some(img) = &image {
+            ms.report(
+                &m.name,
+                "create",
+                "copying the image's root filesystem for the machine",
+            );
+            std::fs::create_dir_all(&mdir).map_err(CoreError::io("create machine dir"))?;
+            copy_rootfs(
+                &img.rootfs,
+                &mdir.join("rootfs"),
+                m.spec["sandbox_uid"].as_u64(),
+            )
+            .await?;
+            m.spec["image"] = img.summary();
+            ms.save(m).await?;
+        }
         self.boot(ms, m).await
     }
 
