@@ -488,17 +488,18 @@ fn bases(dockerfile: &str) -> Vec<String> {
             let Some(img) = w[1..].iter().find(|x| !x.starts_with("--")) else {
                 continue;
             };
+            // An earlier stage's name is not an image.
+            if *img != "scratch"
+                && !img.contains('$')
+                && !stages.contains(&img.to_lowercase())
+                && !out.contains(&img.to_string())
+            {
+                out.push(img.to_string());
+            }
             if let Some(i) = w.iter().position(|x| x.eq_ignore_ascii_case("AS")) {
                 if let Some(n) = w.get(i + 1) {
                     stages.push(n.to_lowercase());
                 }
-            }
-            if *img != "scratch"
-                && !img.contains('$')
-                && !stages[..stages.len().saturating_sub(1)].contains(&img.to_lowercase())
-                && !out.contains(&img.to_string())
-            {
-                out.push(img.to_string());
             }
         }
     }
