@@ -10,8 +10,9 @@
 // same for `dockerfileContents` and `image`; a snapshot of an image machine boots without a
 // build; computer use and the live stream work on an image-booted machine.
 //
-// Root only (CI runs as root): rootless podman needs a subordinate uid range, which create
-// checks up front (see README).
+// As root (CI), podman builds in Porthole's own user namespace (RUN steps as an unprivileged
+// host uid range); the last test makes an ordinary user (`useradd`, which gives it a
+// subordinate uid range) and builds and boots the same through its rootless podman.
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -112,7 +113,7 @@ const TOOL_ENV = {
   terminals: [{ name: 'tool', command: 'imgtool terminal; sleep 600' }],
 };
 
-describe('environments from a Dockerfile or an image (podman)', { skip: IS_ROOT ? false : 'needs root (rootless podman needs a subuid range; see README)' }, () => {
+describe('environments from a Dockerfile or an image (podman)', { skip: IS_ROOT ? false : 'makes its base image and an ordinary user as root' }, () => {
   before(async () => {
     const pm = await run('podman', ['--version']);
     assert.equal(pm.code, 0, `podman is not installed (bash packaging/install-deps.sh): ${pm.stderr}`);
@@ -279,5 +280,49 @@ describe('environments from a Dockerfile or an image (podman)', { skip: IS_ROOT 
     const noctx = await create('imgnoctx', ['--workspace', repo('noctx', { build: { dockerfile: 'Dockerfile', context: 'nope' } }, { '.cursor/Dockerfile': TOOL_DOCKERFILE })]);
     assert.notEqual(noctx.code, 0);
     assert.match(noctx.stderr, /build\.context: .*nope is not a directory/, noctx.stderr);
+  });
+
+  it('as an ordinary user: rootless podman (the user\'s subuid range) builds and boots the same', async () => {
+    const USER = 'phimg';
+    if ((await run('id', [USER])).code !== 0) {
+      const u = await run('useradd', ['-m', '-s', '/bin/sh', USER]);
+      assert.equal(u.code, 0, u.stderr);
+    }
+    const sub = readFileSync('/etc/subuid', 'utf8');
+    assert.match(sub, new RegExp(`^${USER}:`, 'm'), 'useradd gives a new user a subordinate uid range on Debian');
+    // Copies the user can read: root's build directory and the test's home are closed to it.
+    const dir = path.join('/tmp', `porthole-e2e-img-user-${process.pid}`);
+    rmSync(dir, { recursive: true, force: true });
+    mkdirSync(path.join(dir, 'bin'), { recursive: true });
+    for (const [src, name] of [[CLI, 'porthole'], [AGENT, 'porthole-agent']]) copyFileSync(src, path.join(dir, 'bin', name));
+    copyFileSync(path.join(home, 'base.tar'), path.join(dir, 'base.tar'));
+    const ws = path.join(dir, 'repo');
+    mkdirSync(path.join(ws, '.cursor'), { recursive: true });
+    writeFileSync(path.join(ws, '.cursor', 'environment.json'), JSON.stringify({ build: { dockerfile: 'Dockerfile' }, install: 'imgtool user > user-out.txt' }));
+    writeFileSync(path.join(ws, '.cursor', 'Dockerfile'), TOOL_DOCKERFILE.replace(BASE, `localhost/porthole-e2e-userbase:${process.pid}`));
+    mkdirSync(path.join(dir, 'state'));
+    await run('chmod', ['-R', 'a+rX', dir]);
+    await run('chmod', ['755', path.join(dir, 'bin', 'porthole'), path.join(dir, 'bin', 'porthole-agent')]);
+    await run('chown', ['-R', USER, ws, path.join(dir, 'state')]);
+    const as = (args) => run('runuser', ['-u', USER, '--', 'env', '-i', 'PATH=/usr/bin:/bin', `HOME=/home/${USER}`, `USER=${USER}`,
+      `PORTHOLE_HOME=${path.join(dir, 'state')}`, `PORTHOLE_AGENT_BIN=${path.join(dir, 'bin', 'porthole-agent')}`, ...args]);
+    try {
+      const imp = await as(['podman', 'import', path.join(dir, 'base.tar'), `localhost/porthole-e2e-userbase:${process.pid}`]);
+      assert.equal(imp.code, 0, imp.stderr);
+      const cli = path.join(dir, 'bin', 'porthole');
+      const c = await as([cli, 'machine', 'create', '--name', 'imguser', '--workspace', ws, '--json']);
+      assert.equal(c.code, 0, `create as ${USER}: ${c.stderr}`);
+      assert.match(c.stderr, /build step 2\/3: RUN/, c.stderr);
+      const m = JSON.parse(c.stdout);
+      m.agentToken = (await as([cli, 'machine', 'token', 'imguser', '--agent'])).stdout.trim();
+      const r = await inside(m, 'imgtool as-user; readlink /bin/sh');
+      assert.match(r.stdout, /hello-from-image as-user/);
+      assert.match(r.stdout, /busybox/);
+      await waitFor(() => existsSync(path.join(ws, 'user-out.txt')), { timeout: 20000, message: 'install as the user' });
+      await as([cli, 'machine', 'destroy', 'imguser']);
+    } finally {
+      await as(['podman', 'rmi', '-af']);
+      if (!KEEP) rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
