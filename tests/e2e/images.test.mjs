@@ -18,6 +18,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, copyFileSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import { agentBin, tmpDir, tail, waitFor, launchChromium, openViewer, viewerStats } from './harness.mjs';
 
@@ -29,9 +30,9 @@ const IS_ROOT = process.getuid() === 0;
 const BASE = `localhost/porthole-e2e-base:${process.pid}`;
 const BUSYBOX = '/bin/busybox';
 
-function run(cmd, args, { env = process.env, timeout = 300000, input } = {}) {
+function run(cmd, args, { env = process.env, timeout = 300000, input, cwd } = {}) {
   return new Promise((resolve) => {
-    const c = execFile(cmd, args, { env, timeout, maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
+    const c = execFile(cmd, args, { env, timeout, cwd, maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
       resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout: String(stdout), stderr: String(stderr) });
     });
     if (input !== undefined) c.stdin.end(input);
@@ -42,7 +43,8 @@ const home = IS_ROOT ? tmpDir('porthole-e2e-img-') : null;
 const machines = [];
 
 function ph(args) {
-  return run(CLI, args, { env: { PATH: process.env.PATH, HOME: process.env.HOME, PORTHOLE_HOME: home, PORTHOLE_AGENT_BIN: AGENT } });
+  // PORTHOLE_PROGRESS=1: the build's steps on stderr, as a terminal would get them.
+  return run(CLI, args, { env: { PATH: process.env.PATH, HOME: process.env.HOME, PORTHOLE_HOME: home, PORTHOLE_AGENT_BIN: AGENT, PORTHOLE_PROGRESS: '1' } });
 }
 
 function logs(name) {
@@ -67,20 +69,38 @@ async function createOk(name, extra) {
   return m;
 }
 
-async function api(m, method, p, { token = m.agentToken, body } = {}) {
-  const res = await fetch(`${m.agent_url}${p}`, {
-    method,
-    headers: { Authorization: `Bearer ${token}`, ...(body !== undefined ? { 'Content-Type': 'application/json' } : {}) },
-    body: body === undefined ? undefined : JSON.stringify(body),
+/** One request on a connection of its own: a destroyed machine's address is the next one's
+ *  (its network index is reused), and a pooled keep-alive socket to it would be reset. */
+function api(m, method, p, { token = m.agentToken, body } = {}) {
+  return new Promise((resolve, reject) => {
+    const data = body === undefined ? undefined : JSON.stringify(body);
+    const req = http.request(`${m.agent_url}${p}`, {
+      method,
+      agent: false,
+      headers: { Authorization: `Bearer ${token}`, ...(data !== undefined ? { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(data) } : {}) },
+    }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString();
+        let json = null;
+        try { json = JSON.parse(text); } catch { /* not JSON */ }
+        resolve({ status: res.statusCode, json, text, headers: res.headers });
+      });
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(data);
   });
-  const text = await res.text();
-  let json = null;
-  try { json = JSON.parse(text); } catch { /* not JSON */ }
-  return { status: res.status, json, text, headers: res.headers };
 }
 
 async function inside(m, command) {
-  const r = await api(m, 'POST', '/v1/exec', { body: { command, timeout_ms: 20000 } });
+  let r;
+  try {
+    r = await api(m, 'POST', '/v1/exec', { body: { command, timeout_ms: 20000 } });
+  } catch (e) {
+    throw new Error(`exec on ${m.name} at ${m.agent_url}: ${e.message} (${e.code ?? ''})\n${logs(m.name)}`);
+  }
   assert.equal(r.status, 200, `exec ${command}: ${r.status} ${r.text}`);
   return r.json;
 }
@@ -304,8 +324,9 @@ describe('environments from a Dockerfile or an image (podman)', { skip: IS_ROOT 
     await run('chmod', ['-R', 'a+rX', dir]);
     await run('chmod', ['755', path.join(dir, 'bin', 'porthole'), path.join(dir, 'bin', 'porthole-agent')]);
     await run('chown', ['-R', USER, ws, path.join(dir, 'state')]);
+    // From a directory the user may enter (the test runner's may be closed to it).
     const as = (args) => run('runuser', ['-u', USER, '--', 'env', '-i', 'PATH=/usr/bin:/bin', `HOME=/home/${USER}`, `USER=${USER}`,
-      `PORTHOLE_HOME=${path.join(dir, 'state')}`, `PORTHOLE_AGENT_BIN=${path.join(dir, 'bin', 'porthole-agent')}`, ...args]);
+      'PORTHOLE_PROGRESS=1', `PORTHOLE_HOME=${path.join(dir, 'state')}`, `PORTHOLE_AGENT_BIN=${path.join(dir, 'bin', 'porthole-agent')}`, ...args], { cwd: dir });
     try {
       const imp = await as(['podman', 'import', path.join(dir, 'base.tar'), `localhost/porthole-e2e-userbase:${process.pid}`]);
       assert.equal(imp.code, 0, imp.stderr);

@@ -317,19 +317,24 @@ async fn run(cli: Cli) -> Result<()> {
                     browser: a.browser,
                     extra_binds: vec![],
                 };
-                // Long steps (an image's build, a guest image) as they happen, on stderr:
-                // stdout stays the result (`--json`).
+                // Long steps (an image's build, a guest image) as they happen, on stderr when
+                // a person watches it (a terminal) or PORTHOLE_PROGRESS=1 asks: a script's
+                // stderr stays the one line of an error. stdout stays the result (`--json`).
+                let show = std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    || std::env::var("PORTHOLE_PROGRESS").is_ok_and(|v| v == "1");
                 let mut progress = ms.watch_progress();
                 let create = ms.create(spec);
                 tokio::pin!(create);
                 let m = loop {
                     tokio::select! {
                         m = &mut create => break m,
-                        Ok(p) = progress.recv() => eprintln!("{}: {}", p.machine, p.message),
+                        Ok(p) = progress.recv() => if show { eprintln!("{}: {}", p.machine, p.message) },
                     }
                 };
                 while let Ok(p) = progress.try_recv() {
-                    eprintln!("{}: {}", p.machine, p.message);
+                    if show {
+                        eprintln!("{}: {}", p.machine, p.message);
+                    }
                 }
                 let m = m?;
                 print(a.json, &machine_json(&m), || {
