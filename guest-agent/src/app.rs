@@ -31,6 +31,8 @@ pub struct Config {
     pub workspace: Option<PathBuf>,
     pub record: bool,
     pub max_fps: u32,
+    /// Finished recordings kept on this machine: see [`crate::recorder::Retention`].
+    pub retention: crate::recorder::Retention,
 }
 
 pub struct App {
@@ -53,6 +55,8 @@ pub struct App {
     pub env: Mutex<crate::environment::EnvStatus>,
     /// Process groups of background environment commands (start), killed on re-apply.
     pub env_procs: Mutex<Vec<i32>>,
+    /// The `events.jsonl` index of each recording lately read (`/v1/recordings/{id}/events`).
+    pub event_indexes: Mutex<std::collections::HashMap<String, crate::events::SeqIndex>>,
     /// Why recording is failing (disk full, unwritable), shown on /v1/health.
     pub recording_problem: Mutex<Option<String>>,
     /// Whether the recorder thread runs (not before the first session with `--idle`).

@@ -622,11 +622,11 @@ pub fn routes() -> Router<Arc<App>> {
 }
 
 pub fn health_problems(app: &App) -> Vec<String> {
-    app.recording_problem
-        .lock()
-        .unwrap()
-        .iter()
+    let recording = app.recording_problem.lock().unwrap().clone();
+    recording
         .map(|p| format!("recording: {p}"))
+        .into_iter()
+        .chain(app.timeline.problem().map(|p| format!("events: {p}")))
         .collect()
 }
 

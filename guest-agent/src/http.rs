@@ -109,7 +109,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/sessions/current", get(session_current))
         .merge(crate::computer::routes())
         .merge(crate::vendors::routes())
-        .nest_service("/mcp", crate::mcp::service(app.clone()))
+        .merge(
+            Router::new()
+                .nest_service("/mcp", crate::mcp::service(app.clone()))
+                .layer(middleware::from_fn(mcp_json_guard)),
+        )
         .layer(middleware::from_fn_with_state(app.clone(), auth));
     Router::new()
         .route("/v1/health", get(health))
@@ -125,6 +129,55 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(app.clone(), json_errors))
         .with_state(app)
+}
+
+/// The MCP transport answers a JSON body it cannot parse with 415, as if the content type
+/// were wrong: a body that says `application/json` and is not JSON is the caller's 400 here,
+/// like on every other endpoint. (Bounded by the body limit, which MCP applies too.)
+async fn mcp_json_guard(req: Request, next: Next) -> Response {
+    let says_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    if req.method() != axum::http::Method::POST || !says_json {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    let mut over = 0usize;
+    // Read whole: an answer sent while the client still writes is often lost to a reset
+    // (seen with a 2 MiB body under load). Past the limit the rest is read and dropped, up to
+    // a bound, so the caller gets its 413.
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        let Ok(chunk) = chunk else { break };
+        if over > 0 || bytes.len() + chunk.len() > MAX_BODY {
+            over += chunk.len();
+            if over > 16 * MAX_BODY {
+                break;
+            }
+        } else {
+            bytes.extend_from_slice(&chunk);
+        }
+    }
+    if over > 0 {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("body over {MAX_BODY} bytes"),
+        )
+        .into_response();
+    }
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+        return ApiError::bad_request(format!("body is not JSON: {e}")).into_response();
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 /// Who is calling, decided by which token the request carries. Handlers that act differently
@@ -497,27 +550,44 @@ async fn events_stream(
     State(app): AppState,
     Query(q): Query<EventsQuery>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
-    // Subscribe before reading the backlog so nothing falls between the two.
+    // Subscribe before reading the backlog so nothing falls between the two. The backlog and
+    // any stretch the subscription lagged over are read from the timeline a page at a time
+    // (memory, else the file's index): a subscriber costs one page, not the session.
     let mut rx = app.timeline.subscribe();
-    let (backlog, mut last) = app.timeline.page(q.after, usize::MAX);
+    let mut last = q.after;
     let stream = async_stream(move |tx| async move {
-        for e in backlog {
-            last = e.seq;
-            if tx.send(to_sse(&e)).await.is_err() {
-                return;
-            }
-        }
         loop {
-            match rx.recv().await {
-                Ok(e) if e.seq > last || e.seq == 1 => {
+            loop {
+                let (page, _) = app.timeline.page(last, 1000);
+                if page.is_empty() {
+                    break;
+                }
+                for e in page {
                     last = e.seq;
                     if tx.send(to_sse(&e)).await.is_err() {
                         return;
                     }
                 }
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(_) => return,
+            }
+            // Live: the next event, or a gap (lagged, or emitted while paging) to page over.
+            loop {
+                match rx.recv().await {
+                    Ok(e) if e.seq == last + 1 => {
+                        last = e.seq;
+                        if tx.send(to_sse(&e)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(e) if e.seq > last => break,
+                    // A new session (seq from 1 again): read it from its start.
+                    Ok(e) if e.seq == 1 => {
+                        last = 0;
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(_) => return,
+                }
             }
         }
     });
@@ -789,28 +859,38 @@ async fn recording_events(
     Query(q): Query<RecEventsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let dir = recording_dir(&app, &id)?;
-    let text = tokio::fs::read_to_string(dir.join("events.jsonl"))
-        .await
-        .unwrap_or_default();
     let limit = q.limit.unwrap_or(1000).clamp(1, 100_000);
-    let mut events = Vec::new();
-    for line in text.lines() {
-        // A torn last line (the agent was killed mid-write) is skipped, not an error.
-        let Ok(e) = serde_json::from_str::<porthole_proto::Event>(line) else {
-            continue;
+    let after = q.after;
+    let path = dir.join("events.jsonl");
+    let app2 = app.clone();
+    let events = tokio::task::spawn_blocking(move || {
+        // Each session's index is kept and extended by what was appended since: a sync's
+        // pages are O(page) each, not a read of the whole file per page.
+        let mut index = app2
+            .event_indexes
+            .lock()
+            .unwrap()
+            .remove(&id)
+            .unwrap_or_default();
+        if let Err(e) = index.extend(&path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("{}: {e}", path.display());
+            }
+        }
+        let keep = |e: &porthole_proto::Event| {
+            !(q.from_ms.is_some_and(|f| e.t_ms < f) || q.to_ms.is_some_and(|t| e.t_ms > t))
         };
-        if e.seq <= q.after
-            || q.from_ms.is_some_and(|f| e.t_ms < f)
-            || q.to_ms.is_some_and(|t| e.t_ms > t)
-        {
-            continue;
+        let events = index.read(&path, q.after, limit, keep).unwrap_or_default();
+        let mut cache = app2.event_indexes.lock().unwrap();
+        if cache.len() >= 64 {
+            cache.clear();
         }
-        events.push(e);
-        if events.len() >= limit {
-            break;
-        }
-    }
-    let next = events.last().map(|e| e.seq).unwrap_or(q.after);
+        cache.insert(id, index);
+        events
+    })
+    .await
+    .unwrap_or_default();
+    let next = events.last().map(|e| e.seq).unwrap_or(after);
     Ok(Json(json!({"events": events, "next": next})))
 }
 

@@ -106,6 +106,14 @@ struct ServeArgs {
     /// Do not record sessions.
     #[arg(long)]
     no_record: bool,
+    /// Finished recordings older than this many days are deleted, oldest first (0: kept
+    /// whatever their age). The live one is never touched.
+    #[arg(long, default_value_t = 30)]
+    retain_days: u64,
+    /// Finished recordings beyond this many MiB in all are deleted, oldest first (0: no
+    /// limit). Default 20 GiB.
+    #[arg(long, default_value_t = 20480)]
+    retain_mb: u64,
     /// Start without a session (a warm pool starts one when the machine is claimed).
     #[arg(long)]
     idle: bool,
@@ -116,10 +124,15 @@ struct ServeArgs {
     #[arg(long = "ice-server")]
     ice_servers: Vec<String>,
     /// Username for the TURN servers among --ice-server (coturn long-term credentials).
-    #[arg(long, requires = "ice_credential")]
+    #[arg(long)]
     ice_username: Option<String>,
-    /// Password for --ice-username.
-    #[arg(long, requires = "ice_username")]
+    /// File holding the password for --ice-username (a file, so no other user reads it in
+    /// `ps`).
+    #[arg(long, requires = "ice_username", conflicts_with = "ice_credential")]
+    ice_credential_file: Option<PathBuf>,
+    /// The password itself on the command line: every local user can read it in `ps`. Kept
+    /// for old scripts; warns. Prefer --ice-credential-file.
+    #[arg(long, requires = "ice_username", hide = true)]
     ice_credential: Option<String>,
     /// Public IP to advertise in host candidates (1:1 NAT, e.g. a cloud VM).
     #[arg(long)]
@@ -171,6 +184,7 @@ struct ServeArgs {
 
 fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
     serve::validate_display(&a.display)?;
+    let ice_credential = ice_credential(&a)?;
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(c), Some(k)) => Some(porthole_agent::tls::acceptor(c, k)?),
         _ => None,
@@ -235,13 +249,18 @@ fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
             workspace: a.workspace.clone(),
             record: !a.no_record,
             max_fps: a.max_fps,
+            retention: porthole_agent::recorder::Retention {
+                max_age: (a.retain_days > 0)
+                    .then(|| std::time::Duration::from_secs(a.retain_days * 86_400)),
+                max_bytes: (a.retain_mb > 0).then(|| a.retain_mb << 20),
+            },
         },
         listen: a.listen,
         secrets,
         ice: IceConfig {
             ice_servers: a.ice_servers,
             ice_username: a.ice_username,
-            ice_credential: a.ice_credential,
+            ice_credential,
             public_ip: a.public_ip,
             udp_port: a.udp_port,
         },
@@ -267,6 +286,30 @@ fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
             .transpose()
             .context("--image-build is not JSON")?,
     })
+}
+
+/// The TURN password: from a file (trailing newline dropped), or the old flag with a warning.
+fn ice_credential(a: &ServeArgs) -> anyhow::Result<Option<String>> {
+    if let Some(p) = &a.ice_credential_file {
+        let v = std::fs::read_to_string(p)
+            .with_context(|| format!("--ice-credential-file: cannot read {}", p.display()))?;
+        let v = v.trim_end_matches(['\n', '\r']);
+        anyhow::ensure!(
+            !v.is_empty(),
+            "--ice-credential-file {} is empty",
+            p.display()
+        );
+        return Ok(Some(v.to_string()));
+    }
+    if a.ice_credential.is_some() {
+        eprintln!(
+            "porthole-agent: warning: --ice-credential puts the TURN password where every local \
+             user reads it (ps); use --ice-credential-file"
+        );
+    } else if a.ice_username.is_some() {
+        anyhow::bail!("--ice-username needs --ice-credential-file (the TURN password)");
+    }
+    Ok(a.ice_credential.clone())
 }
 
 fn main() -> anyhow::Result<()> {

@@ -61,6 +61,8 @@ struct Mp4 {
     width: u32,
     height: u32,
     last_pts: i64,
+    /// Packets written so far.
+    written: u64,
 }
 
 impl Mp4 {
@@ -112,6 +114,7 @@ impl Mp4 {
             width,
             height,
             last_pts: -1,
+            written: 0,
         })
     }
 
@@ -157,6 +160,12 @@ fn write_meta(dir: &Path, m: &Meta) -> std::io::Result<()> {
     std::fs::rename(tmp, dir.join("meta.json"))
 }
 
+/// How often retention runs besides at each session's start.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// How soon a recorder that could not write tries again.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Records sessions while enabled: runs on its own thread, following session restarts.
 pub fn spawn(app: Arc<App>) -> Result<(), String> {
     let pipeline = app.hub.pipeline(Codec::H264).map_err(|e| e.to_string())?;
@@ -171,7 +180,10 @@ pub fn spawn(app: Arc<App>) -> Result<(), String> {
             let mut mp4: Option<Mp4> = None;
             let mut part = 0usize;
             let mut meta: Option<Meta> = None;
-            let mut failed = false;
+            // When writing failed (disk full, directory gone): the stream goes on, and the
+            // recorder tries again with a new part every RETRY until writing works.
+            let mut failed: Option<Instant> = None;
+            let mut last_prune: Option<Instant> = None;
             loop {
                 let pkt = match rx.blocking_recv() {
                     Ok(p) => p,
@@ -195,7 +207,18 @@ pub fn spawn(app: Arc<App>) -> Result<(), String> {
                     session = sid.clone();
                     dir = recordings_dir(&app.cfg.data_dir).join(&sid);
                     part = 0;
-                    failed = false;
+                    failed = None;
+                    meta = None;
+                    last_prune = None;
+                }
+                if failed.is_some_and(|t| t.elapsed() < RETRY) {
+                    continue;
+                }
+                if last_prune.is_none_or(|t| t.elapsed() > PRUNE_EVERY) {
+                    last_prune = Some(Instant::now());
+                    prune(&app);
+                }
+                if meta.is_none() {
                     let m = Meta { id: sid.clone(), started_at_unix_ms: app.timeline.started_at_unix_ms(), ended_at_unix_ms: None, duration_ms: None };
                     match std::fs::create_dir_all(dir.join("thumbs")).and_then(|_| write_meta(&dir, &m)) {
                         Ok(()) => {
@@ -205,12 +228,10 @@ pub fn spawn(app: Arc<App>) -> Result<(), String> {
                         }
                         Err(e) => {
                             report(&app, format!("cannot write recording {}: {e}", dir.display()));
-                            failed = true;
+                            failed = Some(Instant::now());
+                            continue;
                         }
                     }
-                }
-                if failed {
-                    continue;
                 }
                 let f = &pkt.frame;
                 if mp4.as_ref().is_some_and(|m| (m.width, m.height) != (f.width, f.height)) {
@@ -224,27 +245,43 @@ pub fn spawn(app: Arc<App>) -> Result<(), String> {
                     part += 1;
                     let path = part_path(&dir, part);
                     match Mp4::open(&path, f.width, f.height, &f.data, app.timeline.started()) {
-                        Ok(m) => {
-                            mp4 = Some(m);
-                            // The muxer starts every part's clock at 0: start_t_ms puts its
-                            // first frame back on the session clock for replay.
-                            let start = app.timeline.t_ms_of(pkt.captured_at);
-                            app.timeline.emit(Actor::System, "recording", json!({"id": session, "state": "part", "part": part, "width": f.width, "height": f.height, "start_t_ms": start}));
-                        }
+                        Ok(m) => mp4 = Some(m),
                         Err(e) => {
+                            // The part that could not start is not left behind half-made.
+                            let _ = std::fs::remove_file(&path);
+                            part -= 1;
                             report(&app, e);
-                            failed = true;
+                            failed = Some(Instant::now());
                             continue;
                         }
                     }
                 }
-                if let Err(e) = mp4.as_mut().expect("opened").write(&pkt) {
+                let m = mp4.as_mut().expect("opened");
+                if let Err(e) = m.write(&pkt) {
                     // Disk full or gone: say so, keep streaming, retry with a new part later.
+                    // What the part holds up to here stays playable (fragments are whole); a
+                    // part that never held a frame is not left behind.
+                    if m.written == 0 {
+                        let _ = std::fs::remove_file(part_path(&dir, part));
+                        part -= 1;
+                    }
                     report(&app, e);
                     mp4 = None;
-                    failed = true;
-                } else if app.recording_problem.lock().unwrap().is_some() {
-                    *app.recording_problem.lock().unwrap() = None;
+                    failed = Some(Instant::now());
+                    continue;
+                }
+                m.written += 1;
+                if m.written == 1 {
+                    // Said once the part holds its first frame. The muxer starts every part's
+                    // clock at 0: start_t_ms puts that frame back on the session clock.
+                    let start = app.timeline.t_ms_of(pkt.captured_at);
+                    app.timeline.emit(Actor::System, "recording", json!({"id": session, "state": "part", "part": part, "width": f.width, "height": f.height, "start_t_ms": start}));
+                }
+                if failed.take().is_some() || app.recording_problem.lock().unwrap().is_some() {
+                    let was = app.recording_problem.lock().unwrap().take();
+                    if let Some(was) = was {
+                        app.timeline.emit(Actor::System, "recording", json!({"id": session, "state": "resumed", "part": part, "after": was}));
+                    }
                 }
             }
             if let Some(m) = mp4.take() {
@@ -337,6 +374,76 @@ pub fn list(app: &App) -> Vec<RecordingInfo> {
     }
     out.sort_by_key(|r| r.started_at);
     out
+}
+
+/// How much finished recording a machine keeps (`--retain-days`, `--retain-mb`): a machine
+/// that runs for months must not fill its disk with evidence nobody synced.
+pub use porthole_proto::retention::{Kept, Retention};
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        match e.file_type() {
+            Ok(t) if t.is_dir() => n += dir_bytes(&e.path()),
+            Ok(_) => n += e.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => {}
+        }
+    }
+    n
+}
+
+/// Applies the retention to this machine's recordings; each deletion is a `recording` event
+/// (`state: "deleted"`), so the timeline says where evidence went.
+pub fn prune(app: &App) {
+    let r = app.cfg.retention;
+    if r.max_age.is_none() && r.max_bytes.is_none() {
+        return;
+    }
+    let root = recordings_dir(&app.cfg.data_dir);
+    let live = app.timeline.session_id();
+    let mut finished = Vec::new();
+    let mut live_bytes = 0;
+    for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        let id = e.file_name().to_string_lossy().to_string();
+        if !valid_id(&id) || !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let dir = e.path();
+        let bytes = dir_bytes(&dir);
+        if id == live {
+            live_bytes = bytes;
+            continue;
+        }
+        // Without a readable meta.json, the directory's own age stands in.
+        let started = std::fs::read_to_string(dir.join("meta.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Meta>(&t).ok())
+            .map(|m| m.started_at_unix_ms)
+            .or_else(|| {
+                let t = e.metadata().ok()?.modified().ok()?;
+                Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as u64)
+            })
+            .unwrap_or(0);
+        finished.push(Kept {
+            id,
+            started_at_unix_ms: started,
+            bytes,
+        });
+    }
+    for id in r.choose(&finished, live_bytes, unix_ms()) {
+        let bytes = finished.iter().find(|k| k.id == id).map_or(0, |k| k.bytes);
+        match std::fs::remove_dir_all(root.join(&id)) {
+            Ok(()) => {
+                app.event_indexes.lock().unwrap().remove(&id);
+                app.timeline.emit(
+                    Actor::System,
+                    "recording",
+                    json!({"id": id, "state": "deleted", "bytes": bytes, "reason": "retention (--retain-days, --retain-mb)"}),
+                );
+            }
+            Err(e) => tracing::warn!("retention: cannot delete recording {id}: {e}"),
+        }
+    }
 }
 
 /// Parses a single `Range: bytes=...` against a length; `None` when unsatisfiable.

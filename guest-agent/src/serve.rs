@@ -253,6 +253,7 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
         env: Mutex::new(Default::default()),
         env_procs: Mutex::new(Vec::new()),
         recording_problem: Mutex::new(None),
+        event_indexes: Mutex::default(),
         recorder_on: false.into(),
         clipboard: Default::default(),
         display_restore: Default::default(),

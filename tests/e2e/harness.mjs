@@ -323,21 +323,26 @@ export function insecureHttpsStatus(url) {
   });
 }
 
-export async function startAgent({ display, args = [], env = {}, healthTimeout = 30000 } = {}) {
+export async function startAgent({
+  display, args = [], env = {}, healthTimeout = 30000,
+  // Recording on (the default here is --no-record), and an agent started again on the same
+  // data directory, port and token (a restart after a crash): pass the earlier agent's.
+  record = false, dataDir: keepData, port: keepPort, token: keepToken, keepDir = false,
+} = {}) {
   const bin = requireAgentBin();
   const dir = tmpDir('porthole-e2e-agent-');
-  const token = randomBytes(24).toString('hex');
+  const token = keepToken || randomBytes(24).toString('hex');
   const tokenFile = path.join(dir, 'token');
   writeFileSync(tokenFile, token, { mode: 0o600 });
-  const dataDir = path.join(dir, 'data');
+  const dataDir = keepData || path.join(dir, 'data');
   const logFile = path.join(dir, 'agent.log');
-  const port = await freePort();
+  const port = keepPort || await freePort();
   // With --tls-cert the agent serves HTTPS (a self-signed certificate: the probe does not verify it).
   const tls = args.includes('--tls-cert');
   const url = `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
   const argv = [
     'serve', '--display', display, '--listen', `127.0.0.1:${port}`,
-    '--token-file', tokenFile, '--data-dir', dataDir, '--no-record', ...args,
+    '--token-file', tokenFile, '--data-dir', dataDir, ...(record ? [] : ['--no-record']), ...args,
   ];
   writeFileSync(logFile, `$ ${bin} ${argv.join(' ')}\n`);
   const child = spawnGroup(bin, argv, {
@@ -357,7 +362,7 @@ export async function startAgent({ display, args = [], env = {}, healthTimeout =
     auth: () => ({ Authorization: `Bearer ${token}` }),
     async stop() {
       await killGroup(child);
-      if (!process.env.PORTHOLE_E2E_KEEP) rmSync(dir, { recursive: true, force: true });
+      if (!process.env.PORTHOLE_E2E_KEEP && !keepDir) rmSync(dir, { recursive: true, force: true });
     },
   };
 

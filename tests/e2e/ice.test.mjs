@@ -7,6 +7,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
@@ -49,6 +50,8 @@ describe('ICE failure diagnosis', { timeout: 5 * 60 * 1000 }, () => {
     const dir = tmpDir('porthole-e2e-turn-');
     const port = await freePort();
     const password = 'p' + Math.random().toString(16).slice(2);
+    const credFile = path.join(dir, 'turn-credential');
+    writeFileSync(credFile, `${password}\n`, { mode: 0o600 });
     // Relayed traffic must not be loopback-sourced (Linux drops 127.0.0.1 → real address).
     const turn = spawn('turnserver', ['-n', `--listening-ip=${hostIp}`, `--relay-ip=${hostIp}`, `--listening-port=${port}`,
       '--min-port=49160', '--max-port=49400', '--lt-cred-mech', `--user=porthole:${password}`, '--realm=porthole',
@@ -61,8 +64,11 @@ describe('ICE failure diagnosis', { timeout: 5 * 60 * 1000 }, () => {
     const agent = await startAgent({
       display: xvfb.display,
       args: ['--public-ip', '192.0.2.123', '--udp-port', String(await freePort()),
-        '--ice-server', `turn:${hostIp}:${port}`, '--ice-username', 'porthole', '--ice-credential', password],
+        '--ice-server', `turn:${hostIp}:${port}`, '--ice-username', 'porthole', '--ice-credential-file', credFile],
     });
+    // The TURN password came from a file: no other local user reads it in the agent's argv.
+    const argv = readFileSync(`/proc/${agent.child.pid}/cmdline`, 'utf8');
+    assert.ok(!argv.includes(password), `the TURN password is on the agent's command line: ${argv}`);
     const browser = await launchChromium();
     try {
       const page = await openViewer(browser, agent, { wait: false });

@@ -611,6 +611,15 @@ describe('porthole machines (CLI end to end)', { timeout: 90 * 60 * 1000 }, () =
         ['machine', 'create', '--provider', 'remote', '--name', 'r2', '--url', `http://127.0.0.1:${deadPort}`, '--token-file', tokenFile],
         /cannot connect|connection refused|could not connect|unreachable/i);
 
+      // Plain http to another host would carry the token in clear: refused before any
+      // connection unless --insecure-http says so (then the dead TEST-NET address is tried).
+      await check('remote over plain http to another host',
+        ['machine', 'create', '--provider', 'remote', '--name', 'r4', '--url', 'http://192.0.2.1:7300', '--token-file', tokenFile],
+        /plain http.*--insecure-http/);
+      await check('remote over plain http with --insecure-http',
+        ['machine', 'create', '--provider', 'remote', '--name', 'r5', '--url', 'http://192.0.2.1:7300', '--token-file', tokenFile, '--insecure-http'],
+        /cannot connect|connection refused|could not connect|unreachable|timed out|timeout/i);
+
       // A real agent (its own Xvfb) and the wrong token.
       const xvfb = await startXvfb({ log: path.join(w.home, 'xvfb-remote.log') });
       w.teardowns.push(() => xvfb.stop());

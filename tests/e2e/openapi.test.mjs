@@ -194,8 +194,7 @@ const ROWS = [
     method: o.method, path: fillTemplate(o.template), auth, expect: 401, authRow: true,
   }))),
   { name: 'authorization scheme is case-insensitive (RFC 7235 §2.1): `bearer <token>` → 200',
-    method: 'GET', path: '/v1/control', auth: (ctx) => `bearer ${ctx.token}`, expect: 200,
-    todo: 'the agent only accepts the exact prefix "Bearer "' },
+    method: 'GET', path: '/v1/control', auth: (ctx) => `bearer ${ctx.token}`, expect: 200 },
 
   // Status and the viewer page: no token needed.
   { method: 'GET', path: '/v1/health', auth: false, expect: 200,
@@ -270,8 +269,7 @@ const ROWS = [
     path: '/v1/computer?format=jpeg',
     verify: (r) => assert.ok(MAGIC['image/jpeg'](Buffer.from(r.json.base64_image, 'base64')), 'not a JPEG') },
   ...['scale=0.5', 'format=jpeg&quality=50', 'settle=0'].map((q) => ({
-    ...action({ action: 'screenshot' }), name: `computer screenshot ?${q} → 200`, path: `/v1/computer?${q}`,
-    todo: 'numeric query options of /v1/computer are refused (serde flatten + query string)' })),
+    ...action({ action: 'screenshot' }), name: `computer screenshot ?${q} → 200`, path: `/v1/computer?${q}` })),
   action({ action: 'fly' }, 400, { verify: (r) => assert.equal(r.json.error.code, 'invalid_action') }),
   action({ coordinate: [1, 1] }, 400),
   action({ action: 'mouse_move', coordinate: [WIDTH, 5] }, 400),
@@ -283,8 +281,7 @@ const ROWS = [
   action({ action: 'type', text: 5 }, 400),
   action({ action: 'key', text: 'ctrl+bogus' }, 400),
   action({ action: 'left_click', key: 'bogus' }, 400),
-  action({ action: 'scroll', scroll_direction: 'down', text: 'bogus' }, 400, {
-    todo: 'computer_20250124 holds the scroll modifiers given in `text`; the agent reads them from `key` and ignores `text`' }),
+  action({ action: 'scroll', scroll_direction: 'down', text: 'bogus' }, 400),
   action({ action: 'scroll', scroll_direction: 'sideways' }, 400),
   action({ action: 'scroll', scroll_direction: 'down', scroll_amount: 1000 }, 400),
   action({ action: 'wait' }, 400),
@@ -382,7 +379,7 @@ const ROWS = [
 
   // Environment. The agent's tmux server is private to this test (TMUX_TMPDIR).
   { name: 'GET /v1/environment before any was applied → 200 (state none)', method: 'GET', path: '/v1/environment',
-    expect: 200, todo: 'before any environment is applied the agent reports state "" (its own docs say none)' },
+    expect: 200 },
   { name: 'POST /v1/environment (install, env, secrets, a terminal) → 202', method: 'POST', path: '/v1/environment',
     ...json((ctx) => ({
       environment: { name: 'openapi-e2e', install: 'true', env: { A: '1' }, secrets: ['OPENAPI_E2E_SECRET'],
@@ -451,17 +448,14 @@ const ROWS = [
     headers: () => mcpHeaders({ mcpSession: 'openapi-e2e-unknown' }), body: { jsonrpc: '2.0', id: 5, method: 'tools/list' }, expect: 404 },
   { name: 'POST /mcp accepting only application/json → 406 not_acceptable', method: 'POST', path: '/mcp',
     headers: (ctx) => ({ ...mcpHeaders(ctx), accept: 'application/json' }), body: { jsonrpc: '2.0', id: 6, method: 'tools/list' },
-    expect: 406, verify: (r) => assert.equal(r.json.error.code, 'not_acceptable'),
-    todo: 'the 406 comes with error code "error"' },
+    expect: 406, verify: (r) => assert.equal(r.json.error.code, 'not_acceptable') },
   { name: 'POST /mcp as text/plain → 415', method: 'POST', path: '/mcp',
     headers: (ctx) => ({ ...mcpHeaders(ctx), 'content-type': 'text/plain' }), body: MCP_INIT, expect: 415 },
   { name: 'POST /mcp with broken JSON → 400', method: 'POST', path: '/mcp',
-    headers: mcpHeaders, body: '{"jsonrpc":', expect: 400,
-    todo: 'a JSON parse error on /mcp is answered 415 unsupported_media_type although Content-Type is application/json' },
+    headers: mcpHeaders, body: '{"jsonrpc":', expect: 400 },
   { name: 'POST /mcp with a 2 MiB (valid) initialize → 413', method: 'POST', path: '/mcp',
     headers: (ctx) => mcpHeaders({}), expect: 413,
-    body: { ...MCP_INIT, params: { ...MCP_INIT.params, clientInfo: { name: 'x'.repeat(2 * MIB), version: '0' } } },
-    todo: 'the 1 MiB body limit does not apply to /mcp (nest_service bypasses DefaultBodyLimit)' },
+    body: { ...MCP_INIT, params: { ...MCP_INIT.params, clientInfo: { name: 'x'.repeat(2 * MIB), version: '0' } } } },
   { name: 'GET /mcp (session stream) → 200 or 405', method: 'GET', path: '/mcp', stream: 0,
     headers: (ctx) => ({ ...mcpHeaders(ctx), accept: 'text/event-stream' }), expect: [200, 405] },
   { name: 'GET /mcp without Mcp-Session-Id → 400', method: 'GET', path: '/mcp',

@@ -106,6 +106,10 @@ struct CreateArgs {
     /// Remote host over https: SHA-256 fingerprint of the agent's certificate.
     #[arg(long)]
     fingerprint: Option<String>,
+    /// Remote host: allow a plain http:// URL to another machine. The token, secrets and the
+    /// screen then cross the network in clear: only on a network you trust.
+    #[arg(long)]
+    insecure_http: bool,
     /// Network. Local sandbox: always a private one by default (netns as root, slirp for an
     /// ordinary user); `host` shares the host's network and is NOT isolated (`loopback` is its
     /// old name). QEMU: tap (root, the default) or loopback (user networking).
@@ -149,6 +153,19 @@ enum RecordingsCmd {
     /// Copy a machine's recordings (video, events, thumbnails) into the local store; resumable.
     Sync {
         machine: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete synced sessions beyond the host's retention, oldest finished first (never one
+    /// still recording). Without flags: PORTHOLE_RETAIN_DAYS (default 0, any age) and
+    /// PORTHOLE_RETAIN_GB (default 50), which every sync also applies.
+    Prune {
+        /// Delete finished sessions that started more than this many days ago.
+        #[arg(long)]
+        older_than_days: Option<u64>,
+        /// Delete the oldest finished sessions until all synced ones fit in this many GiB.
+        #[arg(long)]
+        max_gb: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -311,6 +328,7 @@ async fn run(cli: Cli) -> Result<()> {
                     url: a.url,
                     token_file: a.token_file,
                     fingerprint: a.fingerprint,
+                    insecure_http: a.insecure_http,
                     idle: a.idle,
                     network: a.network,
                     display_size: a.display_size.as_deref().map(parse_size).transpose()?,
@@ -447,6 +465,28 @@ async fn run(cli: Cli) -> Result<()> {
                         "synced {} sessions, {} new events, {} new bytes",
                         report.sessions, report.events, report.bytes
                     )
+                });
+            }
+            RecordingsCmd::Prune {
+                older_than_days,
+                max_gb,
+                json,
+            } => {
+                let mut r = porthole_core::sync::host_retention()?;
+                if older_than_days.is_some() || max_gb.is_some() {
+                    r = porthole_proto::retention::Retention {
+                        max_age: older_than_days
+                            .map(|d| std::time::Duration::from_secs(d * 86_400)),
+                        max_bytes: max_gb.map(|g| g << 30),
+                    };
+                }
+                let gone = porthole_core::sync::prune(&ms, r).await?;
+                print(json, &serde_json::json!({ "pruned": gone }), || {
+                    if gone.is_empty() {
+                        "nothing to prune".to_string()
+                    } else {
+                        format!("deleted {} session(s): {}", gone.len(), gone.join(", "))
+                    }
                 });
             }
             RecordingsCmd::Export {

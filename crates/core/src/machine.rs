@@ -80,6 +80,8 @@ pub struct CreateSpec {
     pub url: Option<String>,
     pub token_file: Option<PathBuf>,
     pub fingerprint: Option<String>,
+    /// Remote: allow plain `http://` to a host that is not this one (token in clear).
+    pub insecure_http: bool,
     /// Start the agent without a session (warm pool).
     pub idle: bool,
     /// local: "netns" (root), "slirp" (any user) or "host" (not isolated; "loopback" is its

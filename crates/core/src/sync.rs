@@ -16,6 +16,9 @@ pub struct SyncReport {
     /// Sessions the guest listed that were not taken, and why (the guest is not trusted).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub refused: Vec<String>,
+    /// Synced sessions the host's retention deleted after this sync (oldest first).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pruned: Vec<String>,
 }
 
 /// The most a synced recording part may hold on this host (`PORTHOLE_SYNC_MAX_PART_MB`,
@@ -50,9 +53,23 @@ pub fn claim(owner: Option<&str>, machine: &str, id: &str) -> std::result::Resul
     }
 }
 
+/// The secrets to redact from what a guest sends: every value in the vault. Opening the vault
+/// only when it holds something keeps a sync from creating a key nobody asked for.
+async fn host_secrets(ms: &Machines) -> Result<Vec<(String, String)>> {
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM secrets")
+        .fetch_one(&ms.store.pool)
+        .await?;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    crate::vault::Vault::open(ms).await?.all_values().await
+}
+
 pub async fn sync_machine(ms: &Machines, m: &Machine) -> Result<SyncReport> {
     let client = ms.client(m)?;
     let list = client.get("/v1/recordings").await?;
+    let secrets = host_secrets(ms).await?;
+    let retention = host_retention()?;
     let mut report = SyncReport::default();
     for r in list["recordings"].as_array().cloned().unwrap_or_default() {
         let id = r["id"].as_str().unwrap_or_default().to_string();
@@ -61,6 +78,14 @@ pub async fn sync_machine(ms: &Machines, m: &Machine) -> Result<SyncReport> {
                 "{:?}: not a session id (letters, digits, - and _, at most 64)",
                 id.chars().take(80).collect::<String>()
             ));
+            continue;
+        }
+        let gone: Option<(String,)> = sqlx::query_as("SELECT id FROM pruned WHERE id = ?")
+            .bind(&id)
+            .fetch_optional(&ms.store.pool)
+            .await?;
+        if gone.is_some() {
+            // Deleted here by retention; the guest's copy is the guest's business.
             continue;
         }
         let owner: Option<(String,)> = sqlx::query_as("SELECT machine FROM sessions WHERE id = ?")
@@ -88,7 +113,7 @@ pub async fn sync_machine(ms: &Machines, m: &Machine) -> Result<SyncReport> {
         .execute(&ms.store.pool)
         .await?;
         report.sessions += 1;
-        report.events += sync_events(ms, &client, &id).await?;
+        report.events += sync_events(ms, &client, &id, &secrets).await?;
         let dir = ms.state.recordings().join(&id);
         std::fs::create_dir_all(dir.join("thumbs"))
             .map_err(CoreError::io(format!("create {}", dir.display())))?;
@@ -132,10 +157,110 @@ pub async fn sync_machine(ms: &Machines, m: &Machine) -> Result<SyncReport> {
             .execute(&ms.store.pool)
             .await?;
     }
+    report.pruned = prune(ms, retention).await?;
     Ok(report)
 }
 
-async fn sync_events(ms: &Machines, client: &crate::agent::AgentClient, id: &str) -> Result<u64> {
+/// What the host keeps of synced recordings: `PORTHOLE_RETAIN_DAYS` (default 0: any age) and
+/// `PORTHOLE_RETAIN_GB` (default 50) unless `recordings prune` is given its own; applied
+/// after every sync, oldest finished sessions first, never one still recording.
+pub fn host_retention() -> Result<porthole_proto::retention::Retention> {
+    let num = |var: &str, default: u64| -> Result<u64> {
+        match std::env::var(var) {
+            Err(_) => Ok(default),
+            Ok(v) => v.trim().parse::<u64>().map_err(|_| {
+                CoreError::Invalid(format!("{var}={v}: expected a whole number (0: no limit)"))
+            }),
+        }
+    };
+    let days = num("PORTHOLE_RETAIN_DAYS", 0)?;
+    let gb = num("PORTHOLE_RETAIN_GB", 50)?;
+    Ok(porthole_proto::retention::Retention {
+        max_age: (days > 0).then(|| std::time::Duration::from_secs(days * 86_400)),
+        max_bytes: (gb > 0).then(|| gb << 30),
+    })
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        match e.file_type() {
+            Ok(t) if t.is_dir() => n += dir_bytes(&e.path()),
+            Ok(_) => n += e.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => {}
+        }
+    }
+    n
+}
+
+/// Deletes the synced sessions `r` chooses (rows first, in one transaction, then files: a kill
+/// between leaves a directory no row names, never a row without its files). Returns their ids.
+pub async fn prune(ms: &Machines, r: porthole_proto::retention::Retention) -> Result<Vec<String>> {
+    if r.max_age.is_none() && r.max_bytes.is_none() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(String, i64, String)> =
+        sqlx::query_as("SELECT id, started_at, state FROM sessions")
+            .fetch_all(&ms.store.pool)
+            .await?;
+    let mut finished = Vec::new();
+    let mut live_bytes = 0;
+    for (id, started, state) in rows {
+        let bytes = dir_bytes(&ms.state.recordings().join(&id));
+        if state == "running" {
+            live_bytes += bytes;
+        } else {
+            finished.push(porthole_proto::retention::Kept {
+                id,
+                started_at_unix_ms: started.max(0) as u64,
+                bytes,
+            });
+        }
+    }
+    let chosen = r.choose(&finished, live_bytes, now_ms() as u64);
+    if chosen.is_empty() {
+        return Ok(chosen);
+    }
+    let mut tx = ms.store.pool.begin().await?;
+    for id in &chosen {
+        for q in [
+            "DELETE FROM events WHERE session_id = ?",
+            "DELETE FROM thumbnails WHERE session_id = ?",
+            "DELETE FROM recordings WHERE session_id = ?",
+        ] {
+            sqlx::query(q).bind(id).execute(&mut *tx).await?;
+        }
+        sqlx::query(
+            "INSERT OR REPLACE INTO pruned (id, machine, pruned_at)
+             SELECT id, machine, ? FROM sessions WHERE id = ?",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM sessions WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    for id in &chosen {
+        let dir = ms.state.recordings().join(id);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("prune: cannot delete {}: {e}", dir.display());
+            }
+        }
+    }
+    Ok(chosen)
+}
+
+async fn sync_events(
+    ms: &Machines,
+    client: &crate::agent::AgentClient,
+    id: &str,
+    secrets: &[(String, String)],
+) -> Result<u64> {
     let (mut after,): (i64,) = sqlx::query_as("SELECT last_seq FROM sessions WHERE id = ?")
         .bind(id)
         .fetch_one(&ms.store.pool)
@@ -147,23 +272,33 @@ async fn sync_events(ms: &Machines, client: &crate::agent::AgentClient, id: &str
                 "/v1/recordings/{id}/events?after={after}&limit=2000"
             ))
             .await?;
-        let events = page["events"].as_array().cloned().unwrap_or_default();
+        let before = after;
+        let mut events = page["events"].as_array().cloned().unwrap_or_default();
         if events.is_empty() {
             break;
         }
         let mut tx = ms.store.pool.begin().await?;
-        for e in &events {
+        for e in &mut events {
+            // The guest redacted already; a guest is not trusted to have (a secret set on the
+            // host after the machine started, a compromised agent).
+            porthole_proto::redact::value(secrets, &mut e["data"]);
             let r = sqlx::query("INSERT OR IGNORE INTO events (session_id, seq, t_ms, actor, kind, data) VALUES (?, ?, ?, ?, ?, ?)")
                 .bind(id)
                 .bind(e["seq"].as_i64().unwrap_or(0))
                 .bind(e["t_ms"].as_i64().unwrap_or(0))
                 .bind(e["actor"].as_str().unwrap_or(""))
-                .bind(e["kind"].as_str().unwrap_or(""))
+                .bind(porthole_proto::redact::text(secrets, e["kind"].as_str().unwrap_or("")))
                 .bind(e["data"].to_string())
                 .execute(&mut *tx)
                 .await?;
             added += r.rows_affected();
             after = after.max(e["seq"].as_i64().unwrap_or(after));
+        }
+        if after <= before {
+            // A page that does not move on (a guest answering the same events forever)
+            // would loop here: the next sync asks again.
+            tx.commit().await?;
+            break;
         }
         sqlx::query("UPDATE sessions SET last_seq = ? WHERE id = ?")
             .bind(after)

@@ -254,6 +254,21 @@ impl Vault {
             .ok()
     }
 
+    /// Every value the vault holds that this key opens, by name: what the host redacts from a
+    /// guest's events before it stores them, whichever machine or scope they were handed to.
+    pub async fn all_values(&self) -> Result<Vec<(String, String)>> {
+        let rows: Vec<(String, String, Vec<u8>, Vec<u8>)> =
+            sqlx::query_as("SELECT name, scope, nonce, ciphertext FROM secrets")
+                .fetch_all(&self.store.pool)
+                .await?;
+        Ok(porthole_proto::redact::prepare(
+            rows.into_iter().filter_map(|(name, scope, nonce, ct)| {
+                let pt = self.unseal(&name, &scope, &nonce, &ct)?;
+                Some((name, String::from_utf8_lossy(&pt).into_owned()))
+            }),
+        ))
+    }
+
     /// One secret's value for a machine with this environment: the one scoped to it, else the
     /// global one; `None` when the vault holds neither.
     pub async fn get(&self, name: &str, env_name: Option<&str>) -> Result<Option<String>> {

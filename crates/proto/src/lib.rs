@@ -8,6 +8,105 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// Secret redaction, the one rule both sides apply: the guest before any byte leaves it, the
+/// host again before it stores what a guest sent (a guest is not trusted to have done it).
+pub mod redact {
+    use serde_json::Value;
+
+    /// Secrets as `redact` wants them: empty values dropped (they would match everywhere),
+    /// longest first, so a secret containing another is replaced whole.
+    pub fn prepare(secrets: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = secrets
+            .into_iter()
+            .filter(|(_, val)| !val.is_empty())
+            .collect();
+        v.sort_by(|a, b| b.1.len().cmp(&a.1.len()));
+        v
+    }
+
+    /// Replaces each value (in the order given: see `prepare`) with `[REDACTED:NAME]`.
+    pub fn text(secrets: &[(String, String)], text: &str) -> String {
+        let mut out = text.to_string();
+        for (name, val) in secrets {
+            if out.contains(val.as_str()) {
+                out = out.replace(val.as_str(), &format!("[REDACTED:{name}]"));
+            }
+        }
+        out
+    }
+
+    /// `text` over every string of a JSON value, object keys included (a key can carry
+    /// output too: an environment map, a header name).
+    pub fn value(secrets: &[(String, String)], v: &mut Value) {
+        if secrets.is_empty() {
+            return;
+        }
+        match v {
+            Value::String(s) => {
+                let r = text(secrets, s);
+                if r != *s {
+                    *s = r;
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(|x| value(secrets, x)),
+            Value::Object(o) => {
+                o.values_mut().for_each(|x| value(secrets, x));
+                let hit = |k: &String| secrets.iter().any(|(_, val)| k.contains(val.as_str()));
+                if o.keys().any(hit) {
+                    // Rebuilt in order, so the object keeps its key order.
+                    for (k, x) in std::mem::take(o) {
+                        o.insert(text(secrets, &k), x);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Which finished recordings retention deletes, decided the same way on a machine (by the
+/// agent) and on the host (by core); each side measures and deletes its own.
+pub mod retention {
+    /// A recording as retention sees it.
+    #[derive(Debug, Clone)]
+    pub struct Kept {
+        pub id: String,
+        pub started_at_unix_ms: u64,
+        pub bytes: u64,
+    }
+
+    /// The limits; `None` is no limit.
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct Retention {
+        pub max_age: Option<std::time::Duration>,
+        pub max_bytes: Option<u64>,
+    }
+
+    impl Retention {
+        /// Which of `finished` (any order) to delete now, oldest first: those past the age,
+        /// then the oldest until the rest fit. `live_bytes` (sessions still recording) counts
+        /// toward the total but is never chosen.
+        pub fn choose(&self, finished: &[Kept], live_bytes: u64, now_unix_ms: u64) -> Vec<String> {
+            let mut by_age: Vec<&Kept> = finished.iter().collect();
+            by_age.sort_by_key(|k| (k.started_at_unix_ms, k.id.clone()));
+            let mut total: u64 = live_bytes + by_age.iter().map(|k| k.bytes).sum::<u64>();
+            let mut out = Vec::new();
+            for k in by_age {
+                let too_old = self.max_age.is_some_and(|a| {
+                    now_unix_ms.saturating_sub(k.started_at_unix_ms) > a.as_millis() as u64
+                });
+                let too_big = self.max_bytes.is_some_and(|b| total > b);
+                if !(too_old || too_big) {
+                    break;
+                }
+                total -= k.bytes;
+                out.push(k.id.clone());
+            }
+            out
+        }
+    }
+}
+
 /// Who caused something to happen on the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -266,6 +365,104 @@ pub struct StreamStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retention_takes_the_oldest_finished_first() {
+        const DAY: u64 = 86_400_000;
+        let now = 100 * DAY;
+        let k = |id: &str, days_ago: u64, mb: u64| retention::Kept {
+            id: id.into(),
+            started_at_unix_ms: now - days_ago * DAY,
+            bytes: mb << 20,
+        };
+        let all = [k("c", 1, 10), k("a", 40, 10), k("b", 20, 10), k("d", 0, 10)];
+        #[track_caller]
+        fn check(
+            r: retention::Retention,
+            all: &[retention::Kept],
+            live_mb: u64,
+            now: u64,
+            want: &[&str],
+        ) {
+            assert_eq!(r.choose(all, live_mb << 20, now), want);
+        }
+        let days = |d: u64| Some(std::time::Duration::from_secs(d * 86_400));
+        use retention::Retention;
+        let none = Retention::default();
+        check(none, &all, 0, now, &[]);
+        check(
+            Retention {
+                max_age: days(30),
+                max_bytes: None,
+            },
+            &all,
+            0,
+            now,
+            &["a"],
+        );
+        check(
+            Retention {
+                max_age: days(10),
+                max_bytes: None,
+            },
+            &all,
+            0,
+            now,
+            &["a", "b"],
+        );
+        // 40 MiB finished + 15 live over a 30 MiB cap: the three oldest go, never the live one.
+        check(
+            Retention {
+                max_age: None,
+                max_bytes: Some(30 << 20),
+            },
+            &all,
+            15,
+            now,
+            &["a", "b", "c"],
+        );
+        check(
+            Retention {
+                max_age: None,
+                max_bytes: Some(40 << 20),
+            },
+            &all,
+            0,
+            now,
+            &[],
+        );
+        // A live session bigger than the cap alone empties the finished ones, and stops there.
+        check(
+            Retention {
+                max_age: None,
+                max_bytes: Some(1),
+            },
+            &all,
+            500,
+            now,
+            &["a", "b", "c", "d"],
+        );
+    }
+
+    #[test]
+    fn redaction_reaches_every_string_and_keeps_order() {
+        let secrets = redact::prepare([
+            ("SHORT".to_string(), "abc".to_string()),
+            ("LONG".to_string(), "xxabcxx".to_string()),
+            ("EMPTY".to_string(), String::new()),
+        ]);
+        let mut v = serde_json::json!({
+            "z": "say xxabcxx and abc",
+            "a": ["abc", 3, {"abc": "k"}],
+            "m": null,
+        });
+        redact::value(&secrets, &mut v);
+        assert_eq!(
+            v.to_string(),
+            r#"{"a":["[REDACTED:SHORT]",3,{"[REDACTED:SHORT]":"k"}],"m":null,"z":"say [REDACTED:LONG] and [REDACTED:SHORT]"}"#
+        );
+        assert_eq!(redact::text(&secrets, "no secret"), "no secret");
+    }
 
     #[test]
     fn progress_lines_carry_the_recipe_steps() {
