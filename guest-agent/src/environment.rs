@@ -152,25 +152,45 @@ impl StreamRedactor {
             }
         }
         self.bytes = rest.to_vec();
-        // The longest suffix that is a proper prefix of some secret must wait for more bytes,
-        // but never one that starts inside a whole occurrence: a secret ending in its own
-        // first character (`s3cr3ts`) would otherwise be cut through and shown but for one.
+        // The longest suffix that is a proper prefix of some secret must wait for more bytes.
+        // If that suffix starts inside an occurrence the redaction replaces (a secret ending in
+        // its own first character, `s3cr3ts`), the whole occurrence waits too: cutting through
+        // it would show it but for one character, and what follows may still make it part of
+        // a longer secret. Occurrences are found as the redaction finds them: longest secret
+        // first, left to right, never overlapping (found by a property test: with "dd" and
+        // "ddd" + "d", an overlapping search let the second "dd" out).
         let text = &self.text;
-        let after_last = self
-            .secrets
-            .iter()
-            .filter_map(|(_, v)| text.rfind(v.as_str()).map(|i| i + v.len()))
-            .max()
-            .unwrap_or(0);
-        let mut hold = 0;
+        // Each secret is searched only between the occurrences of longer ones, as the
+        // redaction's replace-after-replace does.
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        for (_, v) in &self.secrets {
+            spans.sort_unstable();
+            let mut found = Vec::new();
+            let mut gap_start = 0;
+            for &(a, b) in spans
+                .iter()
+                .chain(std::iter::once(&(text.len(), text.len())))
+            {
+                for (i, _) in text[gap_start..a].match_indices(v.as_str()) {
+                    found.push((gap_start + i, gap_start + i + v.len()));
+                }
+                gap_start = b;
+            }
+            spans.extend(found);
+        }
+        let mut from = text.len();
         for (_, v) in &self.secrets {
             for (i, _) in text.char_indices().rev().take(v.len()) {
                 let suffix = &text[i..];
-                if i >= after_last && suffix.len() < v.len() && v.starts_with(suffix) {
-                    hold = hold.max(suffix.len());
+                if suffix.len() < v.len() && v.starts_with(suffix) {
+                    from = from.min(i);
                 }
             }
         }
+        if let Some(&(a, _)) = spans.iter().find(|&&(a, b)| a < from && from < b) {
+            from = a;
+        }
+        let hold = text.len() - from;
         let cut = text.len() - hold;
         let shown = self.redact(&text[..cut]);
         self.text.drain(..cut);
@@ -185,6 +205,13 @@ impl StreamRedactor {
             return self.flush();
         }
         String::new()
+    }
+
+    /// A whole stream at once: what any chunking of it must come to.
+    #[cfg(test)]
+    pub fn flush_all(mut self, all: &[u8]) -> String {
+        self.bytes = all.to_vec();
+        self.flush()
     }
 
     /// Everything held back (the stream ended).

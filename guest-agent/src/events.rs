@@ -116,13 +116,17 @@ impl SeqIndex {
         f.seek(std::io::SeekFrom::Start(from))?;
         let r = std::io::BufReader::new(f.take(self.len - from));
         let mut out = Vec::new();
+        // Only increasing seqs: a line out of order (a damaged or foreign file) is skipped, so
+        // a reader paging by `next` never sees an event twice.
+        let mut last = after;
         for line in r.split(b'\n') {
             let line = line?;
-            if line_seq(&line).is_none_or(|s| s <= after) {
+            if line_seq(&line).is_none_or(|s| s <= last) {
                 continue;
             }
             // A line that does not parse (damaged on disk) is skipped, not an error.
             if let Ok(e) = serde_json::from_slice::<Event>(&line) {
+                last = e.seq;
                 if keep(&e) {
                     out.push(e);
                     if out.len() >= limit {

@@ -22,6 +22,8 @@ pub mod input;
 pub mod keys;
 pub mod mcp;
 pub mod pipeline;
+#[cfg(test)]
+mod props;
 pub mod recorder;
 pub mod serve;
 pub mod stream;

@@ -737,9 +737,14 @@ describe('porthole machines (CLI end to end)', { timeout: 90 * 60 * 1000 }, () =
         return agentAnswers(url);
       }, { timeout: 30000, message: `the remote agent at ${url}` });
 
-      const r1 = await w.create(['--provider', 'remote', '--name', 'r1', '--url', url, '--token-file', tokenFile]);
+      // Plain http to another address carries the token in clear: refused, unless said.
+      const refused = await w.ph(['machine', 'create', '--provider', 'remote', '--name', 'r1', '--url', url, '--token-file', tokenFile, '--json']);
+      assert.notEqual(refused.code, 0, `plain http to ${url} was accepted without --insecure-http`);
+      assert.match(refused.stderr, /--insecure-http/);
+      const r1 = await w.create(['--provider', 'remote', '--name', 'r1', '--url', url, '--token-file', tokenFile, '--insecure-http']);
       assertMachineShape(r1, { name: 'r1', provider: 'remote' });
       assert.equal(r1.agent_url, url);
+      assert.equal(r1.spec?.insecure_http, true, `the machine says it is reached in clear: ${JSON.stringify(r1.spec)}`);
       const listed = (await w.list()).find((m) => m.name === 'r1');
       assert.equal(listed?.status, 'running', `machine list: ${JSON.stringify(listed)}`);
       const tok = await w.token('r1');
