@@ -33,6 +33,44 @@ pub struct Config {
     pub max_fps: u32,
     /// Finished recordings kept on this machine: see [`crate::recorder::Retention`].
     pub retention: crate::recorder::Retention,
+    pub limits: Limits,
+}
+
+/// What one caller may hold at once (`--max-exec`, `--max-sse`; the stream's are
+/// [`crate::stream::HubLimits`]): each past its limit is a clear 429/503 naming the flag.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_exec: usize,
+    pub max_sse: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_exec: 32,
+            max_sse: 256,
+        }
+    }
+}
+
+/// One of a counted resource, given back when dropped.
+pub struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Slot {
+    pub fn take(count: &Arc<std::sync::atomic::AtomicUsize>, max: usize) -> Option<Slot> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if count.fetch_add(1, SeqCst) >= max {
+            count.fetch_sub(1, SeqCst);
+            return None;
+        }
+        Some(Slot(count.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 pub struct App {
@@ -55,6 +93,9 @@ pub struct App {
     pub env: Mutex<crate::environment::EnvStatus>,
     /// Process groups of background environment commands (start), killed on re-apply.
     pub env_procs: Mutex<Vec<i32>>,
+    /// Commands running (`exec`, HTTP and MCP) and event streams open, against `cfg.limits`.
+    pub exec_running: Arc<std::sync::atomic::AtomicUsize>,
+    pub sse_open: Arc<std::sync::atomic::AtomicUsize>,
     /// The `events.jsonl` index of each recording lately read (`/v1/recordings/{id}/events`).
     pub event_indexes: Mutex<std::collections::HashMap<String, crate::events::SeqIndex>>,
     /// Why recording is failing (disk full, unwritable), shown on /v1/health.

@@ -169,6 +169,14 @@ pub async fn perform(app: &App, req: ExecRequest) -> Result<Value, ApiError> {
             "timeout_ms: expected 1 to {MAX_TIMEOUT_MS}"
         )));
     }
+    let max = app.cfg.limits.max_exec;
+    let Some(_slot) = crate::app::Slot::take(&app.exec_running, max) else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_execs",
+            format!("{max} commands are running already (--max-exec {max}): wait for one to end"),
+        ));
+    };
     let secrets = app.secrets.lock().unwrap().clone();
     let r = run(&app.workload, &req, &secrets)
         .await

@@ -63,6 +63,7 @@ impl From<StreamError> for ApiError {
     fn from(e: StreamError) -> Self {
         match e {
             StreamError::BadOffer(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", m),
+            StreamError::Busy(code, m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, m),
             StreamError::NoViewer(id) => ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -549,13 +550,24 @@ async fn events_get(State(app): AppState, Query(q): Query<EventsQuery>) -> Json<
 async fn events_stream(
     State(app): AppState,
     Query(q): Query<EventsQuery>,
-) -> Sse<impl Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, std::convert::Infallible>>>, ApiError> {
+    let Some(slot) = crate::app::Slot::take(&app.sse_open, app.cfg.limits.max_sse) else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_subscribers",
+            format!(
+                "{} event streams are open (--max-sse {}): close one, or poll GET /v1/events",
+                app.cfg.limits.max_sse, app.cfg.limits.max_sse
+            ),
+        ));
+    };
     // Subscribe before reading the backlog so nothing falls between the two. The backlog and
     // any stretch the subscription lagged over are read from the timeline a page at a time
     // (memory, else the file's index): a subscriber costs one page, not the session.
     let mut rx = app.timeline.subscribe();
     let mut last = q.after;
     let stream = async_stream(move |tx| async move {
+        let _slot = slot;
         loop {
             loop {
                 let (page, _) = app.timeline.page(last, 1000);
@@ -591,7 +603,7 @@ async fn events_stream(
             }
         }
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 fn to_sse(e: &porthole_proto::Event) -> Result<SseEvent, std::convert::Infallible> {

@@ -106,6 +106,20 @@ struct ServeArgs {
     /// Do not record sessions.
     #[arg(long)]
     no_record: bool,
+    /// WHEP viewers connected at once; one more is a 503 `too_many_viewers`.
+    #[arg(long, default_value_t = 16)]
+    max_viewers: usize,
+    /// Distinct encodes (codec and `max_fps`) running at once; a viewer asking for another
+    /// rate is a 503 `too_many_pipelines`.
+    #[arg(long, default_value_t = 4)]
+    max_pipelines: usize,
+    /// Commands (`exec`, HTTP and MCP) running at once; one more is a 429 `too_many_execs`.
+    #[arg(long, default_value_t = 32)]
+    max_exec: usize,
+    /// Event streams (`/v1/events/stream`) open at once; one more is a 503
+    /// `too_many_subscribers`.
+    #[arg(long, default_value_t = 256)]
+    max_sse: usize,
     /// Finished recordings older than this many days are deleted, oldest first (0: kept
     /// whatever their age). The live one is never touched.
     #[arg(long, default_value_t = 30)]
@@ -249,6 +263,10 @@ fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
             workspace: a.workspace.clone(),
             record: !a.no_record,
             max_fps: a.max_fps,
+            limits: porthole_agent::app::Limits {
+                max_exec: a.max_exec.max(1),
+                max_sse: a.max_sse.max(1),
+            },
             retention: porthole_agent::recorder::Retention {
                 max_age: (a.retain_days > 0)
                     .then(|| std::time::Duration::from_secs(a.retain_days * 86_400)),
@@ -256,6 +274,10 @@ fn prepare(a: ServeArgs) -> anyhow::Result<Prepared> {
             },
         },
         listen: a.listen,
+        hub_limits: porthole_agent::stream::HubLimits {
+            max_viewers: a.max_viewers.max(1),
+            max_pipelines: a.max_pipelines.max(1),
+        },
         secrets,
         ice: IceConfig {
             ice_servers: a.ice_servers,

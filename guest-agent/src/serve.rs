@@ -146,6 +146,7 @@ pub fn default_data_dir() -> PathBuf {
 
 pub struct Prepared {
     pub cfg: Config,
+    pub hub_limits: crate::stream::HubLimits,
     pub listen: SocketAddr,
     pub secrets: HashMap<String, String>,
     pub ice: IceConfig,
@@ -213,6 +214,7 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
     let source: crate::pipeline::SourceFactory =
         Box::new(move || X11Source::open(&display).map(|s| Box::new(s) as Box<dyn FrameSource>));
     let hub = StreamHub::new(p.ice, p.cfg.max_fps, source).context("webrtc setup")?;
+    hub.set_limits(p.hub_limits);
     let record_root = p
         .cfg
         .record
@@ -254,6 +256,8 @@ pub async fn run(p: Prepared) -> anyhow::Result<()> {
         env_procs: Mutex::new(Vec::new()),
         recording_problem: Mutex::new(None),
         event_indexes: Mutex::default(),
+        exec_running: Arc::default(),
+        sse_open: Arc::default(),
         recorder_on: false.into(),
         clipboard: Default::default(),
         display_restore: Default::default(),

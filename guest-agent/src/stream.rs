@@ -47,8 +47,27 @@ pub enum StreamError {
     WebRtc(#[from] webrtc::Error),
     #[error("no such viewer: {0}")]
     NoViewer(String),
+    /// A limit (`--max-viewers`, `--max-pipelines`) is reached: the code, and what to do.
+    #[error("{1}")]
+    Busy(&'static str, String),
     #[error("{0}")]
     Internal(String),
+}
+
+/// How much the hub serves at once (`--max-viewers`, `--max-pipelines`).
+#[derive(Debug, Clone, Copy)]
+pub struct HubLimits {
+    pub max_viewers: usize,
+    pub max_pipelines: usize,
+}
+
+impl Default for HubLimits {
+    fn default() -> Self {
+        Self {
+            max_viewers: 16,
+            max_pipelines: 4,
+        }
+    }
 }
 
 /// Network settings for ICE (remote hosts need a public address and a fixed port).
@@ -99,6 +118,7 @@ pub struct StreamHub {
     /// the same pair share it; a grid tile at 5 fps costs a sixth of a full-rate encode.
     outbound: Mutex<HashMap<(Codec, u32), Arc<Outbound>>>,
     viewers: Mutex<HashMap<String, Arc<Viewer>>>,
+    limits: Mutex<HubLimits>,
 }
 
 fn feedback() -> Vec<RTCPFeedback> {
@@ -221,7 +241,12 @@ impl StreamHub {
             source: Arc::new(source),
             outbound: Mutex::new(HashMap::new()),
             viewers: Mutex::new(HashMap::new()),
+            limits: Mutex::new(HubLimits::default()),
         })
+    }
+
+    pub fn set_limits(&self, l: HubLimits) {
+        *self.limits.lock().unwrap() = l;
     }
 
     /// The pipeline for a codec, started on first use (the recorder uses H.264's).
@@ -238,6 +263,24 @@ impl StreamHub {
         let mut map = self.outbound.lock().unwrap();
         if let Some(o) = map.get(&(codec, fps)) {
             return Ok(o.clone());
+        }
+        // Each (codec, rate) is an encode of its own: a caller asking for every rate from 1 to
+        // 30 would run thirty. Pipelines nobody watches cost nothing and do not count.
+        let max = self.limits.lock().unwrap().max_pipelines;
+        let busy: Vec<String> = map
+            .iter()
+            .filter(|(_, o)| o.pipeline.active())
+            .map(|((c, f), _)| format!("{} at {f} fps", c.name()))
+            .collect();
+        if busy.len() >= max {
+            return Err(StreamError::Busy(
+                "too_many_pipelines",
+                format!(
+                    "{} encodes run already ({}; --max-pipelines {max}): ask for a rate one of them uses",
+                    busy.len(),
+                    busy.join(", ")
+                ),
+            ));
         }
         let src = self.source.clone();
         let pipeline = Pipeline::spawn(codec, fps, Box::new(move || src()))
@@ -305,6 +348,14 @@ impl StreamHub {
     ) -> Result<Arc<Viewer>, StreamError> {
         let codec = choose_codec(&offer_sdp)?;
         let fps = max_fps.map_or(self.max_fps, |f| f.clamp(1, self.max_fps));
+        let max = self.limits.lock().unwrap().max_viewers;
+        let n = self.viewer_count();
+        if n >= max {
+            return Err(StreamError::Busy(
+                "too_many_viewers",
+                format!("{n} viewers are connected (--max-viewers {max}): close one (DELETE its WHEP resource) and try again"),
+            ));
+        }
         let offer = RTCSessionDescription::offer(offer_sdp)
             .map_err(|e| StreamError::BadOffer(e.to_string()))?;
         // STUN servers need no credentials; TURN servers get the configured ones.

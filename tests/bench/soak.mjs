@@ -1,7 +1,7 @@
 // Soak: one agent under everything at once for a long time, sampled every minute. Not CI; it
 // asserts nothing and prints what it saw:
 //
-//   node tests/bench/soak.mjs [--minutes 60] [--sample-seconds 60] [--out FILE]
+//   node tests/bench/soak.mjs [--minutes 60] [--sample-seconds 60] [--out FILE] [--without whep|sse|mcp|terminal]
 //
 // Load, all at the same time: a busy screen (an xterm listing /usr/bin 20 times a second),
 // recording on, one Chromium viewer on `/viewer` the whole time, a terminal of the environment
@@ -34,6 +34,8 @@ const opt = (name, dflt) => {
 const MINUTES = Number(opt('minutes', 60));
 const SAMPLE_S = Number(opt('sample-seconds', 60));
 const OUT = opt('out', null);
+// Leave one load out, to find which one a figure moves with: --without whep|sse|mcp|terminal.
+const WITHOUT = new Set(argv.flatMap((a, i) => (a === '--without' ? [argv[i + 1]] : [])));
 const log = (...a) => console.error(`[soak ${new Date().toISOString().slice(11, 19)}]`, ...a);
 
 const CLK_TCK = 100;
@@ -55,7 +57,7 @@ const repo = path.join(dir, 'repo');
 mkdirSync(path.join(repo, '.cursor'), { recursive: true });
 writeFileSync(path.join(repo, '.cursor', 'environment.json'), JSON.stringify({
   name: 'soak',
-  terminals: [{ name: 'noise', command: 'while :; do date +%T.%N; seq 1 40; sleep 0.05; done' }],
+  terminals: WITHOUT.has('terminal') ? [] : [{ name: 'noise', command: 'while :; do date +%T.%N; seq 1 40; sleep 0.05; done' }],
 }));
 const tmuxDir = path.join(dir, 'tmux');
 mkdirSync(tmuxDir, { mode: 0o700 });
@@ -96,14 +98,17 @@ try {
       clearTimeout(t);
     }
   };
-  for (let i = 0; i < 100; i++) loops.push(subscriber());
+  if (!WITHOUT.has('sse')) for (let i = 0; i < 100; i++) loops.push(subscriber());
 
-  // A second WHEP viewer joining and leaving every few seconds.
+  // A second WHEP viewer joining and leaving every few seconds, in a browser of its own (a
+  // second page in the first one's would make the long-lived viewer a background tab).
   let whepJoins = 0;
-  loops.push((async () => {
+  const churn = WITHOUT.has('whep') ? null : await launchChromium();
+  if (churn) stops.push(() => churn.close());
+  if (churn) loops.push((async () => {
     while (!stopping) {
       try {
-        const p = await openViewer(browser, agent);
+        const p = await openViewer(churn, agent);
         whepJoins++;
         await sleep(2000 + Math.random() * 3000);
         await p.close();
@@ -118,7 +123,7 @@ try {
   const mcp = new Client({ name: 'porthole-soak', version: '0.0.0' });
   await mcp.connect(new StreamableHTTPClientTransport(new URL(`${agent.url}/mcp`), { requestInit: { headers } }));
   stops.push(() => mcp.close());
-  loops.push((async () => {
+  if (!WITHOUT.has('mcp')) loops.push((async () => {
     let i = 0;
     while (!stopping) {
       try {
