@@ -22,5 +22,8 @@ if git rev-parse --git-dir >/dev/null 2>&1 && [ -n "$(git status --porcelain -- 
   exit 1
 fi
 (cd ui && npm test)
+# `npm test` runs each file with --test-force-exit: a test cancelled by its timeout leaves its
+# children (Xvfb, the agent) holding the file's event loop open, and without it the runner
+# waits on that file forever (a CI run lost its 90 minutes that way).
 (cd tests/e2e && npm test)
 echo "tests/run.sh: all tests took $(( $(date +%s) - start )) s"

@@ -104,12 +104,8 @@ pub struct StreamRedactor {
 
 impl StreamRedactor {
     pub fn new(secrets: &HashMap<String, String>) -> Self {
-        let mut s: Vec<(String, String)> = secrets
-            .iter()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        s.sort_by(|a, b| b.1.len().cmp(&a.1.len()));
+        let s =
+            porthole_proto::redact::prepare(secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
         Self {
             secrets: s,
             text: String::new(),

@@ -107,36 +107,52 @@ impl SeqIndex {
         limit: usize,
         keep: impl Fn(&Event) -> bool,
     ) -> std::io::Result<Vec<Event>> {
-        use std::io::{BufRead, Read, Seek};
-        let k = (after / STRIDE) as usize;
-        let Some(&from) = self.marks.get(k) else {
-            return Ok(Vec::new());
-        };
-        let mut f = std::fs::File::open(path)?;
-        f.seek(std::io::SeekFrom::Start(from))?;
-        let r = std::io::BufReader::new(f.take(self.len - from));
-        let mut out = Vec::new();
-        // Only increasing seqs: a line out of order (a damaged or foreign file) is skipped, so
-        // a reader paging by `next` never sees an event twice.
-        let mut last = after;
-        for line in r.split(b'\n') {
-            let line = line?;
-            if line_seq(&line).is_none_or(|s| s <= last) {
-                continue;
-            }
-            // A line that does not parse (damaged on disk) is skipped, not an error.
-            if let Ok(e) = serde_json::from_slice::<Event>(&line) {
-                last = e.seq;
-                if keep(&e) {
-                    out.push(e);
-                    if out.len() >= limit {
-                        break;
-                    }
+        match self.window(after) {
+            Some(w) => read_window(path, w, after, limit, keep),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The bytes of the file that can hold the events after `after`: (start, end).
+    fn window(&self, after: u64) -> Option<(u64, u64)> {
+        let from = *self.marks.get((after / STRIDE) as usize)?;
+        Some((from, self.len))
+    }
+}
+
+/// The events with `seq > after` in bytes `from..to` of an events file (see `SeqIndex`).
+fn read_window(
+    path: &std::path::Path,
+    (from, to): (u64, u64),
+    after: u64,
+    limit: usize,
+    keep: impl Fn(&Event) -> bool,
+) -> std::io::Result<Vec<Event>> {
+    use std::io::{BufRead, Read, Seek};
+    let mut f = std::fs::File::open(path)?;
+    f.seek(std::io::SeekFrom::Start(from))?;
+    let r = std::io::BufReader::new(f.take(to - from));
+    let mut out = Vec::new();
+    // Only increasing seqs: a line out of order (a damaged or foreign file) is skipped, so
+    // a reader paging by `next` never sees an event twice.
+    let mut last = after;
+    for line in r.split(b'\n') {
+        let line = line?;
+        if line_seq(&line).is_none_or(|s| s <= last) {
+            continue;
+        }
+        // A line that does not parse (damaged on disk) is skipped, not an error.
+        if let Ok(e) = serde_json::from_slice::<Event>(&line) {
+            last = e.seq;
+            if keep(&e) {
+                out.push(e);
+                if out.len() >= limit {
+                    break;
                 }
             }
         }
-        Ok(out)
     }
+    Ok(out)
 }
 
 /// `events.jsonl` of the session's recording, appended to as events happen. A failed write
@@ -405,25 +421,36 @@ impl Timeline {
     /// them, else from `events.jsonl` through its index (O(page)). Without a file, what
     /// memory no longer holds is gone and the page starts at the oldest held event.
     pub fn page(&self, after: u64, limit: usize) -> (Vec<Event>, u64) {
-        let l = self.log.lock().unwrap();
-        let oldest_held = l.held.front().map_or(l.next_seq, |e| e.seq);
-        let events: Vec<Event> = match &l.sink {
-            Some(sink) if after + 1 < oldest_held && sink.index.len > 0 => {
-                let mut v = sink
+        let from_memory = |l: &Log, after: u64, limit: usize| -> Vec<Event> {
+            let from = l.held.partition_point(|e| e.seq <= after);
+            l.held.range(from..).take(limit).cloned().collect()
+        };
+        // The file is read without the lock (emit must not wait on a page of I/O); the
+        // lines it reads are whole and never change once written.
+        let file = {
+            let l = self.log.lock().unwrap();
+            let oldest_held = l.held.front().map_or(l.next_seq, |e| e.seq);
+            match &l.sink {
+                Some(sink) if after + 1 < oldest_held && sink.index.len > 0 => sink
                     .index
-                    .read(&sink.path, after, limit, |_| true)
-                    .unwrap_or_default();
+                    .window(after)
+                    .map(|w| (sink.path.clone(), w, l.session_id.clone())),
+                _ => None,
+            }
+            .ok_or_else(|| from_memory(&l, after, limit))
+        };
+        let events = match file {
+            Err(v) => v,
+            Ok((path, window, session)) => {
+                let mut v = read_window(&path, window, after, limit, |_| true).unwrap_or_default();
                 // The file ends where memory may go on (held but unwritten).
-                let last = v.last().map_or(after, |e| e.seq);
-                if v.len() < limit {
-                    let from = l.held.partition_point(|e| e.seq <= last);
-                    v.extend(l.held.range(from..).take(limit - v.len()).cloned());
+                let l = self.log.lock().unwrap();
+                if v.len() < limit && l.session_id == session {
+                    let last = v.last().map_or(after, |e| e.seq);
+                    let more = from_memory(&l, last, limit - v.len());
+                    v.extend(more);
                 }
                 v
-            }
-            _ => {
-                let from = l.held.partition_point(|e| e.seq <= after);
-                l.held.range(from..).take(limit).cloned().collect()
             }
         };
         let next = events.last().map(|e| e.seq).unwrap_or(after);

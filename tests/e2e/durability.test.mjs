@@ -178,9 +178,13 @@ describe('durability', { timeout: 15 * 60 * 1000 }, () => {
       await addRemote(w, agent, 'crashy');
       for (let i = 0; i < 3; i++) {
         const c = w.spawnSync(['recordings', 'sync', 'crashy', '--json']);
+        // Listened for from the spawn: a sync that ends before the kill (a fast machine, or
+        // little left to fetch) has already emitted 'exit', and a listener added later
+        // would wait forever (it did, in CI: 900 s).
+        const exited = new Promise((r) => c.once('exit', r));
         await sleep(50 + rand() * 400);
         c.kill('SIGKILL');
-        await new Promise((r) => c.once('exit', r));
+        await exited;
       }
       const integrity = await w.sql('PRAGMA integrity_check');
       assert.deepEqual(integrity, [{ integrity_check: 'ok' }]);
